@@ -1,0 +1,56 @@
+"""The ``liverfat`` command line: a thin layer over the package, no logic of its own.
+
+Each subcommand has an ``add_parser(subparsers)`` that registers its parser and sets ``func``, a
+``main(args) -> int``. User errors (:class:`~liverfat.errors.LiverfatError`) exit 2 with one line.
+Engine subcommands live beside their engines (``liverfat/<engine>/cli.py``) and are listed in
+:data:`SUBCOMMAND_MODULES`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from liverfat import __version__
+from liverfat.errors import LiverfatError
+
+#: Modules that each provide ``add_parser(subparsers)``; one line per command group.
+SUBCOMMAND_MODULES = (
+    "liverfat.data.cli",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="liverfat", description="Benchmark suite for liver-fat methods on body MRI."
+    )
+    parser.add_argument("--version", action="version", version=f"liverfat {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMAND_MODULES:
+        importlib.import_module(name).add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``liverfat`` with ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except LiverfatError as exc:
+        print(f"liverfat {args.command}: error: {' '.join(str(exc).split(chr(10))[0].split())}", file=sys.stderr)
+        for extra in str(exc).splitlines()[1:]:
+            print(extra, file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("liverfat: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""Reading and writing volumes (NIfTI, NRRD, MHA, DICOM series folders) through SimpleITK.
+
+This module and its siblings in :mod:`liverfat.data` are the only code that touches image files.
+Geometry (size, spacing, origin, direction) is always kept. Every failure is an
+:class:`~liverfat.errors.ImageError` whose one-line message names the file.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from liverfat.data.atomic import atomic_path
+from liverfat.errors import ImageError
+
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300]
+
+
+def read_volume(path: str | os.PathLike[str], *, allow_empty: bool = False) -> sitk.Image:
+    """Read a volume file or a DICOM series folder (a folder with exactly one series and echo).
+
+    Raises
+    ------
+    ImageError
+        Missing, unreadable or corrupt file; a folder with zero or several series; an all-zero
+        volume unless ``allow_empty``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ImageError(f"{path}: file not found")
+    if path.is_dir():
+        series = list_dicom_series(path)
+        if len(series) != 1:
+            found = ", ".join(s.label for s in series) or "none"
+            raise ImageError(f"{path}: expected one DICOM series, found {len(series)} ({found})")
+        image = series[0].read()
+    else:
+        try:
+            image = sitk.ReadImage(str(path))
+        except RuntimeError as exc:
+            raise ImageError(f"{path}: cannot read image ({_one_line(exc)})") from exc
+    if not allow_empty and not np.any(sitk.GetArrayViewFromImage(image)):
+        raise ImageError(f"{path}: image is all zeros")
+    return image
+
+
+def read_array(path: str | os.PathLike[str], **kwargs) -> tuple[np.ndarray, sitk.Image]:
+    """Read a volume and return ``(array in z, y, x order, image)``."""
+    image = read_volume(path, **kwargs)
+    return sitk.GetArrayFromImage(image), image
+
+
+def read_header(path: str | os.PathLike[str]) -> sitk.ImageFileReader:
+    """Read only the header of a volume file (fast geometry checks)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"{path}: file not found")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise ImageError(f"{path}: cannot read image header ({_one_line(exc)})") from exc
+    return reader
+
+
+def write_volume(
+    image: sitk.Image, path: str | os.PathLike[str], *, compress: bool = True
+) -> Path:
+    """Write ``image`` atomically; the format follows the suffix (``.nii.gz``, ``.nrrd``, ...)."""
+    path = Path(path)
+    if not path.name.endswith(VOLUME_SUFFIXES):
+        raise ImageError(f"{path}: unsupported suffix (use one of {', '.join(VOLUME_SUFFIXES)})")
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(image, str(tmp), useCompression=compress)
+    return path
+
+
+def array_to_image(array: np.ndarray, reference: sitk.Image | None = None, **geometry) -> sitk.Image:
+    """Wrap a (z, y, x) array as an image with ``reference``'s geometry or the given one.
+
+    ``geometry`` keywords: ``spacing``, ``origin``, ``direction`` (x, y, z order, mm).
+    """
+    image = sitk.GetImageFromArray(array)
+    if reference is not None:
+        image.CopyInformation(reference)
+    if "spacing" in geometry:
+        image.SetSpacing([float(s) for s in geometry["spacing"]])
+    if "origin" in geometry:
+        image.SetOrigin([float(o) for o in geometry["origin"]])
+    if "direction" in geometry:
+        image.SetDirection([float(d) for d in geometry["direction"]])
+    return image
+
+
+# DICOM ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DicomSeries:
+    """The files of one DICOM series at one echo time, sorted along the slice normal."""
+
+    series_uid: str
+    echo_time_ms: float | None
+    description: str
+    series_number: str
+    files: tuple[Path, ...]
+
+    @property
+    def label(self) -> str:
+        te = "" if self.echo_time_ms is None else f" TE {self.echo_time_ms:g} ms"
+        name = self.description or f"series {self.series_number}"
+        return f"{name}{te} ({len(self.files)} files)"
+
+    def read(self) -> sitk.Image:
+        reader = sitk.ImageSeriesReader()
+        reader.SetFileNames([str(f) for f in self.files])
+        try:
+            image = reader.Execute()
+        except RuntimeError as exc:
+            raise ImageError(f"{self.files[0].parent}: cannot read DICOM series {self.label} "
+                             f"({_one_line(exc)})") from exc
+        return image
+
+
+def list_dicom_series(folder: str | os.PathLike[str]) -> list[DicomSeries]:
+    """Find DICOM files under ``folder`` (recursively), grouped by series UID and echo time.
+
+    Multi-echo acquisitions often share one series UID (in/opposed-phase pairs); they are split
+    into one :class:`DicomSeries` per echo time. Non-DICOM files are ignored.
+    """
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    groups: dict[tuple[str, float | None], list[tuple[float, Path, object]]] = defaultdict(list)
+    for path in sorted(Path(folder).rglob("*")):
+        if not path.is_file():
+            continue
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except (InvalidDicomError, OSError, ValueError):
+            continue
+        if "ImagePositionPatient" not in ds:
+            continue
+        te = float(ds.EchoTime) if ds.get("EchoTime") not in (None, "") else None
+        groups[(str(ds.get("SeriesInstanceUID", "")), te)].append((_slice_position(ds), path, ds))
+    series = []
+    for (uid, te), members in groups.items():
+        members.sort(key=lambda m: m[0])
+        ds = members[0][2]
+        series.append(
+            DicomSeries(
+                series_uid=uid,
+                echo_time_ms=te,
+                description=str(ds.get("SeriesDescription", "")),
+                series_number=str(ds.get("SeriesNumber", "")),
+                files=tuple(m[1] for m in members),
+            )
+        )
+    series.sort(key=lambda s: (s.series_number, s.series_uid, s.echo_time_ms or 0.0))
+    return series
+
+
+def _slice_position(ds) -> float:
+    """Position of a slice along its normal (mm), for ordering."""
+    orientation = np.asarray(ds.get("ImageOrientationPatient", [1, 0, 0, 0, 1, 0]), float)
+    normal = np.cross(orientation[:3], orientation[3:])
+    return float(np.dot(normal, np.asarray(ds.ImagePositionPatient, float)))

@@ -1,0 +1,380 @@
+"""Manifests: a dataset card (YAML) plus a subject table (CSV), the only way engines see subjects.
+
+The schema is documented in ``data_manifests/README.md``. :meth:`Manifest.problems` lists every
+problem one line each; :meth:`Manifest.load` raises :class:`~liverfat.errors.ManifestError` with
+all of them when asked to validate.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import SimpleITK as sitk
+import yaml
+
+from liverfat.data.atomic import atomic_path, write_text_atomic
+from liverfat.data.dixon import fat_fraction_image, two_point_dixon_images
+from liverfat.data.geometry import check_same_geometry, geometry_mismatch, geometry_of
+from liverfat.data.io import read_header, read_volume
+from liverfat.errors import ImageError, ManifestError
+
+#: Columns holding image paths, relative to the manifest's data root.
+IMAGE_COLUMNS = ("water", "fat", "fat_fraction", "in_phase", "opposed_phase", "liver_mask", "rois", "image")
+#: Image columns that must share one voxel grid within a subject (``image`` stands alone).
+GRID_COLUMNS = ("water", "fat", "fat_fraction", "in_phase", "opposed_phase", "liver_mask", "rois")
+COVARIATE_COLUMNS = ("age", "sex", "height", "weight", "bmi")
+REQUIRED_CARD_KEYS = ("name", "subjects", "targets", "splits")
+CARD_NAMES = ("manifest.yaml", "manifest.yml", "card.yaml")
+
+
+@dataclass(frozen=True)
+class DixonImages:
+    """Water and fat signal (arbitrary units) and fat fraction (%) of one subject, one grid."""
+
+    subject_id: str
+    water: sitk.Image
+    fat: sitk.Image
+    fat_fraction: sitk.Image
+
+
+@dataclass
+class Manifest:
+    """A dataset card and its subject table.
+
+    Attributes
+    ----------
+    card:
+        The parsed YAML card.
+    subjects:
+        One row per subject; ``subject_id`` is a string column, targets are float (NaN missing).
+    path:
+        The card's path.
+    root:
+        The folder image paths are relative to (``data_root`` in the card, else the card's folder).
+    """
+
+    card: dict[str, Any]
+    subjects: pd.DataFrame
+    path: Path
+    root: Path
+    _raw_values: dict[str, pd.Series] = field(default_factory=dict, repr=False)
+
+    # Loading -----------------------------------------------------------------------------------
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        data_root: str | os.PathLike[str] | None = None,
+        validate: bool = False,
+        check_geometry: bool = True,
+    ) -> Manifest:
+        """Read a card (or a folder holding ``manifest.yaml``) and its subject table.
+
+        ``data_root`` overrides the card's, for public sets whose images the user keeps elsewhere.
+        With ``validate`` every problem is collected and raised together.
+        """
+        card_path = _card_path(Path(path))
+        try:
+            card = yaml.safe_load(card_path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise ManifestError(f"{card_path}: not valid YAML ({' '.join(str(exc).split())})") from exc
+        if not isinstance(card, dict):
+            raise ManifestError(f"{card_path}: the card must be a YAML mapping")
+        missing = [k for k in REQUIRED_CARD_KEYS if k not in card]
+        if missing:
+            raise ManifestError(f"{card_path}: card lacks {', '.join(missing)}")
+        table_path = card_path.parent / str(card["subjects"])
+        if not table_path.is_file():
+            raise ManifestError(f"{card_path}: subject table {table_path} not found")
+        try:
+            subjects = pd.read_csv(table_path, dtype=str, keep_default_na=False)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+            raise ManifestError(f"{table_path}: not a readable CSV ({' '.join(str(exc).split())})") from exc
+        if data_root is None:
+            data_root = card.get("data_root", ".")
+        root = (card_path.parent / Path(data_root)).resolve()
+        manifest = cls(card=card, subjects=subjects, path=card_path, root=root)
+        manifest._parse_columns()
+        if validate:
+            problems = manifest.problems(check_geometry=check_geometry)
+            if problems:
+                raise ManifestError(f"{card_path}: {len(problems)} problem(s):\n" + "\n".join(problems))
+        return manifest
+
+    def _parse_columns(self) -> None:
+        if "subject_id" not in self.subjects.columns:
+            raise ManifestError(f"{self.table_path}: no subject_id column")
+        self.subjects["subject_id"] = self.subjects["subject_id"].astype(str).str.strip()
+        for column in [*self.targets, *COVARIATE_COLUMNS]:
+            if column in self.subjects.columns:
+                self._raw_values[column] = self.subjects[column].copy()
+                self.subjects[column] = pd.to_numeric(self.subjects[column].replace("", np.nan), errors="coerce")
+
+    # Card views --------------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return str(self.card["name"])
+
+    @property
+    def table_path(self) -> Path:
+        return self.path.parent / str(self.card["subjects"])
+
+    @property
+    def targets(self) -> dict[str, dict[str, Any]]:
+        """Target name -> its card entry (``meaning``, ``unit``, optional ``range``)."""
+        return dict(self.card.get("targets") or {})
+
+    @property
+    def splits(self) -> dict[str, dict[str, Any]]:
+        """Split name -> its card entry (``meaning``, optional ``subset_of``)."""
+        return dict(self.card.get("splits") or {})
+
+    @property
+    def image_columns(self) -> list[str]:
+        return [c for c in IMAGE_COLUMNS if c in self.subjects.columns]
+
+    @property
+    def subject_ids(self) -> list[str]:
+        return self.subjects["subject_id"].tolist()
+
+    def __len__(self) -> int:
+        return len(self.subjects)
+
+    # Subject selection -------------------------------------------------------------------------
+    def in_split(self, split: str) -> pd.Series:
+        """Boolean mask of subjects in ``split``; a split ``subset_of`` another counts as both."""
+        if split not in self.splits:
+            raise ManifestError(f"{self.path}: unknown split {split!r} (card has {', '.join(self.splits)})")
+        members = {split} | {name for name, entry in self.splits.items() if _subset_chain(self.splits, name, split)}
+        column = self.subjects.get("split", pd.Series([""] * len(self), index=self.subjects.index))
+        return column.isin(members)
+
+    def select(self, *, split: str | None = None, subject_ids: Iterable[str] | None = None) -> Manifest:
+        """A manifest holding only the chosen subjects (same card, same data root)."""
+        keep = pd.Series(True, index=self.subjects.index)
+        if split is not None:
+            keep &= self.in_split(split)
+        if subject_ids is not None:
+            wanted = [str(s) for s in subject_ids]
+            unknown = sorted(set(wanted) - set(self.subject_ids))
+            if unknown:
+                raise ManifestError(f"{self.path}: unknown subject ids {', '.join(unknown[:5])}")
+            keep &= self.subjects["subject_id"].isin(wanted)
+        raw = {k: v[keep].reset_index(drop=True) for k, v in self._raw_values.items()}
+        return replace(self, subjects=self.subjects[keep].reset_index(drop=True), _raw_values=raw)
+
+    def target(self, name: str) -> pd.Series:
+        """Values of target ``name`` (float, NaN where missing) indexed by subject_id."""
+        if name not in self.targets:
+            raise ManifestError(f"{self.path}: unknown target {name!r} (card has {', '.join(self.targets)})")
+        if name not in self.subjects.columns:
+            return pd.Series(np.nan, index=pd.Index(self.subject_ids, name="subject_id"), name=name)
+        return self.subjects.set_index("subject_id")[name].astype(float)
+
+    def row(self, subject_id: str) -> pd.Series:
+        rows = self.subjects[self.subjects["subject_id"] == str(subject_id)]
+        if rows.empty:
+            raise ManifestError(f"{self.path}: no subject {subject_id!r}")
+        return rows.iloc[0]
+
+    # Images --------------------------------------------------------------------------------------
+    def image_path(self, subject_id: str, column: str) -> Path | None:
+        """Absolute path of a subject's image in ``column``, or None if the cell is empty."""
+        value = self.row(subject_id).get(column, "")
+        if not isinstance(value, str) or not value.strip():
+            return None
+        return self.root / value.strip()
+
+    def read_image(self, subject_id: str, column: str, *, allow_empty: bool = False) -> sitk.Image:
+        """Read one image; errors name the subject, the column and the file."""
+        path = self.image_path(subject_id, column)
+        if path is None:
+            raise ImageError(f"subject {subject_id}: no {column} image in the manifest")
+        try:
+            return read_volume(path, allow_empty=allow_empty)
+        except ImageError as exc:
+            raise ImageError(f"subject {subject_id}: {column}: {exc}") from exc
+
+    def has(self, subject_id: str, column: str) -> bool:
+        return self.image_path(subject_id, column) is not None
+
+    def dixon(self, subject_id: str) -> DixonImages:
+        """Water, fat and fat fraction (%) of a subject, from whichever columns it has.
+
+        Water/fat columns are preferred; otherwise in/opposed-phase magnitude images go through
+        two-point Dixon. The fat fraction column is used when present, else computed.
+        """
+        if self.has(subject_id, "water") and self.has(subject_id, "fat"):
+            water = self.read_image(subject_id, "water")
+            fat = self.read_image(subject_id, "fat", allow_empty=True)
+        elif self.has(subject_id, "in_phase") and self.has(subject_id, "opposed_phase"):
+            water, fat = two_point_dixon_images(
+                self.read_image(subject_id, "in_phase"), self.read_image(subject_id, "opposed_phase")
+            )
+        else:
+            raise ImageError(
+                f"subject {subject_id}: no water/fat or in/opposed-phase images "
+                f"(columns present: {', '.join(self.image_columns) or 'none'}); "
+                "this needs a Dixon scan with a fat fraction"
+            )
+        try:
+            check_same_geometry(water, fat, names=("water", "fat"))
+        except ImageError as exc:
+            raise ImageError(f"subject {subject_id}: {exc}") from exc
+        if self.has(subject_id, "fat_fraction"):
+            ff = sitk.Cast(self.read_image(subject_id, "fat_fraction", allow_empty=True), sitk.sitkFloat32)
+            try:
+                check_same_geometry(water, ff, names=("water", "fat_fraction"))
+            except ImageError as exc:
+                raise ImageError(f"subject {subject_id}: {exc}") from exc
+        else:
+            ff = fat_fraction_image(water, fat)
+        return DixonImages(subject_id, water, fat, ff)
+
+    def liver_mask(self, subject_id: str) -> sitk.Image:
+        """The subject's liver mask (uint8), checked non-empty."""
+        mask = self.read_image(subject_id, "liver_mask", allow_empty=True)
+        if not np.any(sitk.GetArrayViewFromImage(mask)):
+            raise ImageError(f"subject {subject_id}: liver_mask {self.image_path(subject_id, 'liver_mask')} is empty")
+        return sitk.Cast(mask > 0, sitk.sitkUInt8)
+
+    # Validation ----------------------------------------------------------------------------------
+    def problems(self, *, check_files: bool = True, check_geometry: bool = True) -> list[str]:
+        """Every problem, one line each (empty list: the manifest is sound)."""
+        problems: list[str] = []
+        table = self.table_path.name
+        ids = self.subjects["subject_id"]
+        if ids.eq("").any():
+            rows = [str(i + 2) for i in np.flatnonzero(ids.eq(""))]
+            problems.append(f"{table}: empty subject_id on line(s) {', '.join(rows[:10])}")
+        for dup in sorted(set(ids[ids.duplicated() & ids.ne("")])):
+            problems.append(f"{table}: duplicate subject_id {dup}")
+        if not self.image_columns:
+            problems.append(f"{table}: no image column (expected some of {', '.join(IMAGE_COLUMNS)})")
+        problems += self._split_problems(table)
+        problems += self._value_problems(table)
+        if check_files:
+            for _, row in self.subjects.iterrows():
+                problems += self._subject_file_problems(row, check_geometry)
+        return problems
+
+    def _split_problems(self, table: str) -> list[str]:
+        problems = []
+        for name, entry in self.splits.items():
+            parent = (entry or {}).get("subset_of")
+            if parent is not None and parent not in self.splits:
+                problems.append(f"card: split {name} is subset_of unknown split {parent}")
+        if "split" in self.subjects.columns:
+            for _, row in self.subjects.iterrows():
+                if row["split"] not in self.splits:
+                    problems.append(
+                        f"{table}: subject {row['subject_id']}: unknown split {row['split']!r} "
+                        f"(card has {', '.join(self.splits)})"
+                    )
+        return problems
+
+    def _value_problems(self, table: str) -> list[str]:
+        problems = []
+        raw = self._raw_values
+        ranges = {name: (entry or {}).get("range") for name, entry in self.targets.items()}
+        ranges.update({name: (entry or {}).get("range") for name, entry in (self.card.get("covariates") or {}).items()})
+        for column, values in raw.items():
+            parsed = self.subjects[column]
+            for index in np.flatnonzero(parsed.isna() & values.ne("")):
+                sid = self.subjects["subject_id"].iloc[index]
+                problems.append(f"{table}: subject {sid}: {column} {values.iloc[index]!r} is not a number")
+            bounds = ranges.get(column)
+            if bounds:
+                low, high = (float(b) for b in bounds)
+                outside = parsed.notna() & ((parsed < low) | (parsed > high))
+                for index in np.flatnonzero(outside):
+                    sid = self.subjects["subject_id"].iloc[index]
+                    problems.append(
+                        f"{table}: subject {sid}: {column} {parsed.iloc[index]:g} outside [{low:g}, {high:g}]"
+                    )
+        for column in self.targets:
+            if column not in self.subjects.columns:
+                problems.append(f"{table}: target column {column} missing")
+        return problems
+
+    def _subject_file_problems(self, row: pd.Series, check_geometry: bool) -> list[str]:
+        sid = row["subject_id"]
+        problems = []
+        headers = {}
+        for column in self.image_columns:
+            value = row[column]
+            if not value.strip():
+                continue
+            path = self.root / value.strip()
+            try:
+                headers[column] = (path, read_header(path))
+            except ImageError as exc:
+                problems.append(f"subject {sid}: {column}: {exc}")
+        if not any(c in headers or row.get(c, "").strip() for c in IMAGE_COLUMNS):
+            problems.append(f"subject {sid}: no image at all")
+        if check_geometry:
+            grid = [(c, headers[c]) for c in GRID_COLUMNS if c in headers]
+            if grid:
+                first_column, (first_path, first_header) = grid[0]
+                for column, (path, header) in grid[1:]:
+                    problem = geometry_mismatch(geometry_of(first_header), geometry_of(header))
+                    if problem:
+                        problems.append(
+                            f"subject {sid}: {first_column} {first_path.name} and {column} {path.name} "
+                            f"differ in geometry: {problem}"
+                        )
+        return problems
+
+    # Writing -------------------------------------------------------------------------------------
+    def write(self, card_path: str | os.PathLike[str], *, subjects_name: str = "subjects.csv") -> Path:
+        """Write this manifest (card + table) atomically; image paths stay valid.
+
+        Used by engines that derive a manifest (e.g. adding atlas-made liver masks). The data root
+        is written relative to the new card where possible.
+        """
+        card_path = Path(card_path)
+        card_path.parent.mkdir(parents=True, exist_ok=True)
+        card = dict(self.card)
+        card["subjects"] = subjects_name
+        card["data_root"] = os.path.relpath(self.root, card_path.parent.resolve())
+        table = self.subjects.copy()
+        with atomic_path(card_path.parent / subjects_name) as tmp:
+            table.to_csv(tmp, index=False, float_format="%.10g")
+        write_text_atomic(card_path, yaml.safe_dump(card, sort_keys=False))
+        return card_path
+
+
+def _card_path(path: Path) -> Path:
+    if path.is_dir():
+        for name in CARD_NAMES:
+            if (path / name).is_file():
+                return path / name
+        raise ManifestError(f"{path}: folder has no {' or '.join(CARD_NAMES)}")
+    if not path.is_file():
+        raise ManifestError(f"{path}: manifest not found")
+    return path
+
+
+def _subset_chain(splits: dict[str, dict[str, Any]], name: str, ancestor: str) -> bool:
+    """Whether split ``name`` is (transitively) a subset of ``ancestor``."""
+    seen = set()
+    parent = (splits.get(name) or {}).get("subset_of")
+    while parent is not None and parent not in seen:
+        if parent == ancestor:
+            return True
+        seen.add(parent)
+        parent = (splits.get(parent) or {}).get("subset_of")
+    return False
+
+
+def write_subject_table(frame: pd.DataFrame, path: str | os.PathLike[str]) -> None:
+    """Write a subject table CSV atomically (NaN as empty, compact floats)."""
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False, float_format="%.6g")
