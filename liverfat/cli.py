@@ -17,9 +17,7 @@ from liverfat import __version__
 from liverfat.errors import LiverfatError
 
 #: Modules that each provide ``add_parser(subparsers)``; one line per command group.
-SUBCOMMAND_MODULES = (
-    "liverfat.data.cli",
-)
+SUBCOMMAND_MODULES = ("liverfat.data.cli",)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,7 +41,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except LiverfatError as exc:
-        print(f"liverfat {args.command}: error: {' '.join(str(exc).split(chr(10))[0].split())}", file=sys.stderr)
+        print(
+            f"liverfat {args.command}: error: {' '.join(str(exc).split(chr(10))[0].split())}",
+            file=sys.stderr,
+        )
         for extra in str(exc).splitlines()[1:]:
             print(extra, file=sys.stderr)
         return 2

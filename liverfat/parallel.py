@@ -23,7 +23,12 @@ from liverfat.errors import LiverfatError
 
 Executor = Literal["serial", "processes", "dask"]
 EXECUTORS = ("serial", "processes", "dask")
-_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS")
+_THREAD_VARS = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS",
+)
 
 
 @dataclass(frozen=True)
@@ -128,7 +133,9 @@ def _pool(n_workers: int) -> cf.ProcessPoolExecutor:
 def _processes(fn, items, n_workers, threads_per_worker, scheduler) -> Iterator[Outcome]:
     suspects: list[int] = []
     with _pool(min(n_workers, max(len(items), 1))) as pool:
-        futures = {pool.submit(_call, fn, item, threads_per_worker): i for i, item in enumerate(items)}
+        futures = {
+            pool.submit(_call, fn, item, threads_per_worker): i for i, item in enumerate(items)
+        }
         for future in cf.as_completed(futures):
             index = futures[future]
             try:
@@ -158,7 +165,9 @@ def _dask(fn, items, n_workers, threads_per_worker, scheduler) -> Iterator[Outco
         )
     client = Client(cluster if cluster is not None else scheduler)
     try:
-        futures = client.map(_call, [fn] * len(items), items, [threads_per_worker] * len(items), pure=False)
+        futures = client.map(
+            _call, [fn] * len(items), items, [threads_per_worker] * len(items), pure=False
+        )
         index_of = {f.key: i for i, f in enumerate(futures)}
         for future in as_completed(futures):
             index = index_of[future.key]

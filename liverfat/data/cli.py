@@ -6,14 +6,45 @@ import argparse
 import sys
 
 from liverfat.data.manifest import Manifest
+from liverfat.parallel import EXECUTORS
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    phantom = subparsers.add_parser(
+        "phantom", help="generate the synthetic Dixon cohort (images, manifest, truth table)"
+    )
+    phantom.add_argument("--n", type=int, default=20, help="number of subjects (default 20)")
+    phantom.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    phantom.add_argument(
+        "--scale",
+        choices=("full", "half", "quarter"),
+        default="quarter",
+        help="grid: full 224x174x370 voxels of 2.23x2.23x3 mm; half; quarter",
+    )
+    phantom.add_argument("--out", required=True, help="output folder (resumes if it exists)")
+    phantom.add_argument("--executor", choices=EXECUTORS, default="processes")
+    phantom.add_argument(
+        "--workers", type=int, default=None, help="worker processes (default: all cores)"
+    )
+    phantom.add_argument(
+        "--swap-fraction", type=float, help="fraction of subjects with a water-fat swap"
+    )
+    phantom.add_argument("--outlier-fraction", type=float, help="fraction of reference outliers")
+    phantom.add_argument(
+        "--noise-floor", type=float, help="noise-floor bias of body fat fraction (%%)"
+    )
+    phantom.add_argument(
+        "--proportional-bias", type=float, help="proportional bias factor (1 = none)"
+    )
+    phantom.set_defaults(func=phantom_main)
+
     manifest = subparsers.add_parser("manifest", help="validate a manifest")
     manifest_sub = manifest.add_subparsers(dest="manifest_command", metavar="ACTION", required=True)
     check = manifest_sub.add_parser("check", help="list every problem of a manifest, one per line")
     check.add_argument("path", help="dataset card (YAML) or a folder holding manifest.yaml")
-    check.add_argument("--data-root", help="folder image paths are relative to (overrides the card)")
+    check.add_argument(
+        "--data-root", help="folder image paths are relative to (overrides the card)"
+    )
     check.add_argument("--no-geometry", action="store_true", help="skip image-geometry comparison")
     check.set_defaults(func=manifest_check)
 
@@ -27,4 +58,29 @@ def manifest_check(args: argparse.Namespace) -> int:
         print(f"{manifest.path}: {len(problems)} problem(s)", file=sys.stderr)
         return 1
     print(f"{manifest.path}: OK, {len(manifest)} subjects, targets {', '.join(manifest.targets)}")
+    return 0
+
+
+def phantom_main(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from liverfat.data.phantom import PhantomConfig, generate_cohort
+
+    overrides = {
+        "swap_fraction": args.swap_fraction,
+        "reference_outlier_fraction": args.outlier_fraction,
+        "noise_floor_pct": args.noise_floor,
+        "proportional_bias": args.proportional_bias,
+    }
+    config = replace(PhantomConfig(), **{k: v for k, v in overrides.items() if v is not None})
+    card = generate_cohort(
+        args.n,
+        args.out,
+        seed=args.seed,
+        scale=args.scale,
+        config=config,
+        executor=args.executor,
+        n_workers=args.workers,
+    )
+    print(f"phantom cohort of {args.n} subjects: {card}")
     return 0

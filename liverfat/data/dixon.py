@@ -51,7 +51,9 @@ def fat_fraction_image(water: sitk.Image, fat: sitk.Image, **kwargs) -> sitk.Ima
     return image
 
 
-def two_point_dixon(in_phase: np.ndarray, opposed_phase: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def two_point_dixon(
+    in_phase: np.ndarray, opposed_phase: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Water and fat from magnitude in-phase / opposed-phase images (module docstring: ambiguity).
 
     Returns ``(water, fat)`` with ``W = (IP + OP) / 2`` and ``F = (IP - OP) / 2``, both clipped at
@@ -66,7 +68,9 @@ def two_point_dixon(in_phase: np.ndarray, opposed_phase: np.ndarray) -> tuple[np
     return water, fat
 
 
-def two_point_dixon_images(in_phase: sitk.Image, opposed_phase: sitk.Image) -> tuple[sitk.Image, sitk.Image]:
+def two_point_dixon_images(
+    in_phase: sitk.Image, opposed_phase: sitk.Image
+) -> tuple[sitk.Image, sitk.Image]:
     """:func:`two_point_dixon` on images of one geometry (checked), keeping that geometry."""
     check_same_geometry(in_phase, opposed_phase, names=("in-phase", "opposed-phase"))
     water, fat = two_point_dixon(

@@ -73,9 +73,7 @@ def read_header(path: str | os.PathLike[str]) -> sitk.ImageFileReader:
     return reader
 
 
-def write_volume(
-    image: sitk.Image, path: str | os.PathLike[str], *, compress: bool = True
-) -> Path:
+def write_volume(image: sitk.Image, path: str | os.PathLike[str], *, compress: bool = True) -> Path:
     """Write ``image`` atomically; the format follows the suffix (``.nii.gz``, ``.nrrd``, ...)."""
     path = Path(path)
     if not path.name.endswith(VOLUME_SUFFIXES):
@@ -85,7 +83,9 @@ def write_volume(
     return path
 
 
-def array_to_image(array: np.ndarray, reference: sitk.Image | None = None, **geometry) -> sitk.Image:
+def array_to_image(
+    array: np.ndarray, reference: sitk.Image | None = None, **geometry
+) -> sitk.Image:
     """Wrap a (z, y, x) array as an image with ``reference``'s geometry or the given one.
 
     ``geometry`` keywords: ``spacing``, ``origin``, ``direction`` (x, y, z order, mm).
@@ -127,8 +127,9 @@ class DicomSeries:
         try:
             image = reader.Execute()
         except RuntimeError as exc:
-            raise ImageError(f"{self.files[0].parent}: cannot read DICOM series {self.label} "
-                             f"({_one_line(exc)})") from exc
+            raise ImageError(
+                f"{self.files[0].parent}: cannot read DICOM series {self.label} ({_one_line(exc)})"
+            ) from exc
         return image
 
 

@@ -25,7 +25,16 @@ from liverfat.data.io import read_header, read_volume
 from liverfat.errors import ImageError, ManifestError
 
 #: Columns holding image paths, relative to the manifest's data root.
-IMAGE_COLUMNS = ("water", "fat", "fat_fraction", "in_phase", "opposed_phase", "liver_mask", "rois", "image")
+IMAGE_COLUMNS = (
+    "water",
+    "fat",
+    "fat_fraction",
+    "in_phase",
+    "opposed_phase",
+    "liver_mask",
+    "rois",
+    "image",
+)
 #: Image columns that must share one voxel grid within a subject (``image`` stands alone).
 GRID_COLUMNS = ("water", "fat", "fat_fraction", "in_phase", "opposed_phase", "liver_mask", "rois")
 COVARIATE_COLUMNS = ("age", "sex", "height", "weight", "bmi")
@@ -84,7 +93,9 @@ class Manifest:
         try:
             card = yaml.safe_load(card_path.read_text(encoding="utf-8"))
         except yaml.YAMLError as exc:
-            raise ManifestError(f"{card_path}: not valid YAML ({' '.join(str(exc).split())})") from exc
+            raise ManifestError(
+                f"{card_path}: not valid YAML ({' '.join(str(exc).split())})"
+            ) from exc
         if not isinstance(card, dict):
             raise ManifestError(f"{card_path}: the card must be a YAML mapping")
         missing = [k for k in REQUIRED_CARD_KEYS if k not in card]
@@ -96,7 +107,9 @@ class Manifest:
         try:
             subjects = pd.read_csv(table_path, dtype=str, keep_default_na=False)
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-            raise ManifestError(f"{table_path}: not a readable CSV ({' '.join(str(exc).split())})") from exc
+            raise ManifestError(
+                f"{table_path}: not a readable CSV ({' '.join(str(exc).split())})"
+            ) from exc
         if data_root is None:
             data_root = card.get("data_root", ".")
         root = (card_path.parent / Path(data_root)).resolve()
@@ -105,7 +118,9 @@ class Manifest:
         if validate:
             problems = manifest.problems(check_geometry=check_geometry)
             if problems:
-                raise ManifestError(f"{card_path}: {len(problems)} problem(s):\n" + "\n".join(problems))
+                raise ManifestError(
+                    f"{card_path}: {len(problems)} problem(s):\n" + "\n".join(problems)
+                )
         return manifest
 
     def _parse_columns(self) -> None:
@@ -115,7 +130,9 @@ class Manifest:
         for column in [*self.targets, *COVARIATE_COLUMNS]:
             if column in self.subjects.columns:
                 self._raw_values[column] = self.subjects[column].copy()
-                self.subjects[column] = pd.to_numeric(self.subjects[column].replace("", np.nan), errors="coerce")
+                self.subjects[column] = pd.to_numeric(
+                    self.subjects[column].replace("", np.nan), errors="coerce"
+                )
 
     # Card views --------------------------------------------------------------------------------
     @property
@@ -151,12 +168,18 @@ class Manifest:
     def in_split(self, split: str) -> pd.Series:
         """Boolean mask of subjects in ``split``; a split ``subset_of`` another counts as both."""
         if split not in self.splits:
-            raise ManifestError(f"{self.path}: unknown split {split!r} (card has {', '.join(self.splits)})")
-        members = {split} | {name for name, entry in self.splits.items() if _subset_chain(self.splits, name, split)}
+            raise ManifestError(
+                f"{self.path}: unknown split {split!r} (card has {', '.join(self.splits)})"
+            )
+        members = {split} | {
+            name for name, entry in self.splits.items() if _subset_chain(self.splits, name, split)
+        }
         column = self.subjects.get("split", pd.Series([""] * len(self), index=self.subjects.index))
         return column.isin(members)
 
-    def select(self, *, split: str | None = None, subject_ids: Iterable[str] | None = None) -> Manifest:
+    def select(
+        self, *, split: str | None = None, subject_ids: Iterable[str] | None = None
+    ) -> Manifest:
         """A manifest holding only the chosen subjects (same card, same data root)."""
         keep = pd.Series(True, index=self.subjects.index)
         if split is not None:
@@ -173,7 +196,9 @@ class Manifest:
     def target(self, name: str) -> pd.Series:
         """Values of target ``name`` (float, NaN where missing) indexed by subject_id."""
         if name not in self.targets:
-            raise ManifestError(f"{self.path}: unknown target {name!r} (card has {', '.join(self.targets)})")
+            raise ManifestError(
+                f"{self.path}: unknown target {name!r} (card has {', '.join(self.targets)})"
+            )
         if name not in self.subjects.columns:
             return pd.Series(np.nan, index=pd.Index(self.subject_ids, name="subject_id"), name=name)
         return self.subjects.set_index("subject_id")[name].astype(float)
@@ -216,7 +241,8 @@ class Manifest:
             fat = self.read_image(subject_id, "fat", allow_empty=True)
         elif self.has(subject_id, "in_phase") and self.has(subject_id, "opposed_phase"):
             water, fat = two_point_dixon_images(
-                self.read_image(subject_id, "in_phase"), self.read_image(subject_id, "opposed_phase")
+                self.read_image(subject_id, "in_phase"),
+                self.read_image(subject_id, "opposed_phase"),
             )
         else:
             raise ImageError(
@@ -229,7 +255,9 @@ class Manifest:
         except ImageError as exc:
             raise ImageError(f"subject {subject_id}: {exc}") from exc
         if self.has(subject_id, "fat_fraction"):
-            ff = sitk.Cast(self.read_image(subject_id, "fat_fraction", allow_empty=True), sitk.sitkFloat32)
+            ff = sitk.Cast(
+                self.read_image(subject_id, "fat_fraction", allow_empty=True), sitk.sitkFloat32
+            )
             try:
                 check_same_geometry(water, ff, names=("water", "fat_fraction"))
             except ImageError as exc:
@@ -242,7 +270,9 @@ class Manifest:
         """The subject's liver mask (uint8), checked non-empty."""
         mask = self.read_image(subject_id, "liver_mask", allow_empty=True)
         if not np.any(sitk.GetArrayViewFromImage(mask)):
-            raise ImageError(f"subject {subject_id}: liver_mask {self.image_path(subject_id, 'liver_mask')} is empty")
+            raise ImageError(
+                f"subject {subject_id}: liver_mask {self.image_path(subject_id, 'liver_mask')} is empty"
+            )
         return sitk.Cast(mask > 0, sitk.sitkUInt8)
 
     # Validation ----------------------------------------------------------------------------------
@@ -257,7 +287,9 @@ class Manifest:
         for dup in sorted(set(ids[ids.duplicated() & ids.ne("")])):
             problems.append(f"{table}: duplicate subject_id {dup}")
         if not self.image_columns:
-            problems.append(f"{table}: no image column (expected some of {', '.join(IMAGE_COLUMNS)})")
+            problems.append(
+                f"{table}: no image column (expected some of {', '.join(IMAGE_COLUMNS)})"
+            )
         problems += self._split_problems(table)
         problems += self._value_problems(table)
         if check_files:
@@ -284,12 +316,19 @@ class Manifest:
         problems = []
         raw = self._raw_values
         ranges = {name: (entry or {}).get("range") for name, entry in self.targets.items()}
-        ranges.update({name: (entry or {}).get("range") for name, entry in (self.card.get("covariates") or {}).items()})
+        ranges.update(
+            {
+                name: (entry or {}).get("range")
+                for name, entry in (self.card.get("covariates") or {}).items()
+            }
+        )
         for column, values in raw.items():
             parsed = self.subjects[column]
             for index in np.flatnonzero(parsed.isna() & values.ne("")):
                 sid = self.subjects["subject_id"].iloc[index]
-                problems.append(f"{table}: subject {sid}: {column} {values.iloc[index]!r} is not a number")
+                problems.append(
+                    f"{table}: subject {sid}: {column} {values.iloc[index]!r} is not a number"
+                )
             bounds = ranges.get(column)
             if bounds:
                 low, high = (float(b) for b in bounds)
@@ -333,7 +372,9 @@ class Manifest:
         return problems
 
     # Writing -------------------------------------------------------------------------------------
-    def write(self, card_path: str | os.PathLike[str], *, subjects_name: str = "subjects.csv") -> Path:
+    def write(
+        self, card_path: str | os.PathLike[str], *, subjects_name: str = "subjects.csv"
+    ) -> Path:
         """Write this manifest (card + table) atomically; image paths stay valid.
 
         Used by engines that derive a manifest (e.g. adding atlas-made liver masks). The data root

@@ -112,18 +112,24 @@ def run_info(
     configuration: Mapping[str, Any] | None = None,
     seed: int | None = None,
     timings_s: Mapping[str, float] | None = None,
+    timestamp: bool = True,
     **extra: Any,
 ) -> dict[str, Any]:
-    """The ``run.json`` content: method, configuration, versions, seed, timings (seconds)."""
-    return {
+    """The ``run.json`` content: method, configuration, versions, seed, timings (seconds).
+
+    ``timestamp=False`` leaves out the creation time, for outputs that must be byte-identical.
+    """
+    info = {
         "method": method,
         "configuration": dict(configuration or {}),
         "seed": seed,
         "timings_s": dict(timings_s or {}),
         "versions": package_versions(),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **extra,
     }
+    if timestamp:
+        info["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    return info
 
 
 @dataclass
