@@ -1,1 +1,17 @@
-"""liverfat.evaluation"""
+"""liverfat.evaluation: agreement, classification and segmentation statistics, method-comparison
+tables, figures and the HTML report.
+
+Pure: arrays and predictions tables in, numbers, tables and figures out; it never knows which
+engine wrote a table. Modules:
+
+- :mod:`~liverfat.evaluation.agreement`: Bland-Altman, ICC (all Shrout & Fleiss forms), MAE,
+  RMSE, R², Pearson/Spearman, MAPE (:func:`~liverfat.evaluation.agreement.agreement`).
+- :mod:`~liverfat.evaluation.classification`: steatosis detection at a threshold (ROC-AUC,
+  sensitivity, specificity, accuracy, precision with seeded bootstrap intervals) and grading
+  (confusion matrix, weighted kappa, one-vs-rest AUC).
+- :mod:`~liverfat.evaluation.segmentation`: Dice, Jaccard, volume difference, surface distances.
+- :mod:`~liverfat.evaluation.compare`: the comparison table per pair and subset, error
+  correlation, outliers, covariate correlations.
+- :mod:`~liverfat.evaluation.plots` and :mod:`~liverfat.evaluation.report`: figures and one
+  self-contained HTML report; :mod:`~liverfat.evaluation.cli`: ``liverfat compare``.
+"""

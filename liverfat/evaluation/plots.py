@@ -1,0 +1,222 @@
+"""Figures for method comparison (matplotlib, no pyplot: safe headless and in threads).
+
+Every function draws into ``ax`` when given, else into a new :class:`~matplotlib.figure.Figure`
+rendered by the Agg canvas, and returns the figure. Values are in the target unit (``unit``,
+``"%"`` for PDFF); errors are ``method - reference``.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from numpy.typing import ArrayLike
+
+from liverfat.evaluation.agreement import bland_altman, paired
+from liverfat.evaluation.classification import Roc
+
+
+def new_figure(width_in: float = 5.0, height_in: float = 4.0, ncols: int = 1) -> Figure:
+    """A Figure on an Agg canvas (size in inches), with ``ncols`` axes side by side."""
+    fig = Figure(figsize=(width_in, height_in), layout="constrained")
+    FigureCanvasAgg(fig)
+    fig.subplots(1, ncols)
+    return fig
+
+
+def _axes(ax: Axes | None, width_in: float = 5.0, height_in: float = 4.0) -> Axes:
+    if ax is not None:
+        return ax
+    return new_figure(width_in, height_in).axes[0]
+
+
+def bland_altman_plot(
+    predicted: ArrayLike | pd.Series,
+    reference: ArrayLike | pd.Series,
+    *,
+    ax: Axes | None = None,
+    title: str = "",
+    unit: str = "%",
+    multiplier: float = 1.96,
+) -> Figure:
+    """Difference (method - reference) against the mean of the pair, with bias and limits."""
+    ax = _axes(ax)
+    p, r = paired(predicted, reference)
+    mean, diff = (p + r) / 2.0, p - r
+    ax.scatter(mean, diff, s=14, alpha=0.7, color="tab:blue", edgecolors="none")
+    if p.size >= 3:
+        ba = bland_altman(p, r, multiplier=multiplier)
+        for level, style, label in (
+            (ba.bias, "-", f"bias {ba.bias:+.2f}"),
+            (ba.loa_upper, "--", f"+{multiplier:g} SD {ba.loa_upper:+.2f}"),
+            (ba.loa_lower, "--", f"-{multiplier:g} SD {ba.loa_lower:+.2f}"),
+        ):
+            ax.axhline(level, color="tab:red", linestyle=style, linewidth=1)
+            ax.annotate(
+                label,
+                xy=(1.0, level),
+                xycoords=("axes fraction", "data"),
+                xytext=(-4, 3),
+                textcoords="offset points",
+                ha="right",
+                fontsize=8,
+                color="tab:red",
+            )
+    ax.axhline(0.0, color="0.6", linewidth=0.8)
+    ax.set_xlabel(f"mean of method and reference ({unit})")
+    ax.set_ylabel(f"method - reference ({unit})")
+    ax.set_title(title or "Bland-Altman", fontsize=10)
+    return ax.figure
+
+
+def scatter_plot(
+    predicted: ArrayLike | pd.Series,
+    reference: ArrayLike | pd.Series,
+    *,
+    ax: Axes | None = None,
+    title: str = "",
+    unit: str = "%",
+    threshold: float | None = None,
+) -> Figure:
+    """Method against reference with the identity line, least-squares fit and cut-off lines."""
+    ax = _axes(ax)
+    p, r = paired(predicted, reference)
+    ax.scatter(r, p, s=14, alpha=0.7, color="tab:blue", edgecolors="none")
+    if p.size:
+        lo = float(min(p.min(), r.min()))
+        hi = float(max(p.max(), r.max()))
+        pad = 0.03 * (hi - lo or 1.0)
+        lims = (lo - pad, hi + pad)
+        ax.plot(lims, lims, color="0.5", linewidth=1, label="identity")
+        if p.size >= 2 and np.ptp(r) > 0:
+            slope, intercept = np.polyfit(r, p, 1)
+            ax.plot(
+                lims,
+                [intercept + slope * x for x in lims],
+                color="tab:red",
+                linewidth=1,
+                label=f"fit y = {intercept:.2f} + {slope:.2f} x",
+            )
+        if threshold is not None:
+            ax.axvline(threshold, color="tab:orange", linestyle=":", linewidth=1)
+            ax.axhline(threshold, color="tab:orange", linestyle=":", linewidth=1)
+        ax.set_xlim(lims)
+        ax.set_ylim(lims)
+        ax.legend(fontsize=8, loc="upper left")
+    ax.set_aspect("equal", adjustable="box")
+    ax.set_xlabel(f"reference ({unit})")
+    ax.set_ylabel(f"method ({unit})")
+    ax.set_title(title or "Method vs reference", fontsize=10)
+    return ax.figure
+
+
+def roc_plot(rocs: Mapping[str, Roc], *, ax: Axes | None = None, title: str = "") -> Figure:
+    """ROC curves of several methods, with AUC and its interval in the legend."""
+    ax = _axes(ax, 4.5, 4.5)
+    for name, roc in rocs.items():
+        ax.plot(
+            roc.fpr,
+            roc.tpr,
+            drawstyle="steps-post",
+            linewidth=1.5,
+            label=f"{name}: AUC {roc.auc:.3f} [{roc.lower:.3f}, {roc.upper:.3f}]",
+        )
+    ax.plot([0, 1], [0, 1], color="0.6", linewidth=0.8, linestyle="--")
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.01)
+    ax.set_aspect("equal", adjustable="box")
+    ax.set_xlabel("1 - specificity")
+    ax.set_ylabel("sensitivity")
+    ax.set_title(title or "ROC", fontsize=10)
+    if rocs:
+        ax.legend(fontsize=8, loc="lower right")
+    return ax.figure
+
+
+def confusion_plot(confusion: pd.DataFrame, *, ax: Axes | None = None, title: str = "") -> Figure:
+    """Counts of reference (rows) against predicted (columns) categories as a heat map."""
+    ax = _axes(ax, 4.0, 3.6)
+    counts = confusion.to_numpy()
+    ax.imshow(counts, cmap="Blues", vmin=0, vmax=max(int(counts.max()), 1))
+    half = counts.max() / 2.0 if counts.size else 0
+    for (i, j), value in np.ndenumerate(counts):
+        ax.text(j, i, str(value), ha="center", va="center", fontsize=9,
+                color="white" if value > half else "black")  # fmt: skip
+    ax.set_xticks(range(counts.shape[1]), [str(c) for c in confusion.columns])
+    ax.set_yticks(range(counts.shape[0]), [str(c) for c in confusion.index])
+    ax.set_xlabel(str(confusion.columns.name or "predicted"))
+    ax.set_ylabel(str(confusion.index.name or "reference"))
+    ax.set_title(title or "Confusion", fontsize=10)
+    return ax.figure
+
+
+def error_pair_plot(
+    errors_a: pd.Series,
+    errors_b: pd.Series,
+    *,
+    names: Sequence[str] = ("method a", "method b"),
+    ax: Axes | None = None,
+    unit: str = "%",
+) -> Figure:
+    """The errors of two methods on their common subjects, one point per subject."""
+    ax = _axes(ax, 4.5, 4.5)
+    a, b = paired(errors_a, errors_b)
+    ax.scatter(a, b, s=14, alpha=0.7, color="tab:purple", edgecolors="none")
+    ax.axhline(0, color="0.6", linewidth=0.8)
+    ax.axvline(0, color="0.6", linewidth=0.8)
+    if a.size >= 3 and np.ptp(a) > 0 and np.ptp(b) > 0:
+        r = float(np.corrcoef(a, b)[0, 1])
+        ax.set_title(f"Errors: {names[0]} vs {names[1]} (r = {r:.2f}, n = {a.size})", fontsize=10)
+    else:
+        ax.set_title(f"Errors: {names[0]} vs {names[1]}", fontsize=10)
+    ax.set_xlabel(f"{names[0]} - reference ({unit})")
+    ax.set_ylabel(f"{names[1]} - reference ({unit})")
+    return ax.figure
+
+
+def covariate_plot(
+    errors: Mapping[str, pd.Series],
+    covariate: pd.Series,
+    *,
+    name: str = "",
+    ax: Axes | None = None,
+    unit: str = "%",
+) -> Figure:
+    """Each method's error against one covariate (subjects matched by index)."""
+    ax = _axes(ax, 4.5, 3.6)
+    for method, err in errors.items():
+        e, c = paired(err, covariate)
+        ax.scatter(c, e, s=12, alpha=0.6, edgecolors="none", label=method)
+    ax.axhline(0, color="0.6", linewidth=0.8)
+    ax.set_xlabel(name or str(covariate.name))
+    ax.set_ylabel(f"method - reference ({unit})")
+    ax.set_title(f"Error vs {name or covariate.name}", fontsize=10)
+    if errors:
+        ax.legend(fontsize=8)
+    return ax.figure
+
+
+def figure_to_png(fig: Figure, *, dpi: int = 110) -> bytes:
+    """The figure as PNG bytes."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
+
+
+def figure_to_data_uri(fig: Figure, *, dpi: int = 110) -> str:
+    """The figure as a ``data:image/png;base64,...`` URI for an ``<img>`` in a standalone page."""
+    return "data:image/png;base64," + base64.b64encode(figure_to_png(fig, dpi=dpi)).decode("ascii")
+
+
+def figure_to_svg(fig: Figure) -> str:
+    """The figure as an inline ``<svg>`` element (no XML prologue)."""
+    buffer = io.StringIO()
+    fig.savefig(buffer, format="svg")
+    text = buffer.getvalue()
+    return text[text.index("<svg") :]
