@@ -120,7 +120,7 @@ class PhantomConfig:
         Standard deviation of the complex Gaussian noise behind the Rician magnitude (signal units;
         tissue proton density is about 60-95).
     coil_field_amplitude:
-        Log-amplitude of the smooth multiplicative coil sensitivity field.
+        Standard deviation of the log of the smooth multiplicative coil sensitivity field.
     motion_sd_mm:
         Standard deviation of the in-plane offset of each station (mm).
     swap_fraction:
@@ -137,7 +137,7 @@ class PhantomConfig:
 
     noise_floor_pct: float = 1.5
     proportional_bias: float = 0.95
-    noise_sd: float = 1.5
+    noise_sd: float = 0.8
     coil_field_amplitude: float = 0.15
     motion_sd_mm: float = 2.0
     swap_fraction: float = 0.02
@@ -645,9 +645,8 @@ def synthesise_signal(
     coil = None
     for axis_coords, shape in ((grid.z, (-1, 1, 1)), (grid.y, (1, -1, 1)), (grid.x, (1, 1, -1))):
         w = Waves(rng, 2, (600.0, 1500.0))
-        profile = np.exp(
-            config.coil_field_amplitude * w(axis_coords, axis_coords * 0, axis_coords * 0)
-        )
+        log_sd = config.coil_field_amplitude / math.sqrt(3)  # three axes add up to the set SD
+        profile = np.exp(log_sd * w(axis_coords, axis_coords * 0, axis_coords * 0))
         profile = profile.reshape(shape).astype(np.float32)
         coil = profile if coil is None else coil * profile
     water *= coil

@@ -240,7 +240,7 @@ def normalise(frame: pd.DataFrame) -> pd.DataFrame:
     for col in _FLOAT_COLUMNS:
         frame[col] = pd.to_numeric(frame[col], errors="coerce").astype(float)
     for col in ("subject_id", "method", "target", "status", "message"):
-        frame[col] = frame[col].fillna("").astype(str)
+        frame[col] = frame[col].astype("string").fillna("").astype(str)
     return frame.reset_index(drop=True)
 
 
