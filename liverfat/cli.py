@@ -17,7 +17,7 @@ from liverfat import __version__
 from liverfat.errors import LiverfatError
 
 #: Modules that each provide ``add_parser(subparsers)``; one line per command group.
-SUBCOMMAND_MODULES = ("liverfat.data.cli",)
+SUBCOMMAND_MODULES = ("liverfat.data.cli", "liverfat.evaluation.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

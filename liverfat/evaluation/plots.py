@@ -2,7 +2,7 @@
 
 Every function draws into ``ax`` when given, else into a new :class:`~matplotlib.figure.Figure`
 rendered by the Agg canvas, and returns the figure. Values are in the target unit (``unit``,
-``"%"`` for PDFF); errors are ``method - reference``.
+``"%"`` for PDFF). Pairs are ``(a, b)`` with ``a`` the reference: differences are ``b - a``.
 """
 
 from __future__ import annotations
@@ -37,21 +37,32 @@ def _axes(ax: Axes | None, width_in: float = 5.0, height_in: float = 4.0) -> Axe
 
 
 def bland_altman_plot(
-    predicted: ArrayLike | pd.Series,
-    reference: ArrayLike | pd.Series,
+    a: ArrayLike | pd.Series,
+    b: ArrayLike | pd.Series,
     *,
+    names: Sequence[str] = ("a", "b"),
+    annotate: int = 5,
     ax: Axes | None = None,
     title: str = "",
     unit: str = "%",
     multiplier: float = 1.96,
 ) -> Figure:
-    """Difference (method - reference) against the mean of the pair, with bias and limits."""
+    """Difference ``b - a`` against the pair mean, with bias, limits of agreement and outliers.
+
+    The ``annotate`` points with the largest ``|b - a|`` are labelled with their subject id
+    when ``a`` and ``b`` are Series indexed by subject_id.
+    """
     ax = _axes(ax)
-    p, r = paired(predicted, reference)
-    mean, diff = (p + r) / 2.0, p - r
+    if isinstance(a, pd.Series) and isinstance(b, pd.Series):
+        frame = pd.concat({"a": a, "b": b}, axis=1).dropna()
+        x, y, ids = frame["a"].to_numpy(), frame["b"].to_numpy(), frame.index.astype(str)
+    else:
+        x, y = paired(a, b)
+        ids = None
+    mean, diff = (x + y) / 2.0, y - x
     ax.scatter(mean, diff, s=14, alpha=0.7, color="tab:blue", edgecolors="none")
-    if p.size >= 3:
-        ba = bland_altman(p, r, multiplier=multiplier)
+    if x.size >= 3:
+        ba = bland_altman(y, x, multiplier=multiplier)
         for level, style, label in (
             (ba.bias, "-", f"bias {ba.bias:+.2f}"),
             (ba.loa_upper, "--", f"+{multiplier:g} SD {ba.loa_upper:+.2f}"),
@@ -68,37 +79,48 @@ def bland_altman_plot(
                 fontsize=8,
                 color="tab:red",
             )
+    if ids is not None and annotate > 0 and x.size:
+        for i in np.argsort(-np.abs(diff), kind="mergesort")[:annotate]:
+            ax.annotate(
+                ids[i],
+                xy=(mean[i], diff[i]),
+                xytext=(4, 4),
+                textcoords="offset points",
+                fontsize=7,
+                color="0.25",
+            )
     ax.axhline(0.0, color="0.6", linewidth=0.8)
-    ax.set_xlabel(f"mean of method and reference ({unit})")
-    ax.set_ylabel(f"method - reference ({unit})")
-    ax.set_title(title or "Bland-Altman", fontsize=10)
+    ax.set_xlabel(f"mean of {names[0]} and {names[1]} ({unit})")
+    ax.set_ylabel(f"{names[1]} - {names[0]} ({unit})")
+    ax.set_title(title or f"Bland-Altman: {names[1]} vs {names[0]}", fontsize=10)
     return ax.figure
 
 
 def scatter_plot(
-    predicted: ArrayLike | pd.Series,
-    reference: ArrayLike | pd.Series,
+    a: ArrayLike | pd.Series,
+    b: ArrayLike | pd.Series,
     *,
+    names: Sequence[str] = ("a", "b"),
     ax: Axes | None = None,
     title: str = "",
     unit: str = "%",
     threshold: float | None = None,
 ) -> Figure:
-    """Method against reference with the identity line, least-squares fit and cut-off lines."""
+    """``b`` against ``a`` with the identity line, least-squares fit and cut-off lines."""
     ax = _axes(ax)
-    p, r = paired(predicted, reference)
-    ax.scatter(r, p, s=14, alpha=0.7, color="tab:blue", edgecolors="none")
-    if p.size:
-        lo = float(min(p.min(), r.min()))
-        hi = float(max(p.max(), r.max()))
+    x, y = paired(a, b)
+    ax.scatter(x, y, s=14, alpha=0.7, color="tab:blue", edgecolors="none")
+    if x.size:
+        lo = float(min(x.min(), y.min()))
+        hi = float(max(x.max(), y.max()))
         pad = 0.03 * (hi - lo or 1.0)
         lims = (lo - pad, hi + pad)
         ax.plot(lims, lims, color="0.5", linewidth=1, label="identity")
-        if p.size >= 2 and np.ptp(r) > 0:
-            slope, intercept = np.polyfit(r, p, 1)
+        if x.size >= 2 and np.ptp(x) > 0:
+            slope, intercept = np.polyfit(x, y, 1)
             ax.plot(
                 lims,
-                [intercept + slope * x for x in lims],
+                [intercept + slope * v for v in lims],
                 color="tab:red",
                 linewidth=1,
                 label=f"fit y = {intercept:.2f} + {slope:.2f} x",
@@ -110,9 +132,9 @@ def scatter_plot(
         ax.set_ylim(lims)
         ax.legend(fontsize=8, loc="upper left")
     ax.set_aspect("equal", adjustable="box")
-    ax.set_xlabel(f"reference ({unit})")
-    ax.set_ylabel(f"method ({unit})")
-    ax.set_title(title or "Method vs reference", fontsize=10)
+    ax.set_xlabel(f"{names[0]} ({unit})")
+    ax.set_ylabel(f"{names[1]} ({unit})")
+    ax.set_title(title or f"{names[1]} vs {names[0]}", fontsize=10)
     return ax.figure
 
 
@@ -177,28 +199,6 @@ def error_pair_plot(
         ax.set_title(f"Errors: {names[0]} vs {names[1]}", fontsize=10)
     ax.set_xlabel(f"{names[0]} - reference ({unit})")
     ax.set_ylabel(f"{names[1]} - reference ({unit})")
-    return ax.figure
-
-
-def covariate_plot(
-    errors: Mapping[str, pd.Series],
-    covariate: pd.Series,
-    *,
-    name: str = "",
-    ax: Axes | None = None,
-    unit: str = "%",
-) -> Figure:
-    """Each method's error against one covariate (subjects matched by index)."""
-    ax = _axes(ax, 4.5, 3.6)
-    for method, err in errors.items():
-        e, c = paired(err, covariate)
-        ax.scatter(c, e, s=12, alpha=0.6, edgecolors="none", label=method)
-    ax.axhline(0, color="0.6", linewidth=0.8)
-    ax.set_xlabel(name or str(covariate.name))
-    ax.set_ylabel(f"method - reference ({unit})")
-    ax.set_title(f"Error vs {name or covariate.name}", fontsize=10)
-    if errors:
-        ax.legend(fontsize=8)
     return ax.figure
 
 
