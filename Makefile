@@ -14,7 +14,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/liverfat demo --out demo_output
+	$(BIN)/liverfat phantom --n 40 --seed 0 --scale quarter --out demo_output/phantom
+	$(BIN)/liverfat manifest check demo_output/phantom/manifest.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -42,7 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     names = args.names or available
     unknown = set(names) - set(available)
     if unknown:
-        parser.error(f"unknown benchmark(s) {', '.join(sorted(unknown))}; have {', '.join(available)}")
+        parser.error(
+            f"unknown benchmark(s) {', '.join(sorted(unknown))}; have {', '.join(available)}"
+        )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     failed = []
@@ -57,8 +59,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"benchmark {name} failed: {exc}", file=sys.stderr)
                 failed.append(name)
                 continue
-        result = {"benchmark": name, "machine": machine(), "wall_s": round(time.perf_counter() - start, 2),
-                  "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "figures": figures}
+        result = {
+            "benchmark": name,
+            "machine": machine(),
+            "wall_s": round(time.perf_counter() - start, 2),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "figures": figures,
+        }
         (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
         print(json.dumps(figures, indent=2))
     return 1 if failed else 0

@@ -17,7 +17,9 @@ def _one_full(out: str) -> None:
 def run(work: Path) -> dict:
     n_half = 16
     start = time.perf_counter()
-    generate_cohort(n_half, work / "half", seed=3, scale="half", executor="processes", progress=False)
+    generate_cohort(
+        n_half, work / "half", seed=3, scale="half", executor="processes", progress=False
+    )
     half_s = time.perf_counter() - start
     full = []
     for repeat in range(3):
@@ -28,6 +30,9 @@ def run(work: Path) -> dict:
         "half_scale_subjects_per_s": round(n_half / half_s, 2),
         "full_scale_s_per_subject_median": round(full_s, 2),
         "full_scale_peak_memory_mib_max": round(max(m for _, m in full), 1),
-        "targets": {"half_scale_subjects_per_s": ">= 2", "full_scale_s_per_subject": "< 5",
-                    "full_scale_peak_memory_mib": "< 2048"},
+        "targets": {
+            "half_scale_subjects_per_s": ">= 2",
+            "full_scale_s_per_subject": "< 5",
+            "full_scale_peak_memory_mib": "< 2048",
+        },
     }

@@ -38,21 +38,27 @@ def check_engine(
 
     train = manifest.select(split="A")
     assert engine.fit(train) is engine, "fit must return self"
-    assert [a for a in vars(engine) if a.endswith("_") and not a.startswith("_")], "fit sets no attribute_"
+    assert [a for a in vars(engine) if a.endswith("_") and not a.startswith("_")], (
+        "fit sets no attribute_"
+    )
 
     table = engine.predict(manifest)
     assert isinstance(table, PredictionsTable)
     assert list(table.frame.columns) == COLUMNS
     for target in targets:
         rows = table.frame[table.frame["target"] == target]
-        assert set(rows["subject_id"]) == set(manifest.subject_ids), f"{target}: a subject has no row"
+        assert set(rows["subject_id"]) == set(manifest.subject_ids), (
+            f"{target}: a subject has no row"
+        )
     assert table.run.get("method"), "run.json must name the method"
 
     # save / load reproduce the predictions exactly.
     engine.save(tmp_path / "engine")
     loaded = type(engine).load(tmp_path / "engine")
     again = loaded.predict(manifest)
-    pd.testing.assert_frame_equal(_sorted(table.frame), _sorted(again.frame), check_exact=False, rtol=1e-6)
+    pd.testing.assert_frame_equal(
+        _sorted(table.frame), _sorted(again.frame), check_exact=False, rtol=1e-6
+    )
 
     # Cross-validation: every subject with a reference gets exactly one out-of-fold row per target.
     oof = make_engine().cross_validate(train, folds=folds, seed=0)
@@ -98,6 +104,8 @@ def _with_corrupt_subject(manifest: Manifest, folder: Path) -> Manifest:
         target = folder / f"{sid}_{column}.nii.gz"
         target.write_bytes(source.read_bytes()[:200])
         table.loc[0, column] = str(target)
-    copy = Manifest(card=dict(manifest.card), subjects=table, path=manifest.path, root=manifest.root)
+    copy = Manifest(
+        card=dict(manifest.card), subjects=table, path=manifest.path, root=manifest.root
+    )
     # Other subjects keep their paths relative to the original root; absolute paths win in joins.
     return copy

@@ -57,7 +57,8 @@ def manifest_check(args: argparse.Namespace) -> int:
     if problems:
         print(f"{manifest.path}: {len(problems)} problem(s)", file=sys.stderr)
         return 1
-    print(f"{manifest.path}: OK, {len(manifest)} subjects, targets {', '.join(manifest.targets)}")
+    targets = ", ".join(manifest.targets) or "none"
+    print(f"{manifest.path}: OK, {len(manifest)} subjects, targets: {targets}")
     return 0
 
 

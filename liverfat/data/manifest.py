@@ -267,13 +267,20 @@ class Manifest:
         return DixonImages(subject_id, water, fat, ff)
 
     def liver_mask(self, subject_id: str) -> sitk.Image:
-        """The subject's liver mask (uint8), checked non-empty."""
+        """The subject's liver mask (uint8, 1 = liver), checked non-empty.
+
+        A card with ``liver_label: N`` marks the column as a label map whose liver is value N
+        (e.g. CHAOS: 1 liver, 2 and 3 kidneys, 4 spleen); otherwise any non-zero voxel is liver.
+        """
         mask = self.read_image(subject_id, "liver_mask", allow_empty=True)
+        label = self.card.get("liver_label")
+        mask = mask == int(label) if label is not None else mask > 0
         if not np.any(sitk.GetArrayViewFromImage(mask)):
             raise ImageError(
-                f"subject {subject_id}: liver_mask {self.image_path(subject_id, 'liver_mask')} is empty"
+                f"subject {subject_id}: liver_mask "
+                f"{self.image_path(subject_id, 'liver_mask')} is empty"
             )
-        return sitk.Cast(mask > 0, sitk.sitkUInt8)
+        return sitk.Cast(mask, sitk.sitkUInt8)
 
     # Validation ----------------------------------------------------------------------------------
     def problems(self, *, check_files: bool = True, check_geometry: bool = True) -> list[str]:
@@ -336,7 +343,8 @@ class Manifest:
                 for index in np.flatnonzero(outside):
                     sid = self.subjects["subject_id"].iloc[index]
                     problems.append(
-                        f"{table}: subject {sid}: {column} {parsed.iloc[index]:g} outside [{low:g}, {high:g}]"
+                        f"{table}: subject {sid}: {column} {parsed.iloc[index]:g} "
+                        f"outside [{low:g}, {high:g}]"
                     )
         for column in self.targets:
             if column not in self.subjects.columns:
@@ -366,7 +374,8 @@ class Manifest:
                     problem = geometry_mismatch(geometry_of(first_header), geometry_of(header))
                     if problem:
                         problems.append(
-                            f"subject {sid}: {first_column} {first_path.name} and {column} {path.name} "
+                            f"subject {sid}: {first_column} {first_path.name} and "
+                            f"{column} {path.name} "
                             f"differ in geometry: {problem}"
                         )
         return problems

@@ -868,7 +868,8 @@ def _check_existing(card_path: Path, n: int, seed: int, scale: str, config: Phan
         if previous != json.loads(json.dumps(settings)):
             raise LiverfatError(
                 f"{card_path.parent}: holds a phantom cohort with other settings "
-                f"(seed {previous.get('seed')}, scale {previous.get('scale')}); choose another --out"
+                f"(seed {previous.get('seed')}, scale {previous.get('scale')}); "
+                "choose another --out"
             )
     else:
         write_json_atomic(settings_path, settings)

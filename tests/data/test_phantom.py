@@ -43,15 +43,28 @@ def _array(image):
 
 def test_twenty_quarter_scale_subjects_fast_and_identical(tmp_path: Path) -> None:
     start = time.perf_counter()
-    generate_cohort(20, tmp_path / "a", seed=1, scale="quarter", executor="processes", n_workers=2,
-                    progress=False)
+    generate_cohort(
+        20,
+        tmp_path / "a",
+        seed=1,
+        scale="quarter",
+        executor="processes",
+        n_workers=2,
+        progress=False,
+    )
     elapsed = time.perf_counter() - start
     assert elapsed < 60, f"20 quarter-scale subjects took {elapsed:.1f} s"
     generate_cohort(20, tmp_path / "b", seed=1, scale="quarter", executor="serial", progress=False)
-    a_files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
-    b_files = sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*") if p.is_file())
+    a_files = sorted(
+        p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file()
+    )
+    b_files = sorted(
+        p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*") if p.is_file()
+    )
     assert a_files == b_files
-    match, mismatch, errors = filecmp.cmpfiles(tmp_path / "a", tmp_path / "b", a_files, shallow=False)
+    match, mismatch, errors = filecmp.cmpfiles(
+        tmp_path / "a", tmp_path / "b", a_files, shallow=False
+    )
     assert not mismatch and not errors, mismatch + errors
     # A different seed gives a different cohort.
     generate_cohort(3, tmp_path / "c", seed=2, scale="quarter", executor="serial", progress=False)
@@ -85,8 +98,12 @@ def test_other_settings_in_same_folder_refused(phantom_dir: Path, tmp_path: Path
         generate_cohort(20, copy, seed=2, scale="quarter", executor="serial", progress=False)
 
 
-def test_body_fat_fraction_tracks_truth_with_designed_bias(phantom_manifest: Manifest, phantom_dir: Path) -> None:
-    truth = pd.read_csv(phantom_dir / "truth" / "truth.csv", dtype={"subject_id": str}).set_index("subject_id")
+def test_body_fat_fraction_tracks_truth_with_designed_bias(
+    phantom_manifest: Manifest, phantom_dir: Path
+) -> None:
+    truth = pd.read_csv(phantom_dir / "truth" / "truth.csv", dtype={"subject_id": str}).set_index(
+        "subject_id"
+    )
     clean = truth[truth["water_fat_swap"] == 0]
     medians = _liver_medians(phantom_manifest.select(subject_ids=clean.index))
     rho = stats.spearmanr(medians, clean.loc[medians.index, "liver_pdff_pct"]).statistic
@@ -130,16 +147,24 @@ def test_reference_agrees_with_truth_apart_from_recorded_outliers(tmp_path: Path
 
 
 def test_cohort_reference_columns(phantom_manifest: Manifest, phantom_dir: Path) -> None:
-    truth = pd.read_csv(phantom_dir / "truth" / "truth.csv", dtype={"subject_id": str}).set_index("subject_id")
+    truth = pd.read_csv(phantom_dir / "truth" / "truth.csv", dtype={"subject_id": str}).set_index(
+        "subject_id"
+    )
     ref = phantom_manifest.target("liver_pdff_pct")
     in_a = phantom_manifest.in_split("A").to_numpy()
     assert ref[in_a].notna().all() and ref[~in_a].isna().all()
     assert np.allclose(ref[in_a], truth.loc[ref[in_a].index, "reference_pdff_pct"])
     # C is a subset of B; no subject is in A and B.
-    assert set(phantom_manifest.select(split="C").subject_ids) <= set(phantom_manifest.select(split="B").subject_ids)
-    assert not set(phantom_manifest.select(split="A").subject_ids) & set(phantom_manifest.select(split="B").subject_ids)
+    assert set(phantom_manifest.select(split="C").subject_ids) <= set(
+        phantom_manifest.select(split="B").subject_ids
+    )
+    assert not set(phantom_manifest.select(split="A").subject_ids) & set(
+        phantom_manifest.select(split="B").subject_ids
+    )
     table = PredictionsTable.read(phantom_dir / "truth" / "truth_predictions.csv")
-    assert table.values("truth", "liver_pdff_pct").equals(truth["liver_pdff_pct"].rename("value").rename_axis("subject_id"))
+    assert table.values("truth", "liver_pdff_pct").equals(
+        truth["liver_pdff_pct"].rename("value").rename_axis("subject_id")
+    )
 
 
 def test_population_like_uk_biobank() -> None:
@@ -167,8 +192,20 @@ def test_anatomy_volumes_and_grid() -> None:
     assert labels.shape == (185, 87, 112)
     liver = np.isin(labels, LIVER_LABELS)
     assert 900 < record["liver_volume_ml"] < 2700
-    assert record["liver_volume_ml"] == pytest.approx(liver.sum() * Grid.at_scale("half").voxel_ml, rel=1e-3)
-    for organ in ("sat", "muscle", "vat", "spleen", "kidney", "bone_marrow", "lung", "heart", "hepatic_vessel"):
+    assert record["liver_volume_ml"] == pytest.approx(
+        liver.sum() * Grid.at_scale("half").voxel_ml, rel=1e-3
+    )
+    for organ in (
+        "sat",
+        "muscle",
+        "vat",
+        "spleen",
+        "kidney",
+        "bone_marrow",
+        "lung",
+        "heart",
+        "hepatic_vessel",
+    ):
         assert (labels == LABELS[organ]).any(), organ
     # The liver lies in the right (negative x) upper abdomen, under the right lung.
     z, y, x = np.nonzero(liver)

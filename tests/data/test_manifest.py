@@ -1,0 +1,124 @@
+"""Manifest loading, validation and the ``liverfat manifest check`` command."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+
+from liverfat.cli import main
+from liverfat.data.manifest import Manifest
+from liverfat.errors import ImageError, ManifestError
+
+
+@pytest.fixture()
+def broken_copy(phantom_dir: Path, tmp_path: Path) -> Path:
+    """A copy of the phantom with one problem of each kind."""
+    copy = tmp_path / "cohort"
+    shutil.copytree(phantom_dir, copy)
+    table = pd.read_csv(copy / "subjects.csv", dtype=str, keep_default_na=False)
+    (copy / table.loc[0, "water"]).unlink()  # missing file
+    table.loc[2, "subject_id"] = table.loc[1, "subject_id"]  # duplicate id
+    fat = sitk.ReadImage(str(copy / table.loc[3, "fat"]))
+    fat.SetSpacing((1.0, 1.0, 1.0))
+    sitk.WriteImage(fat, str(copy / table.loc[3, "fat"]))  # geometry mismatch
+    a_rows = table.index[table["split"] == "A"]
+    table.loc[a_rows[0], "liver_pdff_pct"] = "high"  # non-numeric target
+    table.loc[a_rows[1], "liver_pdff_pct"] = "140"  # out of range
+    table.loc[5, "split"] = "Z"  # unknown split
+    table.to_csv(copy / "subjects.csv", index=False)
+    return copy
+
+
+def test_phantom_manifest_is_sound(phantom_manifest: Manifest) -> None:
+    assert phantom_manifest.problems() == []
+    assert len(phantom_manifest) == 20
+    assert set(phantom_manifest.targets) == {
+        "liver_pdff_pct",
+        "liver_volume_ml",
+        "vat_volume_ml",
+        "asat_volume_ml",
+    }
+    dixon = phantom_manifest.dixon(phantom_manifest.subject_ids[0])
+    ff = sitk.GetArrayViewFromImage(dixon.fat_fraction)
+    assert ff.min() >= 0 and ff.max() <= 100
+    assert dixon.water.GetSpacing() == dixon.fat_fraction.GetSpacing()
+
+
+def test_every_problem_listed_one_line_each(broken_copy: Path, capsys) -> None:
+    manifest = Manifest.load(broken_copy)
+    problems = manifest.problems()
+    text = "\n".join(problems)
+    assert "water: " in text and "file not found" in text
+    assert "duplicate subject_id P0002" in text
+    assert "differ in geometry: spacing" in text
+    assert "liver_pdff_pct 'high' is not a number" in text
+    assert "liver_pdff_pct 140 outside [0, 100]" in text
+    assert "unknown split 'Z'" in text
+    assert len(problems) == 6, problems
+    assert main(["manifest", "check", str(broken_copy / "manifest.yaml")]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") == 7  # six problems and a summary line
+    with pytest.raises(ManifestError, match="6 problem"):
+        Manifest.load(broken_copy, validate=True)
+
+
+def test_check_command_ok_and_unusable_paths(phantom_dir: Path, tmp_path: Path, capsys) -> None:
+    assert main(["manifest", "check", str(phantom_dir)]) == 0
+    assert "OK, 20 subjects, targets: liver_pdff_pct" in capsys.readouterr().out
+    assert main(["manifest", "check", str(tmp_path / "nope.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "nope.yaml: manifest not found" in err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    assert main(["manifest", "check", str(bad)]) == 2
+    assert "not valid YAML" in capsys.readouterr().err
+
+
+def test_splits_selection_and_targets(phantom_manifest: Manifest) -> None:
+    splits = phantom_manifest.subjects["split"]
+    assert phantom_manifest.in_split("B").sum() == splits.isin(["B", "C"]).sum()
+    assert len(phantom_manifest.select(split="C")) == (splits == "C").sum()
+    sub = phantom_manifest.select(subject_ids=["P0003", "P0001"])
+    assert sub.subject_ids == ["P0001", "P0003"]
+    assert sub.problems() == []
+    target = phantom_manifest.target("liver_pdff_pct")
+    assert target.dtype == float and target.index.name == "subject_id"
+    with pytest.raises(ManifestError, match="unknown target"):
+        phantom_manifest.target("nope")
+    with pytest.raises(ManifestError, match="unknown split"):
+        phantom_manifest.in_split("Q")
+
+
+def test_image_errors_name_subject(broken_copy: Path) -> None:
+    manifest = Manifest.load(broken_copy)
+    with pytest.raises(ImageError, match=r"subject P0001: water: .* file not found"):
+        manifest.dixon("P0001")
+    with pytest.raises(ImageError, match=r"subject P0004: water and fat differ in geometry"):
+        manifest.dixon("P0004")
+
+
+def test_single_image_manifest_refused_for_dixon(tmp_path: Path) -> None:
+    image = sitk.GetImageFromArray(np.ones((3, 4, 5), np.float32))
+    sitk.WriteImage(image, str(tmp_path / "t2.nii.gz"))
+    (tmp_path / "subjects.csv").write_text("subject_id,image,split\nS1,t2.nii.gz,all\n")
+    (tmp_path / "manifest.yaml").write_text(
+        "name: t2\nsubjects: subjects.csv\ntargets: {}\nsplits: {all: {meaning: all}}\n"
+    )
+    manifest = Manifest.load(tmp_path)
+    assert manifest.problems() == []
+    with pytest.raises(ImageError, match="subject S1: no water/fat .* needs a Dixon scan"):
+        manifest.dixon("S1")
+
+
+def test_derived_manifest_written_elsewhere_keeps_paths(
+    phantom_manifest: Manifest, tmp_path: Path
+) -> None:
+    card = phantom_manifest.select(split="A").write(tmp_path / "derived" / "manifest.yaml")
+    again = Manifest.load(card)
+    assert again.problems() == []
+    assert again.subject_ids == phantom_manifest.select(split="A").subject_ids

@@ -1,0 +1,56 @@
+"""liverfat.parallel: the same results from every executor; failures cost one item."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from liverfat.errors import LiverfatError
+from liverfat.parallel import map_subjects
+
+
+def square_or_fail(x: int) -> int:
+    if x == 3:
+        raise ValueError("subject 3 is broken\nsecond line")
+    if x == 5:
+        os._exit(1)  # a native crash kills the worker process
+    return x * x
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def _collect(executor: str, fn, items, **kwargs) -> dict:
+    return {
+        o.item: (o.value, o.error) for o in map_subjects(fn, items, executor=executor, **kwargs)
+    }
+
+
+def test_serial_and_processes_agree_and_isolate_failures() -> None:
+    items = [0, 1, 2, 3, 4, 6, 7]
+    serial = _collect("serial", square_or_fail, items)
+    pooled = _collect("processes", square_or_fail, items, n_workers=2)
+    assert serial == pooled
+    assert serial[3] == (None, "ValueError: subject 3 is broken second line")
+    assert serial[7] == (49, None)
+
+
+def test_worker_crash_costs_one_item() -> None:
+    results = _collect("processes", square_or_fail, list(range(8)), n_workers=2)
+    assert results[5][0] is None and "crashed" in results[5][1]
+    assert {k: v for k, (v, e) in results.items() if e is None} == {
+        k: k * k for k in (0, 1, 2, 4, 6, 7)
+    }
+
+
+@pytest.mark.slow
+def test_dask_local_cluster_gives_same_results() -> None:
+    results = _collect("dask", square, list(range(6)), n_workers=2)
+    assert results == {k: (k * k, None) for k in range(6)}
+
+
+def test_unknown_executor() -> None:
+    with pytest.raises(LiverfatError, match="unknown executor"):
+        list(map_subjects(square, [1], executor="threads"))
