@@ -17,7 +17,12 @@ from liverfat import __version__
 from liverfat.errors import LiverfatError
 
 #: Modules that each provide ``add_parser(subparsers)``; one line per command group.
-SUBCOMMAND_MODULES = ("liverfat.data.cli", "liverfat.evaluation.cli")
+SUBCOMMAND_MODULES = (
+    "liverfat.data.cli",
+    "liverfat.study_cli",
+    "liverfat.evaluation.cli",
+    "liverfat.radiomics.cli",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

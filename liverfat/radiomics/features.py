@@ -129,8 +129,8 @@ def augmented_patches(
         )
         r, c = roi.row + dy, roi.column + dx
         inside = (
-            0 <= r
-            and 0 <= c
+            r >= 0
+            and c >= 0
             and r + roi.size <= allowed.shape[0]
             and c + roi.size <= allowed.shape[1]
         )

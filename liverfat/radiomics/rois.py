@@ -317,9 +317,9 @@ def check_rois_inside(rois: list[Roi], shape_zyx: tuple[int, ...]) -> None:
     for roi in rois:
         if not (
             0 <= roi.slice < shape_zyx[0]
-            and 0 <= roi.row
+            and roi.row >= 0
             and roi.row + roi.size <= shape_zyx[1]
-            and 0 <= roi.column
+            and roi.column >= 0
             and roi.column + roi.size <= shape_zyx[2]
         ):
             raise ImageError(f"ROI {roi} lies outside the image grid {tuple(shape_zyx)}")
