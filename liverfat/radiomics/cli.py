@@ -141,13 +141,13 @@ def _load(args: argparse.Namespace) -> Manifest:
 
 # rois -----------------------------------------------------------------------------------------
 def _subject_rois(job: tuple[Manifest, RoiSettings, str]) -> str:
-    from liverfat.radiomics.features import subject_rois
+    from liverfat.radiomics.features import liver_array, subject_rois
     from liverfat.radiomics.rois import save_rois
 
     subject, settings, out = job
     sid = subject.subject_ids[0]
     try:
-        liver = sitk.GetArrayFromImage(subject.liver_mask(sid)).astype(bool)
+        liver = liver_array(subject, sid)
         if subject.has(sid, "water") or subject.has(sid, "in_phase"):
             dixon = subject.dixon(sid)
             reference = dixon.fat_fraction

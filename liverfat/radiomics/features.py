@@ -224,7 +224,7 @@ def _compute(job: ExtractionJob, augmented: bool) -> pd.DataFrame:
     sid = job.subject_id
     placement = tuple(dict.fromkeys(("fat_fraction", "water", *job.channels)))
     arrays, dixon = _channel_arrays(job.subject, sid, placement)
-    liver = sitk.GetArrayFromImage(job.subject.liver_mask(sid)).astype(bool)
+    liver = liver_array(job.subject, sid)
     if liver.shape != arrays["fat_fraction"].shape:
         raise ImageError(
             f"liver mask grid {liver.shape} differs from the images' {arrays['fat_fraction'].shape}"
@@ -281,6 +281,21 @@ def _compute(job: ExtractionJob, augmented: bool) -> pd.DataFrame:
                 )
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def liver_array(subject: Manifest, sid: str) -> np.ndarray:
+    """The subject's liver mask as a boolean (z, y, x) array.
+
+    A card with ``liver_label`` (multi-organ label maps such as CHAOS) selects that label;
+    otherwise every non-zero voxel is liver.
+    """
+    label = subject.card.get("liver_label")
+    if label is None:
+        return sitk.GetArrayFromImage(subject.liver_mask(sid)).astype(bool)
+    liver = sitk.GetArrayFromImage(subject.read_image(sid, "liver_mask")) == float(label)
+    if not liver.any():
+        raise ImageError(f"subject {sid}: liver_mask has no voxel labelled {label}")
+    return liver
 
 
 def subject_rois(
