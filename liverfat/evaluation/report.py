@@ -136,7 +136,12 @@ def html_table(frame: pd.DataFrame, *, decimals: int = 3, index: bool = False) -
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
     body = []
     for row in frame.itertuples(index=False):
-        cells = "".join(f"<td>{html.escape(_cell(v, decimals))}</td>" for v in row)
+        cells = "".join(
+            f"<td>{html.escape(_cell(v, decimals))}</td>"
+            if isinstance(v, int | float | np.integer | np.floating)
+            else f'<td class="t">{html.escape(_cell(v, decimals))}</td>'
+            for v in row
+        )
         body.append(f"<tr>{cells}</tr>")
     return Markup(f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>")
 
@@ -151,7 +156,7 @@ body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2e
 h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; margin-top: 2em; }
 table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0 1em; }
 th, td { border: 1px solid #ddd; padding: 3px 7px; text-align: right; }
-th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
+th { background: #f3f3f3; } td.t { text-align: left; }
 figure { display: inline-block; margin: 0.5em; vertical-align: top; }
 figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { font-size: 0.85em; color: #555; }
