@@ -1,0 +1,433 @@
+"""Studies: the three-way comparison of the UK Biobank liver-fat study, from one YAML file.
+
+A study names a manifest, the engines with their settings, the target, the splits (A with
+reference, B without, C a subset of B), the comparison pairs and subsets, an output folder and
+an executor. :func:`run_study` runs the protocol stage by stage:
+
+* each engine with ``cross_validate: true`` gives out-of-fold predictions on the training split
+  (A), subject-level folds;
+* each engine with ``predict_on`` splits is fitted on all of A and predicts those splits (the
+  network predicts B; the atlas, whose linear calibration is fitted on A, predicts A and C);
+* the comparison: every pair on every subset where both methods have values, plus every method
+  against the truth table when one is given (the phantom's), with tables, figures and an HTML
+  report.
+
+Every stage writes its predictions table atomically and a ``.done.json`` fingerprint of its
+settings; a rerun skips stages whose fingerprint matches, and engines themselves skip finished
+subjects and folds, so an interrupted study resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import json
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from liverfat.data.atomic import write_json_atomic, write_text_atomic
+from liverfat.data.manifest import Manifest
+from liverfat.data.predictions import PredictionsTable, package_versions, prediction_row
+from liverfat.errors import LiverfatError
+
+#: Engine aliases; any ``package.module:Class`` path also works (user engines).
+ENGINES = {
+    "deep": "liverfat.deep.engine:DeepEngine",
+    "linear_baseline": "liverfat.deep.baseline:LinearBaseline",
+    "atlas": "liverfat.atlas.engine:AtlasEngine",
+    "radiomics": "liverfat.radiomics.engine:RadiomicsEngine",
+}
+EXECUTOR_KINDS = ("serial", "processes", "dask")
+REFERENCE = "reference"
+TRUTH = "truth"
+
+
+class StudyError(LiverfatError):
+    """A study file that is malformed or names something that does not exist."""
+
+
+@dataclass(frozen=True)
+class EngineStage:
+    """One engine of a study and what the protocol asks of it."""
+
+    name: str  # the method name in every table (e.g. "network")
+    engine: str  # alias or module:Class
+    settings: dict[str, Any]
+    cross_validate: bool
+    folds: int
+    predict_on: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Study:
+    """A validated study file (paths resolved against the file's folder)."""
+
+    path: Path
+    name: str
+    manifest: Path
+    data_root: Path | None
+    target: str
+    train_split: str
+    engines: tuple[EngineStage, ...]
+    pairs: tuple[tuple[str, str, str], ...]  # (a, b, subset)
+    truth: Path | None
+    out: Path
+    executor: dict[str, Any]
+    seed: int
+    raw: dict[str, Any] = field(repr=False)
+
+    @classmethod
+    def load(cls, path: str | Path, *, out: str | Path | None = None) -> Study:
+        path = Path(path)
+        if not path.is_file():
+            raise StudyError(f"{path}: study file not found")
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise StudyError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from exc
+        if not isinstance(raw, dict):
+            raise StudyError(f"{path}: a study file is a YAML mapping")
+        return cls._from_mapping(raw, path, out)
+
+    @classmethod
+    def _from_mapping(cls, raw: dict[str, Any], path: Path, out: str | Path | None) -> Study:
+        base = path.parent
+        unknown = set(raw) - {
+            "name",
+            "manifest",
+            "data_root",
+            "target",
+            "splits",
+            "engines",
+            "comparison",
+            "truth",
+            "out",
+            "executor",
+            "seed",
+        }
+        if unknown:
+            raise StudyError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}")
+        for key in ("manifest", "engines"):
+            if key not in raw:
+                raise StudyError(f"{path}: missing '{key}'")
+        splits = raw.get("splits") or {}
+        train = str(splits.get("train", "A"))
+        engines = tuple(_engine_stage(name, entry, path) for name, entry in raw["engines"].items())
+        if not engines:
+            raise StudyError(f"{path}: 'engines' is empty")
+        names = {e.name for e in engines}
+        for reserved in (REFERENCE, TRUTH):
+            if reserved in names:
+                raise StudyError(f"{path}: '{reserved}' is reserved and cannot name an engine")
+        comparison = raw.get("comparison") or {}
+        pairs = tuple(_pair(text, path) for text in comparison.get("pairs", []))
+        known = names | {REFERENCE}
+        for a, b, subset in pairs:
+            for method in (a, b):
+                if method not in known:
+                    raise StudyError(f"{path}: pair {a}:{b}@{subset} names unknown method {method}")
+        executor = dict(raw.get("executor") or {"kind": "serial"})
+        if executor.get("kind", "serial") not in EXECUTOR_KINDS:
+            raise StudyError(f"{path}: executor kind must be one of {', '.join(EXECUTOR_KINDS)}")
+        return cls(
+            path=path,
+            name=str(raw.get("name", path.stem)),
+            manifest=(base / raw["manifest"]).resolve(),
+            data_root=(base / raw["data_root"]).resolve() if raw.get("data_root") else None,
+            target=str(raw.get("target", "liver_pdff_pct")),
+            train_split=train,
+            engines=engines,
+            pairs=pairs,
+            truth=(base / raw["truth"]).resolve() if raw.get("truth") else None,
+            out=Path(out) if out is not None else (base / raw.get("out", "study_output")).resolve(),
+            executor=executor,
+            seed=int(raw.get("seed", 0)),
+            raw=raw,
+        )
+
+    def load_manifest(self) -> Manifest:
+        manifest = Manifest.load(self.manifest, data_root=self.data_root)
+        if self.target not in manifest.targets:
+            raise StudyError(
+                f"{self.path}: target {self.target} is not in the manifest "
+                f"(it has {', '.join(manifest.targets) or 'none'})"
+            )
+        for split in {self.train_split, *(s for e in self.engines for s in e.predict_on)}:
+            manifest.in_split(split)  # raises on an unknown split
+        for _, _, subset in self.pairs:
+            manifest.in_split(subset)
+        return manifest
+
+
+def _engine_stage(name: str, entry: Any, path: Path) -> EngineStage:
+    if not isinstance(entry, dict) or "engine" not in entry:
+        raise StudyError(f"{path}: engine '{name}' needs at least 'engine: NAME'")
+    unknown = set(entry) - {"engine", "settings", "cross_validate", "folds", "predict_on"}
+    if unknown:
+        raise StudyError(f"{path}: engine '{name}': unknown key(s) {', '.join(sorted(unknown))}")
+    predict_on = entry.get("predict_on") or []
+    if isinstance(predict_on, str):
+        predict_on = [predict_on]
+    return EngineStage(
+        name=str(name),
+        engine=str(entry["engine"]),
+        settings=dict(entry.get("settings") or {}),
+        cross_validate=bool(entry.get("cross_validate", False)),
+        folds=int(entry.get("folds", 10)),
+        predict_on=tuple(str(s) for s in predict_on),
+    )
+
+
+def _pair(text: str, path: Path) -> tuple[str, str, str]:
+    """``"reference:network@A"`` -> ``("reference", "network", "A")``."""
+    pair, _, subset = str(text).partition("@")
+    a, _, b = pair.partition(":")
+    if not (a and b and subset) or a == b:
+        raise StudyError(f"{path}: a pair is written A:B@SUBSET, got {text!r}")
+    return a.strip(), b.strip(), subset.strip()
+
+
+def engine_class(spec: str) -> type:
+    """The engine class for an alias (:data:`ENGINES`) or a ``module:Class`` path."""
+    target = ENGINES.get(spec, spec)
+    module_name, _, class_name = target.partition(":")
+    if not class_name:
+        raise StudyError(
+            f"unknown engine {spec!r}: use one of {', '.join(ENGINES)} or module:Class"
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise StudyError(f"engine {spec!r} is not available ({exc})") from exc
+    try:
+        return getattr(module, class_name)
+    except AttributeError as exc:
+        raise StudyError(f"engine {spec!r}: {module_name} has no {class_name}") from exc
+
+
+def make_engine(stage: EngineStage, study: Study) -> Any:
+    """Instantiate a stage's engine, passing the study's executor where the engine takes one."""
+    cls = engine_class(stage.engine)
+    accepted = inspect.signature(cls).parameters
+    settings = dict(stage.settings)
+    for key, value in (
+        ("executor", study.executor.get("kind")),
+        ("n_workers", study.executor.get("workers")),
+        ("scheduler", study.executor.get("scheduler")),
+        ("seed", study.seed),
+    ):
+        if key in accepted and key not in settings and value is not None:
+            settings[key] = value
+    unknown = set(settings) - set(accepted)
+    if unknown:
+        raise StudyError(
+            f"engine '{stage.name}' ({stage.engine}) has no setting(s) {', '.join(sorted(unknown))}"
+        )
+    try:
+        return cls(**settings)
+    except (TypeError, ValueError) as exc:
+        raise StudyError(f"engine '{stage.name}': {exc}") from exc
+
+
+# Running ---------------------------------------------------------------------------------------
+
+
+def _fingerprint(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _rename(table: PredictionsTable, method: str, target: str) -> pd.DataFrame:
+    """Rows of ``target`` under the study's method name (one name per engine stage)."""
+    frame = table.frame[table.frame["target"] == target].copy()
+    produced = sorted(frame["method"].unique())
+    if len(produced) > 1:  # e.g. radiomics: one method per model
+        frame["method"] = method + "-" + frame["method"]
+    else:
+        frame["method"] = method
+    return frame
+
+
+def _run_stage(
+    out: Path, stage_name: str, fingerprint: str, compute: Callable[[], PredictionsTable], log
+) -> PredictionsTable:
+    """Compute a stage's table unless a finished one with the same fingerprint exists."""
+    csv = out / "predictions" / f"{stage_name}.csv"
+    done = out / "predictions" / f"{stage_name}.done.json"
+    if csv.is_file() and done.is_file():
+        if json.loads(done.read_text(encoding="utf-8")).get("fingerprint") == fingerprint:
+            log(f"[{stage_name}] finished earlier, reusing {csv}")
+            return PredictionsTable.read(csv)
+    log(f"[{stage_name}] running ...")
+    start = time.perf_counter()
+    table = compute()
+    table.run.setdefault("timings_s", {})["stage"] = round(time.perf_counter() - start, 2)
+    table.write(csv)
+    write_json_atomic(done, {"fingerprint": fingerprint})
+    log(f"[{stage_name}] done in {time.perf_counter() - start:.1f} s -> {csv}")
+    return table
+
+
+def run_engine(stage: EngineStage, study: Study, manifest: Manifest, log) -> PredictionsTable:
+    """The protocol for one engine: out-of-fold on the training split, then fit and predict."""
+    train = manifest.select(split=study.train_split)
+    base = {
+        "engine": stage.engine,
+        "settings": stage.settings,
+        "seed": study.seed,
+        "manifest": str(study.manifest),
+        "train": study.train_split,
+        "subjects": train.subject_ids,
+    }
+    parts = []
+    work = study.out / "engines" / stage.name
+    if stage.cross_validate:
+
+        def oof() -> PredictionsTable:
+            engine = make_engine(stage, study)
+            _set_work_dir(engine, work / "cv")
+            return engine.cross_validate(train, folds=stage.folds, seed=study.seed)
+
+        fp = _fingerprint({**base, "folds": stage.folds, "stage": "cv"})
+        parts.append(_run_stage(study.out, f"{stage.name}.cv", fp, oof, log))
+    if stage.predict_on:
+
+        def fit_predict() -> PredictionsTable:
+            engine = make_engine(stage, study)
+            _set_work_dir(engine, work / "fit")
+            engine.fit(train)
+            tables = [engine.predict(manifest.select(split=split)) for split in stage.predict_on]
+            table = PredictionsTable.concat(tables)
+            table.run = tables[0].run
+            if hasattr(engine, "save"):
+                engine.save(work / "fitted")
+            return table
+
+        fp = _fingerprint({**base, "predict_on": stage.predict_on, "stage": "fit"})
+        parts.append(_run_stage(study.out, f"{stage.name}.fit", fp, fit_predict, log))
+    frames = [_rename(part, stage.name, study.target) for part in parts]
+    frame = pd.concat(frames, ignore_index=True)
+    # A subject predicted both out-of-fold and after the final fit keeps its out-of-fold value.
+    frame = frame.drop_duplicates(["subject_id", "method", "target"], keep="first")
+    return PredictionsTable(frame, {"method": stage.name, "parts": [p.run for p in parts]})
+
+
+def _set_work_dir(engine: Any, folder: Path) -> None:
+    """Point an engine's caches and per-subject outputs into the study (for resuming)."""
+    for attribute in ("cache_dir", "work_dir", "output_dir"):
+        if hasattr(engine, attribute) and getattr(engine, attribute) is None:
+            setattr(engine, attribute, str(folder))
+
+
+def reference_table(manifest: Manifest, target: str) -> PredictionsTable:
+    """The manifest's reference values of ``target`` as a predictions table (method reference)."""
+    values = manifest.target(target).dropna()
+    rows = [prediction_row(sid, REFERENCE, target, v) for sid, v in values.items()]
+    return PredictionsTable.from_rows(rows, {"method": REFERENCE, "source": str(manifest.path)})
+
+
+def run_study(study: Study, *, log: Callable[[str], None] = print) -> Path:
+    """Run (or resume) a study; return the path of its HTML report."""
+    from liverfat.evaluation.compare import run_comparison
+    from liverfat.evaluation.report import write_report
+
+    manifest = study.load_manifest()
+    out = study.out
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(study.path, out / "study.yaml")
+    write_json_atomic(out / "versions.json", package_versions())
+    tables = [reference_table(manifest, study.target)]
+    for stage in study.engines:
+        tables.append(run_engine(stage, study, manifest, log))
+        tables[-1].write(out / "predictions" / f"{stage.name}.csv")
+    truth = None
+    if study.truth is not None:
+        truth = PredictionsTable.read(study.truth)
+        truth = PredictionsTable(truth.frame[truth.frame["target"] == study.target], truth.run)
+        tables.append(truth)
+    log("[compare] running ...")
+    engine_methods = [t.methods for t in tables[1 : 1 + len(study.engines)]]
+    pairs, subsets = comparison_plan(study, manifest, engine_methods, truth is not None)
+    comparison = run_comparison(
+        tables,
+        study.target,
+        pairs=sorted({(a, b) for a, b, _ in pairs}),
+        reference=REFERENCE,
+        subsets=subsets,
+        covariates=_covariates(manifest),
+        seed=study.seed,
+    )
+    comparison.table = _planned_rows(comparison.table, [(f"{a}:{b}", s) for a, b, s in pairs])
+    comparison.write_tables(out / "tables")
+    report = write_report(
+        comparison,
+        out / "report.html",
+        title=f"liverfat study: {study.name}",
+        sources=f"manifest {study.manifest}; study {study.path}",
+    )
+    write_text_atomic(out / "README.txt", _outputs_readme())
+    log(f"[compare] done: report at {report}")
+    return report
+
+
+def comparison_plan(
+    study: Study, manifest: Manifest, methods: list[list[str]], with_truth: bool
+) -> tuple[list[tuple[str, str, str]], dict[str, list[str]]]:
+    """The (a, b, subset) rows of the comparison table and the subsets' subject ids.
+
+    The study's own pairs come first; with a truth table, every method (and the reference) is
+    also compared with the truth on each subset where it has values.
+    """
+    pairs = list(study.pairs)
+    subset_names = sorted({s for _, _, s in pairs} | {study.train_split})
+    if with_truth:
+        names = [REFERENCE] + [m for group in methods for m in group]
+        for method in names:
+            for subset in subset_names:
+                if method == REFERENCE and subset != study.train_split:
+                    continue
+                pairs.append((TRUTH, method, subset))
+    subsets = {name: manifest.select(split=name).subject_ids for name in subset_names}
+    return pairs, subsets
+
+
+def _planned_rows(table: pd.DataFrame, plan: list[tuple[str, str]]) -> pd.DataFrame:
+    """Only the planned (pair, subset) rows, in the plan's order."""
+    order = {key: i for i, key in enumerate(plan)}
+    rank = [order.get((p, s)) for p, s in zip(table["pair"], table["subset"], strict=True)]
+    table = table.assign(_rank=rank).dropna(subset=["_rank"]).sort_values("_rank")
+    return table.drop(columns="_rank").reset_index(drop=True)
+
+
+def _covariates(manifest: Manifest) -> pd.DataFrame | None:
+    columns = [c for c in ("age", "sex", "bmi") if c in manifest.subjects.columns]
+    if not columns:
+        return None
+    return manifest.subjects.set_index("subject_id")[columns]
+
+
+def _outputs_readme() -> str:
+    return """What this folder holds
+=====================
+study.yaml            the study file that produced it
+versions.json         package versions used
+predictions/NAME.csv  each engine's predictions table (out-of-fold on the training split,
+                      fitted-model predictions elsewhere) with NAME.run.json beside it;
+                      NAME.cv.csv / NAME.fit.csv are the stages, *.done.json their fingerprints
+engines/NAME/         engine caches, per-subject outputs and the fitted engine (resumable)
+tables/               comparison.csv/.md/.tex (the published layout), coverage, failures,
+                      error correlations, outliers, grading, covariate correlations, values
+report.html           one self-contained report with every table and figure
+"""
+
+
+def study_settings_mapping(study: Study) -> Mapping[str, Any]:
+    """The study as given (for reports)."""
+    return study.raw

@@ -1,0 +1,117 @@
+"""Study files and the study runner (with the fast linear baseline as engine)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from liverfat.cli import main
+from liverfat.study import Study, StudyError, run_study
+
+PAIRS = [
+    "reference:baseline@A",
+    "reference:bmi_only@A",
+    "bmi_only:baseline@A",
+    "bmi_only:baseline@C",
+]
+
+
+def _write_study(tmp_path: Path, phantom_dir: Path, **changes) -> Path:
+    study = {
+        "name": "plumbing",
+        "manifest": str(phantom_dir / "manifest.yaml"),
+        "truth": str(phantom_dir / "truth" / "truth_predictions.csv"),
+        "target": "liver_pdff_pct",
+        "out": str(tmp_path / "out"),
+        "engines": {
+            "baseline": {
+                "engine": "linear_baseline",
+                "cross_validate": True,
+                "folds": 3,
+                "predict_on": ["B"],
+            },
+            "bmi_only": {
+                "engine": "linear_baseline",
+                "settings": {"covariates": ["bmi"]},
+                "predict_on": ["A", "C"],
+            },
+        },
+        "comparison": {"pairs": PAIRS},
+        **changes,
+    }
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    return path
+
+
+def test_study_runs_resumes_and_orders_rows(
+    tmp_path: Path, phantom_dir: Path, phantom_manifest
+) -> None:
+    study = Study.load(_write_study(tmp_path, phantom_dir))
+    report = run_study(study, log=lambda m: None)
+    assert report.is_file() and report.stat().st_size > 10_000
+    table = pd.read_csv(tmp_path / "out" / "tables" / "comparison.csv")
+    planned = [(p.split("@")[0], p.split("@")[1]) for p in PAIRS]
+    assert list(zip(table["pair"], table["subset"], strict=True))[:4] == planned
+    truth_rows = table[table["pair"].str.startswith("truth:")]
+    assert set(truth_rows["pair"]) == {"truth:reference", "truth:baseline", "truth:bmi_only"}
+    n_a = len(phantom_manifest.select(split="A"))
+    assert (table.loc[table["subset"] == "A", "n"] == n_a).all()
+    # The baseline's table: out-of-fold on A, fitted predictions on B (and so C).
+    preds = pd.read_csv(
+        tmp_path / "out" / "predictions" / "baseline.csv", dtype={"subject_id": str}
+    )
+    assert set(preds["subject_id"]) == set(phantom_manifest.subject_ids)
+    # A rerun reuses every stage and gives identical tables.
+    stage = tmp_path / "out" / "predictions" / "baseline.cv.csv"
+    before = stage.stat().st_mtime_ns
+    messages: list[str] = []
+    run_study(Study.load(_write_study(tmp_path, phantom_dir)), log=messages.append)
+    assert stage.stat().st_mtime_ns == before
+    assert sum("finished earlier" in m for m in messages) == 3
+    pd.testing.assert_frame_equal(
+        table, pd.read_csv(tmp_path / "out" / "tables" / "comparison.csv")
+    )
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (
+            {"engines": {"x": {"engine": "nope", "cross_validate": True}}, "comparison": {}},
+            "unknown engine 'nope'",
+        ),
+        (
+            {
+                "engines": {
+                    "x": {
+                        "engine": "linear_baseline",
+                        "settings": {"depth": 3},
+                        "cross_validate": True,
+                    }
+                },
+                "comparison": {},
+            },
+            "no setting",
+        ),
+        ({"comparison": {"pairs": ["reference:ghost@A"]}}, "unknown method ghost"),
+        ({"comparison": {"pairs": ["reference-baseline"]}}, "A:B@SUBSET"),
+        ({"target": "nope"}, "target nope is not in the manifest"),
+        ({"colour": "red"}, "unknown key"),
+    ],
+)
+def test_bad_study_files_one_line(
+    tmp_path: Path, phantom_dir: Path, changes: dict, message: str, capsys
+) -> None:
+    path = _write_study(tmp_path, phantom_dir, **changes)
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+
+
+def test_missing_study_file(tmp_path: Path) -> None:
+    with pytest.raises(StudyError, match="study file not found"):
+        Study.load(tmp_path / "nope.yaml")
