@@ -261,10 +261,10 @@ def _run_stage(
     """Compute a stage's table unless a finished one with the same fingerprint exists."""
     csv = out / "predictions" / f"{stage_name}.csv"
     done = out / "predictions" / f"{stage_name}.done.json"
-    if csv.is_file() and done.is_file():
-        if json.loads(done.read_text(encoding="utf-8")).get("fingerprint") == fingerprint:
-            log(f"[{stage_name}] finished earlier, reusing {csv}")
-            return PredictionsTable.read(csv)
+    finished = csv.is_file() and done.is_file()
+    if finished and json.loads(done.read_text(encoding="utf-8")).get("fingerprint") == fingerprint:
+        log(f"[{stage_name}] finished earlier, reusing {csv}")
+        return PredictionsTable.read(csv)
     log(f"[{stage_name}] running ...")
     start = time.perf_counter()
     table = compute()
@@ -339,6 +339,8 @@ def run_study(study: Study, *, log: Callable[[str], None] = print) -> Path:
     from liverfat.evaluation.report import write_report
 
     manifest = study.load_manifest()
+    for stage in study.engines:  # constructors only validate: fail before any work starts
+        make_engine(stage, study)
     out = study.out
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(study.path, out / "study.yaml")
