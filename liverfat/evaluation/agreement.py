@@ -217,10 +217,11 @@ def intraclass_correlations(
     ss_rows = float(k * ((y.mean(axis=1) - grand) ** 2).sum())
     ss_cols = float(n * ((y.mean(axis=0) - grand) ** 2).sum())
     ss_err = ss_total - ss_rows - ss_cols
-    msr = ss_rows / (n - 1)
-    msc = ss_cols / (k - 1)
-    mse = ss_err / ((n - 1) * (k - 1))
-    msw = (ss_total - ss_rows) / (n * (k - 1))
+    # numpy scalars, so identical raters (zero error) give inf/NaN under errstate, not an exception.
+    msr = np.float64(ss_rows) / (n - 1)
+    msc = np.float64(ss_cols) / (k - 1)
+    mse = np.float64(ss_err) / ((n - 1) * (k - 1))
+    msw = np.float64(ss_total - ss_rows) / (n * (k - 1))
 
     alpha = 1.0 - confidence
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -206,3 +206,12 @@ def test_paired_aligns_series_on_subject_id():
 
 def test_pearson_interval_small_n_is_nan():
     assert np.isnan(pearson_interval(0.5, 3)[0])
+
+
+def test_identical_methods_do_not_crash() -> None:
+    values = np.array([1.0, 2.5, 4.0, 8.0, 12.0])
+    from liverfat.evaluation.agreement import intraclass_correlations
+
+    table = intraclass_correlations(np.column_stack([values, values]))
+    assert table.loc["ICC(2,1)", "icc"] == pytest.approx(1.0)
+    assert table.loc["ICC(1,1)", "icc"] == pytest.approx(1.0)
