@@ -19,6 +19,7 @@ from liverfat.errors import LiverfatError
 #: Modules that each provide ``add_parser(subparsers)``; one line per command group.
 SUBCOMMAND_MODULES = (
     "liverfat.data.cli",
+    "liverfat.data.ingest_cli",
     "liverfat.study_cli",
     "liverfat.evaluation.cli",
     "liverfat.radiomics.cli",

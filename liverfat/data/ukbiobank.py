@@ -507,7 +507,7 @@ def fuse_stations(stations: Sequence[sitk.Image], grid: sitk.Image) -> np.ndarra
         )
         ones = sitk.Image(station.GetSize(), sitk.sitkUInt8) + 1
         ones.CopyInformation(station)
-        covered = sitk.GetArrayViewFromImage(
+        covered = sitk.GetArrayFromImage(  # a copy: a view would outlive its temporary image
             sitk.Resample(ones, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
         )
         z = z_out[k_low : k_high + 1]
