@@ -275,7 +275,7 @@ def cv_main(args: argparse.Namespace) -> int:
         seed=args.seed,
         truth=truth,
         n_boot=args.bootstrap,
-        **settings,
+        **{k: v for k, v in settings.items() if k != "seed"},
     )
     result.classification.to_csv(out / "classification.csv", index=False, float_format="%.4f")
     result.regression.to_csv(out / "regression.csv", index=False, float_format="%.4f")
