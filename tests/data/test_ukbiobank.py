@@ -23,6 +23,7 @@ from liverfat.data.ukbiobank import (
     OUTPUT_SPACING_MM,
     UKB_FIELDS,
     IngestJob,
+    Series,
     dataset_card,
     fuse_stations,
     fusion_grid,
@@ -31,9 +32,11 @@ from liverfat.data.ukbiobank import (
     manifest_filenames,
     read_fields,
     read_status,
+    select_stations,
     series_kind,
     subject_fields,
 )
+from liverfat.errors import ImageError
 
 REPO = Path(__file__).resolve().parents[2]
 GOOD_EID = 1000000
@@ -316,3 +319,25 @@ def test_dataset_card_in_data_manifests_names_every_field_with_its_unit():
     assert card == dataset_card(OUTPUT_SPACING_MM, 2)
     for field_id in (20201, 22402, 22436, 31, 34, 52, 53, 12144, 21002, 21001):
         assert card["fields"][str(field_id)]["unit"] == UKB_FIELDS[field_id]["unit"]
+
+
+def _series(kind: str, centre_mm: float, acquired: str) -> Series:
+    slices = []
+    for z in (centre_mm - 3.0, centre_mm, centre_mm + 3.0):
+        ds = pydicom.Dataset()
+        ds.ImagePositionPatient = [0.0, 0.0, z]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        slices.append(ds)
+    return Series(f"uid-{kind}-{centre_mm}-{acquired}", f"Dixon_{kind}", kind, acquired, slices)
+
+
+def test_stations_keep_the_newest_repeat_and_water_fat_must_match():
+    old = _series("water", 100.0, "20160512101000")
+    new = _series("water", 100.5, "20160512103000")
+    fat = [_series("fat", 0.0, "20160512100000"), _series("fat", 100.0, "20160512101000")]
+    chosen = select_stations([new, _series("water", 0.0, "20160512100000"), old, *fat], "s1")
+    assert [s.uid for s in chosen["water"]][1] == new.uid
+    with pytest.raises(ImageError, match=r"s1: water stations at \[0, 100\] mm and fat"):
+        select_stations([_series("water", 0.0, "1"), old, fat[0], _series("fat", 160.0, "1")], "s1")
+    with pytest.raises(ImageError, match="s1: no fat series"):
+        select_stations([old], "s1")
