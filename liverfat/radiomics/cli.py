@@ -195,7 +195,8 @@ def rois_main(args: argparse.Namespace) -> int:
             print(outcome.error, file=sys.stderr)
     done = len(manifest) - failed
     print(
-        f"ROIs of {done} of {len(manifest)} subjects in {out} ({len(manifest) - len(todo)} already there)"
+        f"ROIs of {done} of {len(manifest)} subjects in {out} "
+        f"({len(manifest) - len(todo)} already there)"
     )
     return 1 if failed else 0
 
@@ -217,7 +218,8 @@ def features_main(args: argparse.Namespace) -> int:
         [c for c in rows.columns if c not in ("subject_id", "roi", "augmentation", "lobe")]
     )
     print(
-        f"{len(rows)} ROIs x {n_features} features of {rows['subject_id'].nunique() if len(rows) else 0} "
+        f"{len(rows)} ROIs x {n_features} features of "
+        f"{rows['subject_id'].nunique() if len(rows) else 0} "
         f"subjects -> {out} ({len(failures)} failed)"
     )
     return 1 if failures else 0

@@ -151,7 +151,8 @@ class RadiomicsEngine:
         unknown = set(self.channels) - {"fat_fraction", "water", "fat"}
         if unknown or "fat_fraction" not in self.channels:
             raise LiverfatError(
-                f"channels must include fat_fraction and be among fat_fraction, water, fat; got {list(self.channels)}"
+                "channels must include fat_fraction and be among fat_fraction, water, fat; "
+                f"got {list(self.channels)}"
             )
         if self.executor not in EXECUTORS:
             raise LiverfatError(f"executor must be one of {', '.join(EXECUTORS)}")

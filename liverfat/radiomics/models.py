@@ -18,7 +18,7 @@ TASKS = ("regression", "classification")
 
 @dataclass(frozen=True)
 class GradingScheme:
-    """Steatosis grades from PDFF (%): grade = how many of the increasing ``cuts_pct`` are reached."""
+    """Steatosis grades from PDFF (%): grade = how many increasing ``cuts_pct`` are reached."""
 
     name: str
     cuts_pct: tuple[float, ...]

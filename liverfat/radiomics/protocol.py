@@ -92,7 +92,7 @@ def classification_metrics(
 
 
 def regression_metrics(reference: pd.Series, predicted: pd.Series) -> dict[str, float]:
-    """``n``, mean absolute error (in the values' unit) and R^2 of ``predicted`` vs ``reference``."""
+    """``n``, mean absolute error (values' unit) and R^2 of ``predicted`` vs ``reference``."""
     from sklearn.metrics import mean_absolute_error, r2_score
 
     both = pd.concat([reference.rename("r"), predicted.rename("p")], axis=1).dropna()

@@ -34,8 +34,12 @@ def cache(tmp_path_factory) -> str:
 
 
 def test_conformance(phantom_manifest, tmp_path, cache):
-    check_engine(lambda: RadiomicsEngine(**FAST, cache_dir=cache), phantom_manifest, tmp_path,
-                 targets=["liver_pdff_pct"])
+    check_engine(
+        lambda: RadiomicsEngine(**FAST, cache_dir=cache),
+        phantom_manifest,
+        tmp_path,
+        targets=["liver_pdff_pct"],
+    )
 
 
 def test_constructor_validates_early():
@@ -71,8 +75,7 @@ def test_no_leakage_in_cross_validation(phantom_manifest, cache):
 
 def test_regression_learns_fat_fraction(phantom_manifest, cache):
     """Fat-fraction ROIs carry the answer: out-of-fold MAE well below the spread of the target."""
-    engine = RadiomicsEngine(**dict(FAST, n_estimators=60, model="xgboost"),
-                             cache_dir=cache)
+    engine = RadiomicsEngine(**dict(FAST, n_estimators=60, model="xgboost"), cache_dir=cache)
     train = phantom_manifest.select(split="A")
     oof = engine.cross_validate(train, folds=3, seed=0)
     predicted = oof.values("radiomics", "liver_pdff_pct")
@@ -84,9 +87,20 @@ def test_regression_learns_fat_fraction(phantom_manifest, cache):
 
 def test_grading_schemes():
     assert grading_scheme("histology").grade([4.9, 5.0, 32.9, 33, 66, 80]).tolist() == [
-        0, 1, 1, 2, 3, 3]
+        0,
+        1,
+        1,
+        2,
+        3,
+        3,
+    ]
     assert grading_scheme("mri_pdff").grade([6.3, 6.4, 17.4, 22.0, 22.1]).tolist() == [
-        0, 1, 2, 2, 3]
+        0,
+        1,
+        2,
+        2,
+        3,
+    ]
     assert grading_scheme("binary").grade([5.4, 5.5]).tolist() == [0, 1]
     assert grading_scheme([10, 20]).grade([5, 15, 25]).tolist() == [0, 1, 2]
     with pytest.raises(LiverfatError):
@@ -104,7 +118,8 @@ def test_metrics_against_independent_implementations():
     probabilities[np.arange(200), grades] += 0.5
     probabilities /= probabilities.sum(axis=1, keepdims=True)
     assert grade_auc(grades, probabilities) == pytest.approx(
-        roc_auc_score(grades, probabilities, multi_class="ovr", average="macro"))
+        roc_auc_score(grades, probabilities, multi_class="ovr", average="macro")
+    )
     metrics = classification_metrics(grades, probabilities, n_boot=100)
     assert metrics["auc_lower"] < metrics["auc"] < metrics["auc_upper"]
     assert metrics["accuracy"] == pytest.approx((probabilities.argmax(1) == grades).mean())
@@ -119,10 +134,13 @@ def test_metrics_against_independent_implementations():
 def test_covariate_spearman_overall_and_by_sex():
     rng = np.random.default_rng(1)
     n = 120
-    covariates = pd.DataFrame({"age": rng.uniform(30, 80, n), "sex": rng.integers(0, 2, n),
-                               "bmi": rng.normal(27, 4, n)}, index=[f"S{i}" for i in range(n)])
-    grades = pd.Series(np.digitize(covariates["bmi"] + rng.normal(0, 2, n), [25, 28, 31]),
-                       index=covariates.index)
+    covariates = pd.DataFrame(
+        {"age": rng.uniform(30, 80, n), "sex": rng.integers(0, 2, n), "bmi": rng.normal(27, 4, n)},
+        index=[f"S{i}" for i in range(n)],
+    )
+    grades = pd.Series(
+        np.digitize(covariates["bmi"] + rng.normal(0, 2, n), [25, 28, 31]), index=covariates.index
+    )
     table = covariate_spearman(grades, covariates).set_index(["group", "covariate"])
     rho, p = stats.spearmanr(grades, covariates["bmi"])
     assert table.loc[("all", "bmi"), "rho"] == pytest.approx(rho)
@@ -134,20 +152,83 @@ def test_covariate_spearman_overall_and_by_sex():
 
 
 def test_cli_fit_predict_rois_features(phantom_dir, tmp_path, cache):
-    common = ["--roi-size", "4", "--estimators", "10", "--augment", "1", "--executor", "serial",
-              "--cache", cache]
-    assert cli_main(["radiomics", "fit", str(phantom_dir), "--split", "A", "--out",
-                     str(tmp_path / "model"), *common]) == 0
-    assert cli_main(["radiomics", "predict", str(phantom_dir), "--model", str(tmp_path / "model"),
-                     "--out", str(tmp_path / "pred.csv"), "--executor", "serial",
-                     "--cache", cache]) == 0
+    common = [
+        "--roi-size",
+        "4",
+        "--estimators",
+        "10",
+        "--augment",
+        "1",
+        "--executor",
+        "serial",
+        "--cache",
+        cache,
+    ]
+    assert (
+        cli_main(
+            [
+                "radiomics",
+                "fit",
+                str(phantom_dir),
+                "--split",
+                "A",
+                "--out",
+                str(tmp_path / "model"),
+                *common,
+            ]
+        )
+        == 0
+    )
+    assert (
+        cli_main(
+            [
+                "radiomics",
+                "predict",
+                str(phantom_dir),
+                "--model",
+                str(tmp_path / "model"),
+                "--out",
+                str(tmp_path / "pred.csv"),
+                "--executor",
+                "serial",
+                "--cache",
+                cache,
+            ]
+        )
+        == 0
+    )
     table = pd.read_csv(tmp_path / "pred.csv")
     assert len(table) == 20 and (table["status"] == "ok").all()
-    assert cli_main(["radiomics", "features", str(phantom_dir), "--out",
-                     str(tmp_path / "features.csv"), *common]) == 0
+    assert (
+        cli_main(
+            [
+                "radiomics",
+                "features",
+                str(phantom_dir),
+                "--out",
+                str(tmp_path / "features.csv"),
+                *common,
+            ]
+        )
+        == 0
+    )
     assert len(pd.read_csv(tmp_path / "features.csv")) == 20 * 6
-    assert cli_main(["radiomics", "rois", str(phantom_dir), "--out", str(tmp_path / "rois"),
-                     "--roi-size", "4", "--executor", "serial"]) == 0
+    assert (
+        cli_main(
+            [
+                "radiomics",
+                "rois",
+                str(phantom_dir),
+                "--out",
+                str(tmp_path / "rois"),
+                "--roi-size",
+                "4",
+                "--executor",
+                "serial",
+            ]
+        )
+        == 0
+    )
     saved = json.loads((tmp_path / "rois" / "P0001_rois.json").read_text())
     assert len(saved["rois"]) == 6
     # bad input: one clear line, exit 2
@@ -156,12 +237,38 @@ def test_cli_fit_predict_rois_features(phantom_dir, tmp_path, cache):
 
 def test_cli_cv_protocol_table(phantom_dir, tmp_path, cache):
     out = tmp_path / "cv"
-    assert cli_main(["radiomics", "cv", str(phantom_dir), "--out", str(out), "--roi-size", "4",
-                     "--cache", cache,
-                     "--estimators", "10", "--augment", "1", "--executor", "serial",
-                     "--grading", "binary", "--folds", "3", "--test-fraction", "0.34",
-                     "--bootstrap", "100", "--truth",
-                     str(phantom_dir / "truth" / "truth_predictions.csv")]) == 0
+    assert (
+        cli_main(
+            [
+                "radiomics",
+                "cv",
+                str(phantom_dir),
+                "--out",
+                str(out),
+                "--roi-size",
+                "4",
+                "--cache",
+                cache,
+                "--estimators",
+                "10",
+                "--augment",
+                "1",
+                "--executor",
+                "serial",
+                "--grading",
+                "binary",
+                "--folds",
+                "3",
+                "--test-fraction",
+                "0.34",
+                "--bootstrap",
+                "100",
+                "--truth",
+                str(phantom_dir / "truth" / "truth_predictions.csv"),
+            ]
+        )
+        == 0
+    )
     classification = pd.read_csv(out / "classification.csv")
     assert set(classification["model"]) == {"adaboost", "gbdt", "xgboost"}
     assert set(classification["set"]) == {"train", "test"}
@@ -177,11 +284,26 @@ def test_chaos_manifest_rois_cli(shared_data, tmp_path):
     """`liverfat radiomics rois` on the CHAOS T2-SPIR manifest (image intensity, liver label 1)."""
     from pathlib import Path
 
-    card = Path(__file__).resolve().parents[2] / "data_manifests" / "chaos_mr_t2spir" / "manifest.yaml"
+    card = (
+        Path(__file__).resolve().parents[2] / "data_manifests" / "chaos_mr_t2spir" / "manifest.yaml"
+    )
     if not card.is_file():
         pytest.skip("the CHAOS manifest card is not in data_manifests/")
     out = tmp_path / "rois"
-    assert cli_main(["radiomics", "rois", str(card), "--data-root",
-                     str(shared_data / "chaos_mr_t2spir"), "--out", str(out), "--executor",
-                     "serial"]) == 0
+    assert (
+        cli_main(
+            [
+                "radiomics",
+                "rois",
+                str(card),
+                "--data-root",
+                str(shared_data / "chaos_mr_t2spir"),
+                "--out",
+                str(out),
+                "--executor",
+                "serial",
+            ]
+        )
+        == 0
+    )
     assert len(list(out.glob("*_rois.png"))) == 10

@@ -27,29 +27,50 @@ TEXTURE = ["firstorder", "glcm", "glrlm", "glszm", "gldm", "ngtdm"]
 
 #: IBSI tag (3D, averaged / 3D) -> pyradiomics feature, for the features pyradiomics computes.
 IBSI_TO_PYRADIOMICS = {
-    "stat_mean": "firstorder_Mean", "stat_var": "firstorder_Variance",
-    "stat_skew": "firstorder_Skewness", "stat_kurt": "firstorder_Kurtosis",
-    "stat_median": "firstorder_Median", "stat_min": "firstorder_Minimum",
-    "stat_p10": "firstorder_10Percentile", "stat_p90": "firstorder_90Percentile",
-    "stat_max": "firstorder_Maximum", "stat_iqr": "firstorder_InterquartileRange",
-    "stat_range": "firstorder_Range", "stat_mad": "firstorder_MeanAbsoluteDeviation",
-    "stat_rmad": "firstorder_RobustMeanAbsoluteDeviation", "stat_energy": "firstorder_Energy",
-    "stat_rms": "firstorder_RootMeanSquared", "ih_entropy": "firstorder_Entropy",
+    "stat_mean": "firstorder_Mean",
+    "stat_var": "firstorder_Variance",
+    "stat_skew": "firstorder_Skewness",
+    "stat_kurt": "firstorder_Kurtosis",
+    "stat_median": "firstorder_Median",
+    "stat_min": "firstorder_Minimum",
+    "stat_p10": "firstorder_10Percentile",
+    "stat_p90": "firstorder_90Percentile",
+    "stat_max": "firstorder_Maximum",
+    "stat_iqr": "firstorder_InterquartileRange",
+    "stat_range": "firstorder_Range",
+    "stat_mad": "firstorder_MeanAbsoluteDeviation",
+    "stat_rmad": "firstorder_RobustMeanAbsoluteDeviation",
+    "stat_energy": "firstorder_Energy",
+    "stat_rms": "firstorder_RootMeanSquared",
+    "ih_entropy": "firstorder_Entropy",
     "ih_uniformity": "firstorder_Uniformity",
-    "cm_joint_max_3D_avg": "glcm_MaximumProbability", "cm_joint_avg_3D_avg": "glcm_JointAverage",
-    "cm_joint_var_3D_avg": "glcm_SumSquares", "cm_joint_entr_3D_avg": "glcm_JointEntropy",
-    "cm_diff_avg_3D_avg": "glcm_DifferenceAverage", "cm_diff_var_3D_avg": "glcm_DifferenceVariance",
-    "cm_diff_entr_3D_avg": "glcm_DifferenceEntropy", "cm_sum_avg_3D_avg": "glcm_SumAverage",
-    "cm_sum_entr_3D_avg": "glcm_SumEntropy", "cm_energy_3D_avg": "glcm_JointEnergy",
-    "cm_contrast_3D_avg": "glcm_Contrast", "cm_dissimilarity_3D_avg": "glcm_DifferenceAverage",
-    "cm_inv_diff_3D_avg": "glcm_Id", "cm_inv_diff_norm_3D_avg": "glcm_Idn",
-    "cm_inv_diff_mom_3D_avg": "glcm_Idm", "cm_inv_diff_mom_norm_3D_avg": "glcm_Idmn",
-    "cm_inv_var_3D_avg": "glcm_InverseVariance", "cm_corr_3D_avg": "glcm_Correlation",
-    "cm_auto_corr_3D_avg": "glcm_Autocorrelation", "cm_clust_tend_3D_avg": "glcm_ClusterTendency",
+    "cm_joint_max_3D_avg": "glcm_MaximumProbability",
+    "cm_joint_avg_3D_avg": "glcm_JointAverage",
+    "cm_joint_var_3D_avg": "glcm_SumSquares",
+    "cm_joint_entr_3D_avg": "glcm_JointEntropy",
+    "cm_diff_avg_3D_avg": "glcm_DifferenceAverage",
+    "cm_diff_var_3D_avg": "glcm_DifferenceVariance",
+    "cm_diff_entr_3D_avg": "glcm_DifferenceEntropy",
+    "cm_sum_avg_3D_avg": "glcm_SumAverage",
+    "cm_sum_entr_3D_avg": "glcm_SumEntropy",
+    "cm_energy_3D_avg": "glcm_JointEnergy",
+    "cm_contrast_3D_avg": "glcm_Contrast",
+    "cm_dissimilarity_3D_avg": "glcm_DifferenceAverage",
+    "cm_inv_diff_3D_avg": "glcm_Id",
+    "cm_inv_diff_norm_3D_avg": "glcm_Idn",
+    "cm_inv_diff_mom_3D_avg": "glcm_Idm",
+    "cm_inv_diff_mom_norm_3D_avg": "glcm_Idmn",
+    "cm_inv_var_3D_avg": "glcm_InverseVariance",
+    "cm_corr_3D_avg": "glcm_Correlation",
+    "cm_auto_corr_3D_avg": "glcm_Autocorrelation",
+    "cm_clust_tend_3D_avg": "glcm_ClusterTendency",
     "cm_sum_var_3D_avg": "glcm_ClusterTendency",  # identical by definition (pyradiomics docs)
-    "cm_clust_shade_3D_avg": "glcm_ClusterShade", "cm_clust_prom_3D_avg": "glcm_ClusterProminence",
-    "cm_info_corr1_3D_avg": "glcm_Imc1", "cm_info_corr2_3D_avg": "glcm_Imc2",
-    "rlm_sre_3D_avg": "glrlm_ShortRunEmphasis", "rlm_lre_3D_avg": "glrlm_LongRunEmphasis",
+    "cm_clust_shade_3D_avg": "glcm_ClusterShade",
+    "cm_clust_prom_3D_avg": "glcm_ClusterProminence",
+    "cm_info_corr1_3D_avg": "glcm_Imc1",
+    "cm_info_corr2_3D_avg": "glcm_Imc2",
+    "rlm_sre_3D_avg": "glrlm_ShortRunEmphasis",
+    "rlm_lre_3D_avg": "glrlm_LongRunEmphasis",
     "rlm_lgre_3D_avg": "glrlm_LowGrayLevelRunEmphasis",
     "rlm_hgre_3D_avg": "glrlm_HighGrayLevelRunEmphasis",
     "rlm_srlge_3D_avg": "glrlm_ShortRunLowGrayLevelEmphasis",
@@ -60,10 +81,14 @@ IBSI_TO_PYRADIOMICS = {
     "rlm_glnu_norm_3D_avg": "glrlm_GrayLevelNonUniformityNormalized",
     "rlm_rlnu_3D_avg": "glrlm_RunLengthNonUniformity",
     "rlm_rlnu_norm_3D_avg": "glrlm_RunLengthNonUniformityNormalized",
-    "rlm_r_perc_3D_avg": "glrlm_RunPercentage", "rlm_gl_var_3D_avg": "glrlm_GrayLevelVariance",
-    "rlm_rl_var_3D_avg": "glrlm_RunVariance", "rlm_rl_entr_3D_avg": "glrlm_RunEntropy",
-    "szm_sze_3D": "glszm_SmallAreaEmphasis", "szm_lze_3D": "glszm_LargeAreaEmphasis",
-    "szm_lgze_3D": "glszm_LowGrayLevelZoneEmphasis", "szm_hgze_3D": "glszm_HighGrayLevelZoneEmphasis",
+    "rlm_r_perc_3D_avg": "glrlm_RunPercentage",
+    "rlm_gl_var_3D_avg": "glrlm_GrayLevelVariance",
+    "rlm_rl_var_3D_avg": "glrlm_RunVariance",
+    "rlm_rl_entr_3D_avg": "glrlm_RunEntropy",
+    "szm_sze_3D": "glszm_SmallAreaEmphasis",
+    "szm_lze_3D": "glszm_LargeAreaEmphasis",
+    "szm_lgze_3D": "glszm_LowGrayLevelZoneEmphasis",
+    "szm_hgze_3D": "glszm_HighGrayLevelZoneEmphasis",
     "szm_szlge_3D": "glszm_SmallAreaLowGrayLevelEmphasis",
     "szm_szhge_3D": "glszm_SmallAreaHighGrayLevelEmphasis",
     "szm_lzlge_3D": "glszm_LargeAreaLowGrayLevelEmphasis",
@@ -72,20 +97,28 @@ IBSI_TO_PYRADIOMICS = {
     "szm_glnu_norm_3D": "glszm_GrayLevelNonUniformityNormalized",
     "szm_zsnu_3D": "glszm_SizeZoneNonUniformity",
     "szm_zsnu_norm_3D": "glszm_SizeZoneNonUniformityNormalized",
-    "szm_z_perc_3D": "glszm_ZonePercentage", "szm_gl_var_3D": "glszm_GrayLevelVariance",
-    "szm_zs_var_3D": "glszm_ZoneVariance", "szm_zs_entr_3D": "glszm_ZoneEntropy",
-    "ngt_coarseness_3D": "ngtdm_Coarseness", "ngt_contrast_3D": "ngtdm_Contrast",
-    "ngt_busyness_3D": "ngtdm_Busyness", "ngt_complexity_3D": "ngtdm_Complexity",
+    "szm_z_perc_3D": "glszm_ZonePercentage",
+    "szm_gl_var_3D": "glszm_GrayLevelVariance",
+    "szm_zs_var_3D": "glszm_ZoneVariance",
+    "szm_zs_entr_3D": "glszm_ZoneEntropy",
+    "ngt_coarseness_3D": "ngtdm_Coarseness",
+    "ngt_contrast_3D": "ngtdm_Contrast",
+    "ngt_busyness_3D": "ngtdm_Busyness",
+    "ngt_complexity_3D": "ngtdm_Complexity",
     "ngt_strength_3D": "ngtdm_Strength",
-    "ngl_lde_3D": "gldm_SmallDependenceEmphasis", "ngl_hde_3D": "gldm_LargeDependenceEmphasis",
-    "ngl_lgce_3D": "gldm_LowGrayLevelEmphasis", "ngl_hgce_3D": "gldm_HighGrayLevelEmphasis",
+    "ngl_lde_3D": "gldm_SmallDependenceEmphasis",
+    "ngl_hde_3D": "gldm_LargeDependenceEmphasis",
+    "ngl_lgce_3D": "gldm_LowGrayLevelEmphasis",
+    "ngl_hgce_3D": "gldm_HighGrayLevelEmphasis",
     "ngl_ldlge_3D": "gldm_SmallDependenceLowGrayLevelEmphasis",
     "ngl_ldhge_3D": "gldm_SmallDependenceHighGrayLevelEmphasis",
     "ngl_hdlge_3D": "gldm_LargeDependenceLowGrayLevelEmphasis",
     "ngl_hdhge_3D": "gldm_LargeDependenceHighGrayLevelEmphasis",
-    "ngl_glnu_3D": "gldm_GrayLevelNonUniformity", "ngl_dcnu_3D": "gldm_DependenceNonUniformity",
+    "ngl_glnu_3D": "gldm_GrayLevelNonUniformity",
+    "ngl_dcnu_3D": "gldm_DependenceNonUniformity",
     "ngl_dcnu_norm_3D": "gldm_DependenceNonUniformityNormalized",
-    "ngl_gl_var_3D": "gldm_GrayLevelVariance", "ngl_dc_var_3D": "gldm_DependenceVariance",
+    "ngl_gl_var_3D": "gldm_GrayLevelVariance",
+    "ngl_dc_var_3D": "gldm_DependenceVariance",
     "ngl_dc_entr_3D": "gldm_DependenceEntropy",
 }
 
@@ -108,15 +141,23 @@ def _ibsi_agrees(value: float, reference: float, tolerance: float) -> bool:
 def test_ibsi_digital_phantom(shared_data):
     folder = shared_data / "ibsi"
     phantom = folder / "data_sets" / "ibsi_1_digital_phantom" / "nifti"
-    table = pd.read_csv(folder / "reference_values" / "ibsi_1_reference_values_digital_phantom.csv",
-                        encoding="utf-8-sig").set_index("tag")
+    table = pd.read_csv(
+        folder / "reference_values" / "ibsi_1_reference_values_digital_phantom.csv",
+        encoding="utf-8-sig",
+    ).set_index("tag")
     # IBSI digital phantom configuration: no resampling, already discretised (bin width 1),
     # 3D; no intensity shift for energy.
-    extractor = make_extractor({"imageType": {"Original": {}},
-                                "featureClass": {c: None for c in TEXTURE}},
-                               binWidth=1, voxelArrayShift=0, label=1)
-    ours = extract_features(sitk.ReadImage(str(phantom / "image" / "phantom.nii.gz")),
-                            sitk.ReadImage(str(phantom / "mask" / "mask.nii.gz")), extractor)
+    extractor = make_extractor(
+        {"imageType": {"Original": {}}, "featureClass": {c: None for c in TEXTURE}},
+        binWidth=1,
+        voxelArrayShift=0,
+        label=1,
+    )
+    ours = extract_features(
+        sitk.ReadImage(str(phantom / "image" / "phantom.nii.gz")),
+        sitk.ReadImage(str(phantom / "mask" / "mask.nii.gz")),
+        extractor,
+    )
     disagree = []
     for tag, name in IBSI_TO_PYRADIOMICS.items():
         reference = float(table.at[tag, "reference value"])
@@ -141,11 +182,13 @@ def test_pyradiomics_baseline(shared_data, case, variant):
     compared = 0
     for feature_class in TEXTURE:
         baseline = pd.read_csv(folder / "baseline" / f"baseline_{feature_class}.csv").set_index(
-            "featureName")[case + variant]
+            "featureName"
+        )[case + variant]
         settings = ast.literal_eval(baseline["diagnostics_Configuration_Settings"])
         settings.pop("additionalInfo", None)
-        extractor = make_extractor({"imageType": {"Original": {}},
-                                    "featureClass": {feature_class: None}}, **settings)
+        extractor = make_extractor(
+            {"imageType": {"Original": {}}, "featureClass": {feature_class: None}}, **settings
+        )
         ours = extract_features(image, mask, extractor)
         for name, value in ours.items():
             assert value == pytest.approx(float(baseline[name]), rel=1e-6, abs=1e-9), name
@@ -193,9 +236,13 @@ def test_augmentation_keeps_patch_geometry():
 
 def test_subject_features_are_cached(phantom_manifest, tmp_path):
     sid = phantom_manifest.subject_ids[0]
-    job = ExtractionJob(subject=phantom_manifest.select(subject_ids=[sid]),
-                        rois=RoiSettings(size=4), augment=AugmentSettings(n_copies=2),
-                        cache_dir=str(tmp_path / "cache"), roi_dir=str(tmp_path / "rois"))
+    job = ExtractionJob(
+        subject=phantom_manifest.select(subject_ids=[sid]),
+        rois=RoiSettings(size=4),
+        augment=AugmentSettings(n_copies=2),
+        cache_dir=str(tmp_path / "cache"),
+        roi_dir=str(tmp_path / "rois"),
+    )
     first = subject_features(job)
     assert len(first) == 6 and (first["augmentation"] == 0).all()
     assert (tmp_path / "rois" / f"{sid}_rois.png").is_file()
