@@ -1,0 +1,79 @@
+"""Linear calibration of the raw atlas readout to the reference, fitted on a validation set."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+
+
+def error_summary(reference: pd.Series, value: pd.Series) -> dict[str, float]:
+    """MAE, Pearson r, bias and 95% limits of agreement of ``value`` against ``reference``."""
+    pair = pd.concat([reference.rename("a"), value.rename("b")], axis=1).dropna()
+    if len(pair) < 3:
+        return {
+            "n": len(pair),
+            "mae": np.nan,
+            "r": np.nan,
+            "bias": np.nan,
+            "loa_lower": np.nan,
+            "loa_upper": np.nan,
+        }
+    diff = pair["b"] - pair["a"]
+    sd = float(diff.std(ddof=1))
+    return {
+        "n": int(len(pair)),
+        "mae": float(diff.abs().mean()),
+        "r": float(np.corrcoef(pair["a"], pair["b"])[0, 1]),
+        "bias": float(diff.mean()),
+        "loa_lower": float(diff.mean() - 1.96 * sd),
+        "loa_upper": float(diff.mean() + 1.96 * sd),
+    }
+
+
+@dataclass
+class LinearCalibration:
+    """``calibrated = slope * raw + intercept`` (units of the target, e.g. PDFF %).
+
+    Attributes
+    ----------
+    slope, intercept:
+        The least-squares line of reference on raw readout.
+    n:
+        Subjects it was fitted on.
+    before, after:
+        :func:`error_summary` on those subjects, raw and calibrated.
+    note:
+        Why the identity was kept, when it was.
+    """
+
+    slope: float = 1.0
+    intercept: float = 0.0
+    n: int = 0
+    before: dict | None = None
+    after: dict | None = None
+    note: str = ""
+
+    @classmethod
+    def fit(
+        cls, raw: pd.Series, reference: pd.Series, *, min_subjects: int = 3
+    ) -> LinearCalibration:
+        """Fit on subjects having both a raw readout and a reference."""
+        pair = pd.concat([raw.rename("raw"), reference.rename("ref")], axis=1).dropna()
+        if len(pair) < min_subjects or pair["raw"].nunique() < 2:
+            return cls(
+                n=len(pair), note=f"{len(pair)} usable subjects (< {min_subjects}): identity kept"
+            )
+        slope, intercept = np.polyfit(pair["raw"], pair["ref"], 1)
+        calibration = cls(float(slope), float(intercept), int(len(pair)))
+        calibration.before = error_summary(pair["ref"], pair["raw"])
+        calibration.after = error_summary(pair["ref"], calibration.apply(pair["raw"]))
+        return calibration
+
+    def apply(self, raw):
+        """Calibrated values (same type as ``raw``)."""
+        return raw * self.slope + self.intercept
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,145 @@
+"""Label fusion, erosion and the median fat-fraction readout.
+
+The UK Biobank liver-fat study multiplies the warped template masks (intersection), erodes the
+product with a spherical kernel of 7 voxels diameter, and takes the median fat fraction of what
+remains. Majority vote and STAPLE (SimpleITK's ``STAPLEImageFilter``) are options.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+
+from liverfat.errors import LiverfatError
+
+FUSIONS = ("intersection", "majority", "staple")
+
+
+def fuse(masks: Sequence[sitk.Image], method: str = "intersection") -> sitk.Image:
+    """Fuse binary masks on one grid into one uint8 mask.
+
+    ``intersection``: voxels inside every mask (the product); ``majority``: inside more than
+    half; ``staple``: STAPLE probability >= 0.5.
+    """
+    if method not in FUSIONS:
+        raise LiverfatError(f"unknown fusion {method!r}; choose one of {', '.join(FUSIONS)}")
+    if not masks:
+        raise LiverfatError("no masks to fuse")
+    arrays = np.stack([sitk.GetArrayFromImage(m) > 0 for m in masks])
+    if method == "intersection":
+        fused = arrays.all(axis=0)
+    elif method == "majority":
+        fused = arrays.sum(axis=0) * 2 > len(masks)
+    else:
+        staple = sitk.STAPLEImageFilter()
+        staple.SetForegroundValue(1)
+        probability = staple.Execute([sitk.Cast(m > 0, sitk.sitkUInt8) for m in masks])
+        fused = sitk.GetArrayFromImage(probability) >= 0.5
+    out = sitk.GetImageFromArray(fused.astype(np.uint8))
+    out.CopyInformation(masks[0])
+    return out
+
+
+def ball(radius_voxels: Sequence[float]) -> np.ndarray:
+    """Ellipsoidal structuring element (z, y, x) with the given radii in voxels (x, y, z)."""
+    rx, ry, rz = (max(float(r), 0.0) for r in radius_voxels)
+    half = [int(np.floor(r)) for r in (rz, ry, rx)]
+    z, y, x = np.ogrid[-half[0] : half[0] + 1, -half[1] : half[1] + 1, -half[2] : half[2] + 1]
+
+    def term(d, r):
+        return (d / r) ** 2 if r > 0 else np.where(d == 0, 0.0, np.inf)
+
+    return (term(z, rz) + term(y, ry) + term(x, rx)) <= 1.0
+
+
+def erosion_radius_voxels(
+    spacing_mm: Sequence[float],
+    *,
+    diameter_voxels: float | None = 7,
+    diameter_mm: float | None = None,
+) -> tuple[float, float, float]:
+    """Radius (voxels, x y z) of the erosion ball.
+
+    ``diameter_voxels`` gives the same radius on every axis (the study's 7-voxel ball);
+    ``diameter_mm`` (which wins when given) a sphere in physical space, so fewer voxels along a
+    coarsely sampled axis.
+    """
+    if diameter_mm is not None:
+        return tuple(diameter_mm / 2.0 / float(s) for s in spacing_mm)
+    if diameter_voxels is None:
+        return (0.0, 0.0, 0.0)
+    return (diameter_voxels / 2.0,) * 3
+
+
+def erode(
+    mask: sitk.Image, *, diameter_voxels: float | None = 7, diameter_mm: float | None = None
+) -> sitk.Image:
+    """Binary erosion of ``mask`` by a ball (see :func:`erosion_radius_voxels`)."""
+    from scipy import ndimage
+
+    radius = erosion_radius_voxels(
+        mask.GetSpacing(), diameter_voxels=diameter_voxels, diameter_mm=diameter_mm
+    )
+    array = sitk.GetArrayFromImage(mask) > 0
+    if max(radius) < 1:
+        eroded = array
+    else:
+        eroded = ndimage.binary_erosion(array, structure=ball(radius), border_value=0)
+    out = sitk.GetImageFromArray(eroded.astype(np.uint8))
+    out.CopyInformation(mask)
+    return out
+
+
+@dataclass(frozen=True)
+class Readout:
+    """Median fat fraction (%) in the eroded fused mask, with status and reason."""
+
+    value: float | None
+    status: str
+    message: str
+    fused_voxels: int
+    eroded_voxels: int
+
+
+def median_readout(
+    fat_fraction: sitk.Image,
+    fused: sitk.Image,
+    eroded: sitk.Image,
+    *,
+    min_voxels: int = 20,
+    fallback: sitk.Image | None = None,
+) -> Readout:
+    """Median of ``fat_fraction`` (%) inside ``eroded``.
+
+    Fewer than ``min_voxels`` eroded voxels: the median over the un-eroded ``fused`` mask,
+    ``flagged``; ``fused`` empty too: the median over ``fallback`` (e.g. the union of warped
+    masks), ``flagged``; nothing at all: ``failed``.
+    """
+    ff = sitk.GetArrayFromImage(fat_fraction)
+    fused_a = sitk.GetArrayFromImage(fused) > 0
+    eroded_a = sitk.GetArrayFromImage(eroded) > 0
+    n_fused, n_eroded = int(fused_a.sum()), int(eroded_a.sum())
+    if n_eroded >= min_voxels:
+        return Readout(float(np.median(ff[eroded_a])), "ok", "", n_fused, n_eroded)
+    if n_fused > 0:
+        return Readout(
+            float(np.median(ff[fused_a])),
+            "flagged",
+            f"eroded liver mask has {n_eroded} voxels (< {min_voxels}); median over the "
+            f"un-eroded fused mask of {n_fused} voxels",
+            n_fused,
+            n_eroded,
+        )
+    if fallback is not None and np.any(sitk.GetArrayFromImage(fallback)):
+        union = sitk.GetArrayFromImage(fallback) > 0
+        return Readout(
+            float(np.median(ff[union])),
+            "flagged",
+            f"fused liver mask is empty; median over the union of warped masks ({union.sum()} voxels)",
+            0,
+            0,
+        )
+    return Readout(None, "failed", "every warped liver mask is empty", 0, 0)

@@ -1,0 +1,133 @@
+"""The per-subject job: register every template, fuse, erode, read out; write the result atomically.
+
+A job is a picklable :class:`SubjectJob`; :func:`run_subject_job` runs in a worker process
+(through :func:`liverfat.parallel.map_subjects`), so a crash in native registration code costs one
+subject. Its result JSON is written atomically under a name that hashes every input (images,
+templates, settings), so a rerun skips finished subjects and never reuses a stale result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import SimpleITK as sitk
+
+from liverfat.atlas.fusion import erode, fuse, median_readout
+from liverfat.atlas.images import align_centres, load_subject
+from liverfat.atlas.registration import BackendSettings, register
+from liverfat.data.atomic import write_json_atomic
+from liverfat.data.io import write_volume
+from liverfat.data.manifest import Manifest
+
+
+@dataclass
+class SubjectJob:
+    """Everything one subject's readout needs."""
+
+    manifest: Manifest
+    subject_id: str
+    templates: Manifest
+    backend: str
+    settings: BackendSettings
+    fusion: str = "intersection"
+    erosion_diameter_voxels: float | None = 7
+    erosion_diameter_mm: float | None = None
+    min_voxels: int = 20
+    result_dir: Path = field(default_factory=Path)
+    save_mask: bool = False
+
+    def key(self) -> str:
+        """Hash of the inputs (image files with size and mtime, templates, settings)."""
+
+        def files(manifest: Manifest, sid: str) -> list:
+            out = []
+            for column in manifest.image_columns:
+                path = manifest.image_path(sid, column)
+                if path is not None:
+                    stat = path.stat() if path.exists() else None
+                    out.append(
+                        [column, str(path), stat and stat.st_size, stat and stat.st_mtime_ns]
+                    )
+            return out
+
+        content = {
+            "subject": files(self.manifest, self.subject_id),
+            "templates": [files(self.templates, t) for t in self.templates.subject_ids],
+            "backend": self.backend,
+            "settings": asdict(self.settings),
+            "fusion": self.fusion,
+            "erosion": [self.erosion_diameter_voxels, self.erosion_diameter_mm],
+            "min_voxels": self.min_voxels,
+        }
+        return hashlib.sha256(
+            json.dumps(content, sort_keys=True, default=str).encode()
+        ).hexdigest()[:16]
+
+    @property
+    def result_path(self) -> Path:
+        return Path(self.result_dir) / f"{self.subject_id}-{self.key()}.json"
+
+    @property
+    def mask_path(self) -> Path:
+        return Path(self.result_dir) / "masks" / f"{self.subject_id}_liver_mask.nii.gz"
+
+
+def run_subject_job(job: SubjectJob) -> dict[str, Any]:
+    """Register the templates to one subject and read out its median fat fraction (%).
+
+    Returns (and writes to ``job.result_path``) a dict with ``value`` (raw, % or None),
+    ``status``, ``message``, voxel counts, and seconds per registration.
+    """
+    target = load_subject(job.manifest, job.subject_id)
+    warped, seconds = [], []
+    for template_id in job.templates.subject_ids:
+        template = align_centres(target, load_subject(job.templates, template_id, with_liver=True))
+        result = register(job.backend, target, template, job.settings)
+        warped.append(result.warped_mask)
+        seconds.append(result.seconds)
+    fused = fuse(warped, job.fusion)
+    eroded = erode(
+        fused, diameter_voxels=job.erosion_diameter_voxels, diameter_mm=job.erosion_diameter_mm
+    )
+    if target.fat_fraction is None:
+        readout = None
+    else:
+        union = sitk.Cast(sum(sitk.Cast(w, sitk.sitkUInt16) for w in warped) > 0, sitk.sitkUInt8)
+        readout = median_readout(
+            target.fat_fraction, fused, eroded, min_voxels=job.min_voxels, fallback=union
+        )
+    if job.save_mask:
+        job.mask_path.parent.mkdir(parents=True, exist_ok=True)
+        write_volume(fused, job.mask_path)
+    spacing = fused.GetSpacing()
+    voxel_ml = spacing[0] * spacing[1] * spacing[2] / 1000.0
+    n_fused = int(sitk.GetArrayViewFromImage(fused).sum())
+    result = {
+        "subject_id": job.subject_id,
+        "templates": job.templates.subject_ids,
+        "value": None if readout is None else readout.value,
+        "status": "failed" if readout is None else readout.status,
+        "message": "no fat fraction in this scan" if readout is None else readout.message,
+        "fused_voxels": n_fused,
+        "fused_volume_ml": n_fused * voxel_ml,
+        "eroded_voxels": int(sitk.GetArrayViewFromImage(eroded).sum()),
+        "seconds_per_registration": seconds,
+        "mask": str(job.mask_path) if job.save_mask else None,
+    }
+    Path(job.result_dir).mkdir(parents=True, exist_ok=True)
+    write_json_atomic(job.result_path, result)
+    return result
+
+
+def finished_result(job: SubjectJob) -> dict[str, Any] | None:
+    """The stored result of an identical earlier job, or None."""
+    path = job.result_path
+    if not path.is_file():
+        return None
+    if job.save_mask and not job.mask_path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
