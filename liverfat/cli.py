@@ -23,6 +23,7 @@ SUBCOMMAND_MODULES = (
     "liverfat.study_cli",
     "liverfat.evaluation.cli",
     "liverfat.radiomics.cli",
+    "liverfat.deep.cli",
 )
 
 

@@ -1,0 +1,540 @@
+"""The deep engine: 2D formats -> a regression network with optional mean-variance uncertainty.
+
+Follows the engine contract (DESIGN.md, contract 3)::
+
+    engine = DeepEngine(targets=["liver_pdff_pct"], model="resnet50", profile="quick")
+    oof = engine.cross_validate(manifest.select(split="A"), folds=10, work_dir="cv")
+    engine.fit(manifest.select(split="A")).set_calibration(oof.run["variance_scale"])
+    table = engine.predict(manifest.select(split="B"))
+
+Profiles: ``paper`` (6000 iterations, batch 32, full-size formats: the published setting, the
+default on CUDA) and ``quick`` (400 iterations, batch 16, formats at half size: feasible on a CPU,
+the default there). Explicit ``iterations``, ``batch_size`` or ``input_scale`` override a profile.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from liverfat.data.atomic import write_json_atomic
+from liverfat.data.manifest import Manifest
+from liverfat.data.predictions import (
+    PredictionsTable,
+    failed_row,
+    prediction_row,
+    run_info,
+)
+from liverfat.deep.formats import get_format, load_or_compute
+from liverfat.deep.models import build_model, load_pretrained, model_names
+from liverfat.deep.training import (
+    HEADS,
+    TrainSettings,
+    pick_device,
+    predict_network,
+    to_input,
+    train_network,
+)
+from liverfat.errors import LiverfatError
+from liverfat.parallel import EXECUTORS, map_subjects
+
+PROFILES: dict[str, dict[str, Any]] = {
+    "paper": {"iterations": 6000, "batch_size": 32, "input_scale": 1.0},
+    "quick": {"iterations": 400, "batch_size": 16, "input_scale": 0.5},
+}
+#: Two-sided 95 % normal quantile, for the intervals of a mean-variance head.
+Z95 = 1.959963984540054
+
+
+def subject_folds(subject_ids: Sequence[str], folds: int, seed: int) -> list[list[str]]:
+    """Split subjects into ``folds`` shuffled, near-equal, disjoint test sets (seeded)."""
+    ids = sorted(str(s) for s in subject_ids)
+    if folds < 2 or folds > len(ids):
+        raise LiverfatError(f"folds must be between 2 and {len(ids)} (subjects), got {folds}")
+    order = np.random.default_rng(seed).permutation(len(ids))
+    return [sorted(ids[i] for i in part) for part in np.array_split(order, folds)]
+
+
+def _format_item(item: tuple) -> np.ndarray:
+    manifest, subject_id, format_name, cache_dir = item
+    return load_or_compute(manifest, subject_id, format_name, cache_dir)
+
+
+def variance_scale_from(frame: pd.DataFrame, reference: dict[str, pd.Series]) -> dict[str, float]:
+    """Per target, the factor on the predicted variance making ``mean(z^2) = 1`` on these rows.
+
+    ``z = (reference - value) / std``; rows without a finite std or reference are ignored.
+    """
+    scales = {}
+    for target, ref in reference.items():
+        rows = frame[(frame["target"] == target) & (frame["status"] == "ok")]
+        rows = rows.set_index("subject_id")
+        y = ref.reindex(rows.index)
+        z = (y - rows["value"]) / rows["std"]
+        z = z[np.isfinite(z)]
+        scales[target] = float(np.mean(z**2)) if len(z) >= 2 else 1.0
+    return scales
+
+
+def apply_variance_scale(frame: pd.DataFrame, scales: dict[str, float]) -> pd.DataFrame:
+    """Multiply each target's variance by its scale; intervals become value +- 1.96 std."""
+    frame = frame.copy()
+    for target, scale in scales.items():
+        rows = (frame["target"] == target) & np.isfinite(frame["std"])
+        frame.loc[rows, "std"] = frame.loc[rows, "std"] * math.sqrt(scale)
+        frame.loc[rows, "lower"] = frame.loc[rows, "value"] - Z95 * frame.loc[rows, "std"]
+        frame.loc[rows, "upper"] = frame.loc[rows, "value"] + Z95 * frame.loc[rows, "std"]
+    return frame
+
+
+class DeepEngine:
+    """Regression of image-derived targets from 2D formats with a convolutional network.
+
+    Parameters
+    ----------
+    targets:
+        Manifest target names predicted together (missing values are masked out of the loss).
+    format:
+        A registered format (:func:`liverfat.deep.formats.format_names`).
+    model:
+        A registered model (:func:`liverfat.deep.models.model_names`), plug-ins included.
+    head:
+        ``mean_variance`` (mean and log-variance, Gaussian NLL: gives std and 95 % intervals) or
+        ``mse`` (means only).
+    profile:
+        ``paper``, ``quick`` or ``auto`` (paper on CUDA, quick on CPU); see the module docstring.
+    iterations, batch_size, input_scale:
+        Override the profile (``input_scale`` resizes formats before the network).
+    learning_rate:
+        Adam learning rate, reduced tenfold for the last sixth of the iterations.
+    max_shift_px:
+        Largest random translation (pixels of the full-size format), edges replicated.
+    pretrained:
+        A local weights file (safetensors or torch state dict); nothing is downloaded.
+    seed:
+        Seeds weight initialisation, batch order and augmentation.
+    device:
+        ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+    cache_dir:
+        Folder for cached formats (keyed by input fingerprint and format version); None: no cache.
+    executor, n_workers:
+        How formats are computed (see :func:`liverfat.parallel.map_subjects`).
+    progress:
+        Show progress bars.
+    """
+
+    def __init__(
+        self,
+        *,
+        targets: Sequence[str] = ("liver_pdff_pct",),
+        format: str = "liverfat",
+        model: str = "resnet50",
+        head: str = "mean_variance",
+        profile: str = "auto",
+        iterations: int | None = None,
+        batch_size: int | None = None,
+        input_scale: float | None = None,
+        learning_rate: float = 1e-4,
+        max_shift_px: int = 16,
+        pretrained: str | None = None,
+        seed: int = 0,
+        device: str = "auto",
+        cache_dir: str | None = None,
+        executor: str = "serial",
+        n_workers: int | None = None,
+        progress: bool = False,
+    ) -> None:
+        self.targets = targets
+        self.format = format
+        self.model = model
+        self.head = head
+        self.profile = profile
+        self.iterations = iterations
+        self.batch_size = batch_size
+        self.input_scale = input_scale
+        self.learning_rate = learning_rate
+        self.max_shift_px = max_shift_px
+        self.pretrained = pretrained
+        self.seed = seed
+        self.device = device
+        self.cache_dir = cache_dir
+        self.executor = executor
+        self.n_workers = n_workers
+        self.progress = progress
+        self._validate()
+
+    def _validate(self) -> None:
+        if isinstance(self.targets, str) or not list(self.targets):
+            raise LiverfatError("targets must be a non-empty list of target names")
+        get_format(self.format)
+        if self.model not in model_names():
+            raise LiverfatError(
+                f"unknown model {self.model!r}; available: {', '.join(model_names())}"
+            )
+        if self.head not in HEADS:
+            raise LiverfatError(f"unknown head {self.head!r}; choose one of {', '.join(HEADS)}")
+        if self.profile not in ("auto", *PROFILES):
+            raise LiverfatError(f"unknown profile {self.profile!r}; choose auto, paper or quick")
+        if self.executor not in EXECUTORS:
+            raise LiverfatError(f"unknown executor {self.executor!r}")
+        for name in ("iterations", "batch_size"):
+            value = getattr(self, name)
+            if value is not None and int(value) < 1:
+                raise LiverfatError(f"{name} must be at least 1, got {value}")
+        if self.input_scale is not None and not 0.05 <= float(self.input_scale) <= 4:
+            raise LiverfatError(f"input_scale must be in [0.05, 4], got {self.input_scale}")
+        if self.pretrained is not None and not Path(self.pretrained).is_file():
+            raise LiverfatError(f"pretrained weights file {self.pretrained} not found")
+
+    # Settings ---------------------------------------------------------------------------------
+    @property
+    def method(self) -> str:
+        return f"deep_{self.model}"
+
+    def get_params(self) -> dict[str, Any]:
+        """The constructor arguments (JSON-serialisable)."""
+        params = {k: getattr(self, k) for k in _PARAMS}
+        params["targets"] = list(self.targets)
+        return params
+
+    def resolved(self) -> tuple[TrainSettings, float, torch.device]:
+        """Training settings, input scale and device after applying the profile."""
+        device = pick_device(self.device)
+        profile = self.profile
+        if profile == "auto":
+            profile = "paper" if device.type == "cuda" else "quick"
+        base = PROFILES[profile]
+        scale = float(self.input_scale if self.input_scale is not None else base["input_scale"])
+        settings = TrainSettings(
+            iterations=int(self.iterations or base["iterations"]),
+            batch_size=int(self.batch_size or base["batch_size"]),
+            learning_rate=float(self.learning_rate),
+            max_shift_px=int(round(self.max_shift_px * scale)),
+            head=self.head,
+            seed=int(self.seed),
+        )
+        return settings, scale, device
+
+    def configuration(self) -> dict[str, Any]:
+        settings, scale, device = self.resolved()
+        return {
+            **self.get_params(),
+            "resolved": {**vars(settings), "input_scale": scale, "device": str(device)},
+        }
+
+    # Formats ------------------------------------------------------------------------------------
+    def load_formats(
+        self, manifest: Manifest, subject_ids: Sequence[str] | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+        """Formats of the subjects (cached when ``cache_dir`` is set) and one-line errors."""
+        ids = list(subject_ids if subject_ids is not None else manifest.subject_ids)
+        items = [(manifest, sid, self.format, self.cache_dir) for sid in ids]
+        arrays, errors = {}, {}
+        for outcome in map_subjects(
+            _format_item,
+            items,
+            executor=self.executor,
+            n_workers=self.n_workers,
+            progress="formats" if self.progress else None,
+        ):
+            sid = outcome.item[1]
+            if outcome.ok:
+                arrays[sid] = outcome.value
+            else:
+                message = outcome.error
+                arrays.pop(sid, None)
+                errors[sid] = message if sid in message else f"subject {sid}: {message}"
+        return arrays, errors
+
+    def _target_matrix(self, manifest: Manifest, subject_ids: Sequence[str]) -> np.ndarray:
+        columns = [manifest.target(t).reindex(list(subject_ids)) for t in self.targets]
+        return np.stack([c.to_numpy(float) for c in columns], axis=1)
+
+    # Fitting ------------------------------------------------------------------------------------
+    def fit(self, manifest: Manifest) -> DeepEngine:
+        """Train on every subject with at least one target value; returns self."""
+        matrix = self._target_matrix(manifest, manifest.subject_ids)
+        with_reference = [
+            s for s, row in zip(manifest.subject_ids, matrix, strict=True) if np.isfinite(row).any()
+        ]
+        if not with_reference:
+            raise LiverfatError(f"{manifest.path}: no subject has a value for {self.targets}")
+        arrays, errors = self.load_formats(manifest, with_reference)
+        if not arrays:
+            raise LiverfatError(f"no usable training subject: {next(iter(errors.values()))}")
+        ids = sorted(arrays)
+        self._fit_arrays(np.stack([arrays[s] for s in ids]), self._target_matrix(manifest, ids))
+        self.training_subjects_ = ids
+        self.training_failures_ = errors
+        return self
+
+    def _fit_arrays(self, formats: np.ndarray, targets: np.ndarray) -> None:
+        settings, scale, device = self.resolved()
+        mean = np.nanmean(targets, axis=0)
+        std = np.nanstd(targets, axis=0)
+        std = np.where(np.isfinite(std) & (std > 0), std, 1.0)
+        mean = np.where(np.isfinite(mean), mean, 0.0)
+        standardised = (targets - mean) / std
+        n_out = len(self.targets) * (2 if self.head == "mean_variance" else 1)
+        torch.manual_seed(settings.seed)
+        network = build_model(self.model, formats.shape[1], n_out)
+        if self.pretrained:
+            self.pretrained_skipped_ = load_pretrained(network, self.pretrained)
+        start = time.perf_counter()
+        losses = train_network(
+            network,
+            to_input(formats, scale),
+            standardised,
+            settings,
+            device=device,
+            progress=self.progress,
+        )
+        self.network_ = network.cpu()
+        self.in_channels_ = int(formats.shape[1])
+        self.target_mean_ = mean.astype(float)
+        self.target_std_ = std.astype(float)
+        self.variance_scale_ = np.ones(len(self.targets))
+        self.losses_ = [float(v) for v in losses]
+        self.train_time_s_ = time.perf_counter() - start
+
+    def set_calibration(self, variance_scale: dict[str, float]) -> DeepEngine:
+        """Post-hoc variance scale per target (fitted on out-of-fold predictions); returns self."""
+        self._check_fitted()
+        self.variance_scale_ = np.array([float(variance_scale.get(t, 1.0)) for t in self.targets])
+        return self
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "network_"):
+            raise LiverfatError("the deep engine is not fitted: call fit() or load() first")
+
+    # Prediction -----------------------------------------------------------------------------------
+    def predict(self, manifest: Manifest) -> PredictionsTable:
+        """A predictions table: a row per subject and target, ``failed`` rows for bad subjects."""
+        self._check_fitted()
+        start = time.perf_counter()
+        arrays, errors = self.load_formats(manifest)
+        rows = self._rows(arrays, errors, manifest.subject_ids)
+        timings = {"predict": time.perf_counter() - start}
+        return PredictionsTable.from_rows(
+            rows,
+            run_info(
+                self.method, configuration=self.configuration(), seed=self.seed, timings_s=timings
+            ),
+        )
+
+    def predict_arrays(self, formats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Values (n, t) in target units and std (n, t; NaN for the ``mse`` head)."""
+        self._check_fitted()
+        _, scale, device = self.resolved()
+        mean, var = predict_network(
+            self.network_, to_input(formats, scale), len(self.targets), self.head, device=device
+        )
+        values = mean * self.target_std_ + self.target_mean_
+        std = np.sqrt(var * self.variance_scale_) * self.target_std_
+        return values, std
+
+    def _rows(
+        self, arrays: dict[str, np.ndarray], errors: dict[str, str], order: Sequence[str]
+    ) -> list[dict]:
+        ids = [s for s in order if s in arrays]
+        values, std = (
+            self.predict_arrays(np.stack([arrays[s] for s in ids])) if ids else (None, None)
+        )
+        position = {s: i for i, s in enumerate(ids)}
+        rows = []
+        for sid in order:
+            for j, target in enumerate(self.targets):
+                if sid not in position:
+                    rows.append(failed_row(sid, self.method, target, errors.get(sid, "no format")))
+                    continue
+                value, sd = values[position[sid], j], std[position[sid], j]
+                interval = {}
+                if np.isfinite(sd):
+                    interval = {"std": sd, "lower": value - Z95 * sd, "upper": value + Z95 * sd}
+                rows.append(prediction_row(sid, self.method, target, value, **interval))
+        return rows
+
+    # Cross-validation -------------------------------------------------------------------------
+    def cross_validate(
+        self,
+        manifest: Manifest,
+        *,
+        folds: int = 10,
+        seed: int = 0,
+        work_dir: str | os.PathLike[str] | None = None,
+    ) -> PredictionsTable:
+        """Out-of-fold predictions for every subject with a reference, subject-level folds.
+
+        Each fold trains a fresh copy of this engine. With ``work_dir``, every finished fold is
+        written there atomically and a rerun with the same settings continues from the finished
+        folds. The variance of each fold's predictions is rescaled by a factor fitted on the
+        other folds' out-of-fold predictions (cross-fitted calibration), so reported interval
+        coverage is honest; the factor fitted on all folds is in ``run["variance_scale"]`` for
+        calibrating a final fit (:meth:`set_calibration`).
+        """
+        start = time.perf_counter()
+        matrix = self._target_matrix(manifest, manifest.subject_ids)
+        ids = [s for s, r in zip(manifest.subject_ids, matrix, strict=True) if np.isfinite(r).any()]
+        parts = subject_folds(ids, folds, seed)
+        key = self._cv_key(parts)
+        work = Path(work_dir) if work_dir is not None else None
+        arrays = errors = None
+        fold_frames = []
+        for k, test_ids in enumerate(parts):
+            path = work / f"fold{k:02d}.csv" if work else None
+            if path is not None and _finished(path, key):
+                fold_frames.append(PredictionsTable.read(path).frame)
+                continue
+            if arrays is None:
+                arrays, errors = self.load_formats(manifest, ids)
+            frame = self._run_fold(manifest, arrays, errors, test_ids, seed + k)
+            if path is not None:
+                run = run_info(self.method, configuration=self.configuration(), seed=self.seed)
+                PredictionsTable(frame, {**run, "cv_key": key, "fold": k}).write(path)
+            fold_frames.append(frame)
+        reference = {t: manifest.target(t) for t in self.targets}
+        calibrated = []
+        for k, frame in enumerate(fold_frames):
+            others = pd.concat([f for i, f in enumerate(fold_frames) if i != k], ignore_index=True)
+            calibrated.append(apply_variance_scale(frame, variance_scale_from(others, reference)))
+        raw = pd.concat(fold_frames, ignore_index=True)
+        result = pd.concat(calibrated, ignore_index=True)
+        keep = np.ones(len(result), bool)
+        for target, ref in reference.items():
+            rows = (result["target"] == target).to_numpy()
+            has_ref = result["subject_id"].map(ref).notna().to_numpy()
+            keep &= ~rows | has_ref
+        run = run_info(
+            self.method,
+            configuration=self.configuration(),
+            seed=self.seed,
+            timings_s={"cross_validate": time.perf_counter() - start},
+            folds=folds,
+            fold_seed=seed,
+            variance_scale=variance_scale_from(raw, reference) if self.head != "mse" else {},
+            calibration="variance scaled per fold by a factor fitted on the other folds",
+        )
+        return PredictionsTable(result[keep].reset_index(drop=True), run)
+
+    def _cv_key(self, parts: list[list[str]]) -> str:
+        params = {k: v for k, v in self.get_params().items() if k not in _NOT_IN_RESULT}
+        text = json.dumps({"params": params, "folds": parts}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def _run_fold(
+        self,
+        manifest: Manifest,
+        arrays: dict[str, np.ndarray],
+        errors: dict[str, str],
+        test_ids: list[str],
+        fold_seed: int,
+    ) -> pd.DataFrame:
+        test = set(test_ids)
+        train_ids = sorted(s for s in arrays if s not in test)
+        engine = copy.deepcopy(self)
+        engine.seed = fold_seed
+        engine._fit_arrays(
+            np.stack([arrays[s] for s in train_ids]), self._target_matrix(manifest, train_ids)
+        )
+        rows = engine._rows(arrays, errors, test_ids)
+        for row in rows:
+            row["method"] = self.method
+        return PredictionsTable.from_rows(rows).frame
+
+    # Persistence ----------------------------------------------------------------------------------
+    def save(self, directory: str | os.PathLike[str]) -> None:
+        """Write ``engine.json`` (parameters, target scaling, calibration) and
+        ``network.safetensors`` (the state dict)."""
+        from safetensors.torch import save_file
+
+        from liverfat.data.atomic import atomic_path
+
+        self._check_fitted()
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.network_.state_dict().items()}
+        with atomic_path(directory / "network.safetensors") as tmp:
+            save_file(state, str(tmp))
+        fitted = {
+            "in_channels": self.in_channels_,
+            "target_mean": self.target_mean_.tolist(),
+            "target_std": self.target_std_.tolist(),
+            "variance_scale": self.variance_scale_.tolist(),
+            "training_subjects": getattr(self, "training_subjects_", []),
+            "train_time_s": self.train_time_s_,
+        }
+        write_json_atomic(
+            directory / "engine.json",
+            {"engine": "DeepEngine", "params": self.get_params(), "fitted": fitted},
+        )
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str]) -> DeepEngine:
+        """Rebuild a saved engine (no pickle: JSON and safetensors only)."""
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        meta_path = directory / "engine.json"
+        if not meta_path.is_file():
+            raise LiverfatError(f"{directory}: no engine.json (not a saved deep engine)")
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        params = dict(meta["params"])
+        if params.get("pretrained") and not Path(params["pretrained"]).is_file():
+            params["pretrained"] = None  # the weights are in the saved network already
+        engine = cls(**params)
+        fitted = meta["fitted"]
+        n_out = len(engine.targets) * (2 if engine.head == "mean_variance" else 1)
+        network = build_model(engine.model, int(fitted["in_channels"]), n_out)
+        network.load_state_dict(load_file(str(directory / "network.safetensors")))
+        engine.network_ = network.eval()
+        engine.in_channels_ = int(fitted["in_channels"])
+        engine.target_mean_ = np.array(fitted["target_mean"], float)
+        engine.target_std_ = np.array(fitted["target_std"], float)
+        engine.variance_scale_ = np.array(fitted["variance_scale"], float)
+        engine.training_subjects_ = list(fitted.get("training_subjects", []))
+        engine.train_time_s_ = float(fitted.get("train_time_s", math.nan))
+        return engine
+
+
+_PARAMS = (
+    "targets",
+    "format",
+    "model",
+    "head",
+    "profile",
+    "iterations",
+    "batch_size",
+    "input_scale",
+    "learning_rate",
+    "max_shift_px",
+    "pretrained",
+    "seed",
+    "device",
+    "cache_dir",
+    "executor",
+    "n_workers",
+    "progress",
+)
+#: Parameters that change how a run goes but not its result (left out of the resume key).
+_NOT_IN_RESULT = ("cache_dir", "executor", "n_workers", "progress")
+
+
+def _finished(path: Path, key: str) -> bool:
+    """Whether a fold file exists and was written with the same settings and folds."""
+    if not path.is_file():
+        return False
+    try:
+        return PredictionsTable.read(path).run.get("cv_key") == key
+    except LiverfatError:
+        return False
