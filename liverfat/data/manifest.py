@@ -32,11 +32,12 @@ IMAGE_COLUMNS = (
     "in_phase",
     "opposed_phase",
     "liver_mask",
+    "body_mask",
     "rois",
     "image",
 )
 #: Image columns that must share one voxel grid within a subject (``image`` stands alone).
-GRID_COLUMNS = ("water", "fat", "fat_fraction", "in_phase", "opposed_phase", "liver_mask", "rois")
+GRID_COLUMNS = IMAGE_COLUMNS[:-1]
 COVARIATE_COLUMNS = ("age", "sex", "height", "weight", "bmi")
 REQUIRED_CARD_KEYS = ("name", "subjects", "targets", "splits")
 CARD_NAMES = ("manifest.yaml", "manifest.yml", "card.yaml")
