@@ -24,6 +24,7 @@ SUBCOMMAND_MODULES = (
     "liverfat.evaluation.cli",
     "liverfat.radiomics.cli",
     "liverfat.deep.cli",
+    "liverfat.atlas.cli",
 )
 
 

@@ -138,7 +138,8 @@ def median_readout(
         return Readout(
             float(np.median(ff[union])),
             "flagged",
-            f"fused liver mask is empty; median over the union of warped masks ({union.sum()} voxels)",
+            "fused liver mask is empty; median over the union of warped masks "
+            f"({union.sum()} voxels)",
             0,
             0,
         )

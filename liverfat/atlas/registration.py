@@ -79,12 +79,23 @@ def register(
         )
     work_fixed = at_working_resolution(fixed, settings.working_spacing_mm)
     work_moving = at_working_resolution(moving, settings.working_spacing_mm)
+    _import_backend(backend)  # import time (torch + MONAI: seconds) is not registration time
     start = time.perf_counter()
     runner = {"elastix": _elastix, "deform": _deform, "torch": _torch}[backend]
     warped, transform = runner(work_fixed, work_moving, fixed.reference, moving.liver, settings)
     return Registration(
         sitk.Cast(warped > 0, sitk.sitkUInt8), transform, time.perf_counter() - start
     )
+
+
+def _import_backend(backend: str) -> None:
+    if backend == "elastix":
+        import itk  # noqa: F401
+    elif backend == "deform":
+        import pydeform.sitk_api  # noqa: F401
+    else:
+        import monai.losses  # noqa: F401
+        import torch  # noqa: F401
 
 
 def warp_with_field(mask: sitk.Image, reference: sitk.Image, field: sitk.Image) -> sitk.Image:
