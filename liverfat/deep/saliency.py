@@ -102,7 +102,7 @@ def save_overlay(
     title: str = "",
     contour: np.ndarray | None = None,
 ) -> Path:
-    """Write a PNG of ``saliency`` (jet, half transparent) over ``background`` (grey), atomically."""
+    """Write a PNG of ``saliency`` (jet, translucent) over ``background`` (grey), atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
