@@ -282,7 +282,7 @@ def projection_format(dixon: DixonImages) -> np.ndarray:
     return np.stack([*signal, ff])
 
 
-# Per-subject computation and caching ---------------------------------------------------------------
+# Per-subject computation and caching -------------------------------------------------------
 def _file_signature(path: Path | None) -> list:
     if path is None:
         return [None]
@@ -291,7 +291,7 @@ def _file_signature(path: Path | None) -> list:
 
 
 def fingerprint(manifest: Manifest, subject_id: str, format_name: str) -> str:
-    """A key over the subject's input files (path, size, mtime) and the format's name and version."""
+    """A key over the subject's input files (path, size, mtime) and the format (name, version)."""
     spec = get_format(format_name)
     files = {}
     for column in ("water", "fat", "fat_fraction", "in_phase", "opposed_phase"):

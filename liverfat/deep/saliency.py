@@ -28,7 +28,7 @@ from liverfat.errors import LiverfatError
 
 @dataclass
 class SaliencyResult:
-    """Per-subject maps (subject -> (H, W) float in [0, 1]) and their mean; ``errors`` per subject."""
+    """Per-subject maps (subject -> (H, W) float in [0, 1]), their mean, and per-subject errors."""
 
     maps: dict[str, np.ndarray]
     mean: np.ndarray
@@ -75,7 +75,7 @@ def cohort_saliency(
 def aligned_mean(
     manifest: Manifest, format_name: str, column: str, subject_ids: list[str]
 ) -> np.ndarray:
-    """Mean over subjects of an image column (``water``, ``liver_mask``) in the format's geometry."""
+    """Mean over subjects of an image column (``water``, ``liver_mask``) in format geometry."""
     spec = get_format(format_name)
     if spec.align is None:
         raise LiverfatError(f"format {format_name} has no align function")

@@ -41,8 +41,9 @@ def test_entry_point_plugin(tmp_path, monkeypatch):
             """
             import torch
             def make(in_channels, out_channels):
-                return torch.nn.Sequential(torch.nn.Conv2d(in_channels, 4, 3), torch.nn.AdaptiveAvgPool2d(1),
-                                           torch.nn.Flatten(), torch.nn.Linear(4, out_channels))
+                nn = torch.nn
+                return nn.Sequential(nn.Conv2d(in_channels, 4, 3), nn.AdaptiveAvgPool2d(1),
+                                     nn.Flatten(), nn.Linear(4, out_channels))
             """
         )
     )
