@@ -17,6 +17,8 @@ formats of the same size and field of view as the full UK Biobank grid of
     (coronal 224 columns of 2.23 mm, sagittal 152 columns of 2.23 mm; rows of 3 mm running from the
     middle of the field of view 528 mm upwards, superior at the top), fat fraction 0-50 % mapped
     linearly to 0-255. One channel.
+``liverfat_masked``
+    ``liverfat`` with the fat fraction outside the body mask set to 0.
 ``projection``
     Mean-intensity projections of water and fat signal, coronal and sagittal side by side, and a
     third channel holding the coronal and sagittal fat-fraction slices of ``liverfat`` (0-50 %),
@@ -129,8 +131,8 @@ class SlicePlanes:
     middle_z_mm: float
 
 
-def slice_planes(dixon: DixonImages) -> SlicePlanes:
-    """Body mask centre of mass (coronal plane) and right-half centre of mass (sagittal plane)."""
+def subject_body_mask(dixon: DixonImages) -> np.ndarray:
+    """The UK Biobank body mask (bool, z y x) of a subject; one-line error if it is empty."""
     water = sitk.GetArrayViewFromImage(dixon.water)
     fat = sitk.GetArrayViewFromImage(dixon.fat)
     try:
@@ -139,6 +141,13 @@ def slice_planes(dixon: DixonImages) -> SlicePlanes:
         raise ImageError(f"subject {dixon.subject_id}: {exc}") from exc
     if not body.any():
         raise ImageError(f"subject {dixon.subject_id}: empty body mask")
+    return body
+
+
+def slice_planes(dixon: DixonImages, body: np.ndarray | None = None) -> SlicePlanes:
+    """Body mask centre of mass (coronal plane) and right-half centre of mass (sagittal plane)."""
+    if body is None:
+        body = subject_body_mask(dixon)
     com = _centre_of_mass_mm(dixon.water, body)
     # Patient right is -x (LPS): the right half holds body voxels left of the centre in x.
     x_mm = np.array(
@@ -219,6 +228,22 @@ def liverfat_align(dixon: DixonImages, image: sitk.Image) -> np.ndarray:
 def liverfat_format(dixon: DixonImages) -> np.ndarray:
     """The liver-fat format (module docstring), uint8 (1, 176, 376)."""
     return encode_ff(liverfat_planes(dixon.fat_fraction, slice_planes(dixon)))[None]
+
+
+@register_format(
+    "liverfat_masked",
+    shape=(1, LIVERFAT_ROWS, LIVERFAT_CORONAL_COLUMNS + LIVERFAT_SAGITTAL_COLUMNS),
+    align=liverfat_align,
+)
+def liverfat_masked_format(dixon: DixonImages) -> np.ndarray:
+    """The liver-fat format with fat fraction set to 0 outside the body mask (background noise
+    of a magnitude fat-fraction map is random and carries no information), uint8 (1, 176, 376)."""
+    body = subject_body_mask(dixon)
+    planes = slice_planes(dixon, body)
+    body_image = sitk.GetImageFromArray(body.astype(np.uint8))
+    body_image.CopyInformation(dixon.water)
+    inside = liverfat_planes(body_image, planes, nearest=True) > 0.5
+    return encode_ff(liverfat_planes(dixon.fat_fraction, planes) * inside)[None]
 
 
 # Projection format ------------------------------------------------------------------------------

@@ -107,3 +107,13 @@ def test_user_format_registration_and_shape_check(phantom_manifest):
         F.compute_format(phantom_manifest, sid, "test_wrong")
     with pytest.raises(LiverfatError, match="unknown format"):
         F.get_format("nope")
+
+
+def test_masked_format_zeroes_background_only(phantom_manifest):
+    sid = phantom_manifest.subject_ids[0]
+    plain = F.compute_format(phantom_manifest, sid, "liverfat")
+    masked = F.compute_format(phantom_manifest, sid, "liverfat_masked")
+    changed = plain != masked
+    assert (masked[changed] == 0).all()
+    assert 0.05 < changed.mean() < 0.7  # background noise removed, the body kept
+    assert plain[0, 60:120, 60:100].mean() == pytest.approx(masked[0, 60:120, 60:100].mean(), abs=2)

@@ -32,6 +32,7 @@ def test_mean_saliency_sits_on_the_liver(tmp_path):
     )
     engine = DeepEngine(
         model="small_cnn",
+        format="liverfat_masked",
         iterations=300,
         batch_size=16,
         input_scale=0.5,
@@ -41,7 +42,7 @@ def test_mean_saliency_sits_on_the_liver(tmp_path):
     result = cohort_saliency(engine, manifest)
     ids = list(result.maps)
     assert result.mean.shape == (176, 376) and result.mean.min() >= 0 and result.mean.max() <= 1
-    liver = aligned_mean(manifest, "liverfat", "liver_mask", ids) > 0.5
+    liver = aligned_mean(manifest, "liverfat_masked", "liver_mask", ids) > 0.5
     fraction = mass_fraction_in(result.mean, liver)
     area = liver.mean()
     print(f"liver area {area:.3f} of the format, mean saliency mass in it {fraction:.3f}")
