@@ -142,10 +142,6 @@ def _elastix_map(parameter_object, kind: str, n_channels: int, options: dict) ->
     pmap["MaximumNumberOfIterations"] = [str(iterations)]
     if kind == "bspline":
         pmap["FinalGridSpacingInPhysicalUnits"] = [str(options["grid_spacing_mm"])]
-        pmap["Metric"] = ["AdvancedNormalizedCorrelation"] * n_channels + [
-            "TransformBendingEnergyPenalty"
-        ]
-        pmap["Metric0Weight"] = ["1"]
     return pmap
 
 
@@ -158,9 +154,6 @@ def _elastix(fixed, moving, reference, moving_liver, settings):
     parameters = itk.ParameterObject.New()
     parameters.AddParameterMap(_elastix_map(parameters, "affine", n, options))
     bspline = _elastix_map(parameters, "bspline", n, options)
-    bspline[f"Metric{n}Weight"] = [str(options.get("bending_weight", 0.01))]
-    for i in range(n):
-        bspline[f"Metric{i}Weight"] = ["1"]
     parameters.AddParameterMap(bspline)
     method = itk.ElastixRegistrationMethod.New(
         _to_itk(fixed.channels[0]), _to_itk(moving.channels[0])
