@@ -198,6 +198,13 @@ def saliency_main(args: argparse.Namespace) -> int:
     np.save(out / "saliency_mean.npy", result.mean.astype(np.float32))
     background = aligned_mean(manifest, engine.format, "water", ids)
     save_overlay(out / "saliency_mean.png", result.mean, background, title="mean Grad-CAM")
+    np.save(out / "saliency_deviation.npy", result.deviation.astype(np.float32))
+    save_overlay(
+        out / "saliency_deviation.png",
+        result.deviation,
+        background,
+        title="cohort deviation of signed Grad-CAM",
+    )
     if args.per_subject:
         for sid in ids:
             own = aligned_mean(manifest, engine.format, "water", [sid])

@@ -3,8 +3,16 @@
 Maps are computed with MONAI's :class:`monai.visualize.GradCAM` on the network's last
 convolutional stage for one target's predicted mean, upsampled to the format's full size and
 normalised to [0, 1] per subject. Because formats share one aligned coordinate frame, the cohort
-map is the plain mean over subjects. Overlays use the water signal pushed through the format's
-geometry (the format's ``align`` function) as background.
+map is the plain mean over subjects.
+
+For a regression network the ReLU'd Grad-CAM also lights up regions that add a constant to every
+prediction (for a fat fraction: the featureless background and body outline), so the mean map
+says little about what distinguishes subjects. :func:`deviation_map` aggregates the signed maps
+instead, as the mean absolute deviation from the cohort's mean map: on the phantom cohort it sits
+on the liver, while the mean ReLU'd map does not (see the tests).
+
+Overlays use the water signal pushed through the format's geometry (its ``align`` function) as
+background.
 """
 
 from __future__ import annotations
@@ -28,10 +36,12 @@ from liverfat.errors import LiverfatError
 
 @dataclass
 class SaliencyResult:
-    """Per-subject maps (subject -> (H, W) float in [0, 1]), their mean, and per-subject errors."""
+    """Per-subject Grad-CAM maps (subject -> (H, W) in [0, 1]) and their ``mean``; the cohort
+    ``deviation`` map of the signed maps (:func:`deviation_map`); per-subject errors."""
 
     maps: dict[str, np.ndarray]
     mean: np.ndarray
+    deviation: np.ndarray
     errors: dict[str, str]
 
 
@@ -42,10 +52,7 @@ def gradcam_maps(
     from monai.visualize import GradCAM
 
     engine._check_fitted()
-    target = target or engine.targets[0]
-    if target not in engine.targets:
-        raise LiverfatError(f"the engine predicts {list(engine.targets)}, not {target!r}")
-    index = list(engine.targets).index(target)
+    index = _target_index(engine, target)
     _, scale, _ = engine.resolved()
     network = engine.network_.cpu().eval()
     cam = GradCAM(nn_module=network, target_layers=gradcam_layer(engine.model, network))
@@ -60,6 +67,54 @@ def gradcam_maps(
     return np.concatenate(maps) if maps else np.zeros((0, height, width), np.float32)
 
 
+def contribution_maps(
+    engine: DeepEngine, formats: np.ndarray, *, target: str | None = None, batch_size: int = 16
+) -> np.ndarray:
+    """Signed Grad-CAM maps (n, H, W): ``sum_k w_k A_k`` without the ReLU and normalisation.
+
+    ``w_k`` is the spatial mean of the gradient of the target's predicted mean with respect to
+    channel ``k`` of the Grad-CAM layer's activations ``A_k``. For a regression output these
+    maps add up (for global-average-pooled heads exactly) to each subject's prediction, so where
+    they vary across subjects is where the network finds the differences it predicts.
+    """
+    engine._check_fitted()
+    index = _target_index(engine, target)
+    _, scale, _ = engine.resolved()
+    network = engine.network_.cpu().eval()
+    layer = dict(network.named_modules())[gradcam_layer(engine.model, network)]
+    store: dict[str, torch.Tensor] = {}
+    hook = layer.register_forward_hook(lambda module, args, output: store.update(a=output))
+    height, width = formats.shape[2:]
+    maps = []
+    try:
+        for start in range(0, formats.shape[0], batch_size):
+            with torch.enable_grad():
+                output = network(to_input(formats[start : start + batch_size], scale))
+                (gradient,) = torch.autograd.grad(output[:, index].sum(), store["a"])
+            weights = gradient.mean(dim=(2, 3), keepdim=True)
+            cam = (weights * store["a"]).sum(dim=1, keepdim=True).detach()
+            maps.append(F.interpolate(cam, size=(height, width), mode="bilinear")[:, 0].numpy())
+    finally:
+        hook.remove()
+    return np.concatenate(maps) if maps else np.zeros((0, height, width), np.float32)
+
+
+def deviation_map(contributions: np.ndarray) -> np.ndarray:
+    """Cohort saliency of a regression: mean over subjects of ``|map - cohort mean map|``.
+
+    Parts of the image that add the same amount to every subject's prediction (a constant
+    offset) carry no information about differences between subjects and drop out.
+    """
+    return np.abs(contributions - contributions.mean(axis=0)).mean(axis=0)
+
+
+def _target_index(engine: DeepEngine, target: str | None) -> int:
+    target = target or engine.targets[0]
+    if target not in engine.targets:
+        raise LiverfatError(f"the engine predicts {list(engine.targets)}, not {target!r}")
+    return list(engine.targets).index(target)
+
+
 def cohort_saliency(
     engine: DeepEngine, manifest: Manifest, *, target: str | None = None
 ) -> SaliencyResult:
@@ -68,8 +123,10 @@ def cohort_saliency(
     ids = [s for s in manifest.subject_ids if s in arrays]
     if not ids:
         raise LiverfatError(f"no subject of {manifest.path} has a usable format")
-    maps = gradcam_maps(engine, np.stack([arrays[s] for s in ids]), target=target)
-    return SaliencyResult(dict(zip(ids, maps, strict=True)), maps.mean(axis=0), errors)
+    formats = np.stack([arrays[s] for s in ids])
+    maps = gradcam_maps(engine, formats, target=target)
+    deviation = deviation_map(contribution_maps(engine, formats, target=target))
+    return SaliencyResult(dict(zip(ids, maps, strict=True)), maps.mean(axis=0), deviation, errors)
 
 
 def aligned_mean(
