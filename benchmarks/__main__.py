@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "figures": figures,
         }
-        (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+        (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
         print(json.dumps(figures, indent=2))
     return 1 if failed else 0
 

@@ -96,7 +96,7 @@ def run(work_dir: Path) -> dict:
     ):
         if outcome.ok:
             rows.append(outcome.value)
-            with log.open("a") as handle:
+            with log.open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps(outcome.value) + "\n")
         else:
             errors.append(f"{outcome.item}: {outcome.error}")

@@ -43,7 +43,7 @@ def _write_study(tmp_path: Path, phantom_dir: Path, **changes) -> Path:
         **changes,
     }
     path = tmp_path / "study.yaml"
-    path.write_text(yaml.safe_dump(study))
+    path.write_text(yaml.safe_dump(study), encoding="utf-8")
     return path
 
 

@@ -210,7 +210,7 @@ def saliency_main(args: argparse.Namespace) -> int:
             own = aligned_mean(manifest, engine.format, "water", [sid])
             save_overlay(out / f"{sid}.png", result.maps[sid], own, title=sid)
     (out / "saliency.json").write_text(
-        json.dumps({"subjects": ids, "failed": result.errors}, indent=2) + "\n"
+        json.dumps({"subjects": ids, "failed": result.errors}, indent=2) + "\n", encoding="utf-8"
     )
     for message in result.errors.values():
         print(f"skipped: {message}")

@@ -81,12 +81,18 @@ def test_dask_batch_survives_killed_worker_and_resumes(phantom_manifest, tmp_pat
         first = engine.raw_readout(manifest)
         killer.join()
         assert killed, "no worker was killed"
-        assert (first["status"] != "failed").all(), first[["status", "message"]]
-        stamps = {p.name: p.stat().st_mtime_ns for p in work.glob("*.json")}
-        assert len(stamps) == len(manifest)
+        # A subject in flight on the killed worker (or whose result was held in its memory) may
+        # fail; every subject that finished has its result file, written atomically.
+        finished = {p.name: p.stat().st_mtime_ns for p in work.glob("*.json")}
+        n_ok = int((first["status"] != "failed").sum())
+        assert len(finished) >= n_ok >= len(manifest) - 2
         again = engine.raw_readout(manifest)
-    assert {p.name: p.stat().st_mtime_ns for p in work.glob("*.json")} == stamps  # none redone
-    assert again["value"].tolist() == first["value"].tolist()
+    assert (again["status"] != "failed").all(), again[["status", "message"]]
+    assert len(list(work.glob("*.json"))) == len(manifest)  # nothing lost after the rerun
+    for name, stamp in finished.items():  # and nothing that had finished was redone
+        assert (work / name).stat().st_mtime_ns == stamp
+    done_first = first["status"] != "failed"
+    assert again.loc[done_first, "value"].tolist() == first.loc[done_first, "value"].tolist()
 
 
 def test_cli_templates_calibrate_predict(phantom_dir, tmp_path):
@@ -95,7 +101,7 @@ def test_cli_templates_calibrate_predict(phantom_dir, tmp_path):
     card = str(phantom_dir / "manifest.yaml")
     templates = tmp_path / "templates.json"
     assert main(["atlas", "templates", card, "--n", "2", "--out", str(templates)]) == 0
-    chosen = json.loads(templates.read_text())["templates"]
+    chosen = json.loads(templates.read_text(encoding="utf-8"))["templates"]
     assert len(chosen) == 2
     options = json.dumps(FAST)
     common = [

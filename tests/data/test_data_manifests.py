@@ -15,7 +15,7 @@ CARDS = Path(__file__).resolve().parents[2] / "data_manifests"
 
 
 def test_phantom_card_matches_generator() -> None:
-    shipped = yaml.safe_load((CARDS / "phantom.yaml").read_text())
+    shipped = yaml.safe_load((CARDS / "phantom.yaml").read_text(encoding="utf-8"))
     assert shipped == yaml.safe_load(yaml.safe_dump(_card(0, "quarter", PhantomConfig())))
 
 

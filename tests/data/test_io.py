@@ -94,7 +94,7 @@ def test_dicom_series_split_by_echo_time(tmp_path: Path) -> None:
             number += 1
             writer.SetFileName(str(folder / f"IMG{number:04d}.dcm"))
             writer.Execute(plane)
-    (folder / "notes.txt").write_text("not DICOM")
+    (folder / "notes.txt").write_text("not DICOM", encoding="utf-8")
     series = list_dicom_series(folder)
     assert [s.echo_time_ms for s in series] == [2.3, 4.6]
     assert all(len(s.files) == 4 for s in series)

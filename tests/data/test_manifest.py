@@ -74,7 +74,7 @@ def test_check_command_ok_and_unusable_paths(phantom_dir: Path, tmp_path: Path, 
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "nope.yaml: manifest not found" in err
     bad = tmp_path / "bad.yaml"
-    bad.write_text("name: [unclosed\n")
+    bad.write_text("name: [unclosed\n", encoding="utf-8")
     assert main(["manifest", "check", str(bad)]) == 2
     assert "not valid YAML" in capsys.readouterr().err
 
@@ -105,9 +105,12 @@ def test_image_errors_name_subject(broken_copy: Path) -> None:
 def test_single_image_manifest_refused_for_dixon(tmp_path: Path) -> None:
     image = sitk.GetImageFromArray(np.ones((3, 4, 5), np.float32))
     sitk.WriteImage(image, str(tmp_path / "t2.nii.gz"))
-    (tmp_path / "subjects.csv").write_text("subject_id,image,split\nS1,t2.nii.gz,all\n")
+    (tmp_path / "subjects.csv").write_text(
+        "subject_id,image,split\nS1,t2.nii.gz,all\n", encoding="utf-8"
+    )
     (tmp_path / "manifest.yaml").write_text(
-        "name: t2\nsubjects: subjects.csv\ntargets: {}\nsplits: {all: {meaning: all}}\n"
+        "name: t2\nsubjects: subjects.csv\ntargets: {}\nsplits: {all: {meaning: all}}\n",
+        encoding="utf-8",
     )
     manifest = Manifest.load(tmp_path)
     assert manifest.problems() == []

@@ -71,7 +71,7 @@ def test_read_errors_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(PredictionsError, match="missing.csv: predictions table not found"):
         PredictionsTable.read(tmp_path / "missing.csv")
     bad = tmp_path / "bad.csv"
-    bad.write_text("subject_id,value\nS1,2\n")
+    bad.write_text("subject_id,value\nS1,2\n", encoding="utf-8")
     with pytest.raises(PredictionsError, match="bad.csv: missing columns method, target"):
         PredictionsTable.read(bad)
 

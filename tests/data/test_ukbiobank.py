@@ -302,9 +302,14 @@ def test_overlaps_are_blended_linearly_across_the_seam():
 
 def test_fields_are_read_in_both_extract_styles(tmp_path):
     classic = tmp_path / "classic.csv"
-    classic.write_text("eid,31-0.0,34-0.0,52-0.0,22402-2.0,21001-2.0\n42,0,1960,12,3.5,31.0\n")
+    classic.write_text(
+        "eid,31-0.0,34-0.0,52-0.0,22402-2.0,21001-2.0\n42,0,1960,12,3.5,31.0\n", encoding="utf-8"
+    )
     rap = tmp_path / "rap.csv"
-    rap.write_text("eid,p31,p34,p52,p22402_i2,p21001_i2,p53_i2\n42,0,1960,12,3.5,31.0,2018-12-15\n")
+    rap.write_text(
+        "eid,p31,p34,p52,p22402_i2,p21001_i2,p53_i2\n42,0,1960,12,3.5,31.0,2018-12-15\n",
+        encoding="utf-8",
+    )
     for path in (classic, rap):
         values = subject_fields(read_fields(path), "42", 2, study_date="20181215")
         assert values["liver_pdff_pct"] == 3.5 and values["bmi"] == 31.0 and values["sex"] == 0
@@ -315,7 +320,7 @@ def test_fields_are_read_in_both_extract_styles(tmp_path):
 
 
 def test_dataset_card_in_data_manifests_names_every_field_with_its_unit():
-    card = yaml.safe_load((REPO / "data_manifests" / "ukbiobank.yaml").read_text())
+    card = yaml.safe_load((REPO / "data_manifests" / "ukbiobank.yaml").read_text(encoding="utf-8"))
     assert card == dataset_card(OUTPUT_SPACING_MM, 2)
     for field_id in (20201, 22402, 22436, 31, 34, 52, 53, 12144, 21002, 21001):
         assert card["fields"][str(field_id)]["unit"] == UKB_FIELDS[field_id]["unit"]

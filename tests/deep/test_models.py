@@ -49,9 +49,11 @@ def test_entry_point_plugin(tmp_path, monkeypatch):
     )
     info = tmp_path / "tinyplug-0.1.dist-info"
     info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: tinyplug\nVersion: 0.1\n")
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: tinyplug\nVersion: 0.1\n", encoding="utf-8"
+    )
     (info / "entry_points.txt").write_text(
-        "[liverfat.models]\ntinynet = tinyplug:make\nbroken = tinyplug:missing\n"
+        "[liverfat.models]\ntinynet = tinyplug:make\nbroken = tinyplug:missing\n", encoding="utf-8"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     assert "tinynet" in models.model_names()

@@ -38,7 +38,7 @@ def test_figures_are_written_as_png_and_svg(comparison, tmp_path):
     written = write_figures({"roc": sections["roc"]}, tmp_path)
     assert sorted(p.suffix for p in written) == [".png", ".png", ".svg", ".svg"]
     assert written[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert written[1].read_text().lstrip().startswith("<svg")
+    assert written[1].read_text(encoding="utf-8").lstrip().startswith("<svg")
 
 
 def test_report_is_self_contained(comparison):

@@ -229,7 +229,7 @@ def test_cli_fit_predict_rois_features(phantom_dir, tmp_path, cache):
         )
         == 0
     )
-    saved = json.loads((tmp_path / "rois" / "P0001_rois.json").read_text())
+    saved = json.loads((tmp_path / "rois" / "P0001_rois.json").read_text(encoding="utf-8"))
     assert len(saved["rois"]) == 6
     # bad input: one clear line, exit 2
     assert cli_main(["radiomics", "fit", str(tmp_path / "nowhere"), "--out", str(tmp_path)]) == 2
@@ -275,7 +275,7 @@ def test_cli_cv_protocol_table(phantom_dir, tmp_path, cache):
     assert {"auc", "auc_lower", "auc_upper", "accuracy_lower"} <= set(classification.columns)
     regression = pd.read_csv(out / "regression.csv")
     assert {"mae_vs_reference", "r2_vs_truth"} <= set(regression.columns)
-    split = json.loads((out / "split.json").read_text())
+    split = json.loads((out / "split.json").read_text(encoding="utf-8"))
     assert not set(split["train"]) & set(split["test"])
     assert (out / "cv_predictions.csv").is_file() and (out / "spearman.csv").is_file()
 

@@ -101,13 +101,13 @@ def test_manual_rois_round_trip(tmp_path):
     labels = rois_to_label_map(rois, (6, 64, 96))
     assert rois_from_label_map(labels) == rois
     path = tmp_path / "rois.json"
-    path.write_text(rois_to_json(rois))
+    path.write_text(rois_to_json(rois), encoding="utf-8")
     assert rois_from_json(path) == rois
     bad = labels.copy()
     bad[1, 10, 12] = 0  # no longer a filled square
     with pytest.raises(ImageError, match="label 1"):
         rois_from_label_map(bad)
-    (tmp_path / "broken.json").write_text(json.dumps([{"slice": 1}]))
+    (tmp_path / "broken.json").write_text(json.dumps([{"slice": 1}]), encoding="utf-8")
     with pytest.raises(ImageError, match="broken.json"):
         rois_from_json(tmp_path / "broken.json")
 
