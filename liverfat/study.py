@@ -78,6 +78,7 @@ class Study:
     train_split: str
     engines: tuple[EngineStage, ...]
     pairs: tuple[tuple[str, str, str], ...]  # (a, b, subset)
+    review: tuple[str, ...]  # two methods whose agreement against the reference is reviewed
     truth: Path | None
     out: Path
     executor: dict[str, Any]
@@ -134,6 +135,9 @@ class Study:
             for method in (a, b):
                 if method not in known:
                     raise StudyError(f"{path}: pair {a}:{b}@{subset} names unknown method {method}")
+        review = tuple(str(m) for m in comparison.get("review") or ())
+        if review and (len(review) != 2 or not set(review) <= names):
+            raise StudyError(f"{path}: comparison review names two of the engines, got {review}")
         executor = dict(raw.get("executor") or {"kind": "serial"})
         if executor.get("kind", "serial") not in EXECUTOR_KINDS:
             raise StudyError(f"{path}: executor kind must be one of {', '.join(EXECUTOR_KINDS)}")
@@ -146,6 +150,7 @@ class Study:
             train_split=train,
             engines=engines,
             pairs=pairs,
+            review=review,
             truth=(base / raw["truth"]).resolve() if raw.get("truth") else None,
             out=Path(out) if out is not None else (base / raw.get("out", "study_output")).resolve(),
             executor=executor,
@@ -368,15 +373,60 @@ def run_study(study: Study, *, log: Callable[[str], None] = print) -> Path:
     )
     comparison.table = _planned_rows(comparison.table, [(f"{a}:{b}", s) for a, b, s in pairs])
     comparison.write_tables(out / "tables")
+    extra = []
+    if study.review:
+        extra.append(outlier_review(study, manifest, comparison.values, log))
     report = write_report(
         comparison,
         out / "report.html",
         title=f"liverfat study: {study.name}",
         sources=f"manifest {study.manifest}; study {study.path}",
+        extra=extra,
     )
     write_text_atomic(out / "README.txt", _outputs_readme())
     log(f"[compare] done: report at {report}")
     return report
+
+
+def outlier_review(study: Study, manifest: Manifest, values: pd.DataFrame, log) -> Any:
+    """Probable reference errors on the training split, with each subject's 2-D format."""
+    from matplotlib.figure import Figure
+
+    from liverfat.deep.formats import compute_format, decode_ff
+    from liverfat.evaluation.compare import probable_reference_errors
+    from liverfat.evaluation.report import ExtraSection, FigureItem
+
+    a, b = study.review
+    train = manifest.select(split=study.train_split).subject_ids
+    suspects = probable_reference_errors(values.loc[values.index.isin(train)], a, b, REFERENCE)
+    write_text_atomic(study.out / "tables" / "probable_reference_errors.csv", suspects.to_csv())
+    figures = []
+    for sid in suspects.index[:12]:
+        try:
+            image = decode_ff(compute_format(manifest, sid, "liverfat"))[0]
+        except LiverfatError as exc:
+            log(f"[review] no format for {sid}: {exc}")
+            continue
+        figure = Figure(figsize=(6.0, 3.0))
+        axes = figure.add_subplot()
+        shown = axes.imshow(image, cmap="magma", vmin=0, vmax=50, origin="lower")
+        figure.colorbar(shown, ax=axes, label="fat fraction (%)")
+        axes.set_axis_off()
+        row = suspects.loc[sid]
+        caption = f"{sid}: reference {row[REFERENCE]:.1f} %, {a} {row[a]:.1f} %, {b} {row[b]:.1f} %"
+        figures.append(FigureItem(f"review_{sid}", caption, figure))
+    log(f"[review] {len(suspects)} probable reference error(s)")
+    text = (
+        f"Subjects of split {study.train_split} where {a} and {b} agree within 2 % but both "
+        "differ from the reference by at least 4 % on the same side: probable reference errors. "
+        "Each is shown in the liver-fat format (coronal and sagittal fat-fraction slices)."
+    )
+    return ExtraSection(
+        f"Outlier review: {len(suspects)} probable reference errors",
+        text,
+        suspects.round(2).reset_index(),
+        figures,
+    )
 
 
 def comparison_plan(

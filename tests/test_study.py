@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -9,6 +10,9 @@ import pytest
 import yaml
 
 from liverfat.cli import main
+from liverfat.data.manifest import Manifest
+from liverfat.data.predictions import PredictionsTable
+from liverfat.evaluation.compare import probable_reference_errors
 from liverfat.study import Study, StudyError, run_study
 
 PAIRS = [
@@ -39,7 +43,7 @@ def _write_study(tmp_path: Path, phantom_dir: Path, **changes) -> Path:
                 "predict_on": ["A", "C"],
             },
         },
-        "comparison": {"pairs": PAIRS},
+        "comparison": {"pairs": PAIRS, "review": ["baseline", "bmi_only"]},
         **changes,
     }
     path = tmp_path / "study.yaml"
@@ -50,6 +54,14 @@ def _write_study(tmp_path: Path, phantom_dir: Path, **changes) -> Path:
 def test_study_runs_resumes_and_orders_rows(
     tmp_path: Path, phantom_dir: Path, phantom_manifest
 ) -> None:
+    # A spurious reference reading gives the outlier review something to find.
+    cohort = tmp_path / "cohort"
+    shutil.copytree(phantom_dir, cohort)
+    table = pd.read_csv(cohort / "subjects.csv", dtype={"subject_id": str})
+    table.loc[table["split"].eq("A").idxmax(), "liver_pdff_pct"] = 60.0
+    table.to_csv(cohort / "subjects.csv", index=False)
+    phantom_dir = cohort
+    phantom_manifest = Manifest.load(cohort)
     study = Study.load(_write_study(tmp_path, phantom_dir))
     report = run_study(study, log=lambda m: None)
     assert report.is_file() and report.stat().st_size > 10_000
@@ -60,6 +72,29 @@ def test_study_runs_resumes_and_orders_rows(
     assert set(truth_rows["pair"]) == {"truth:reference", "truth:baseline", "truth:bmi_only"}
     n_a = len(phantom_manifest.select(split="A"))
     assert (table.loc[table["subset"] == "A", "n"] == n_a).all()
+    # Outlier review: the section, and exactly the subjects the rule picks from the tables.
+    suspects = pd.read_csv(
+        tmp_path / "out" / "tables" / "probable_reference_errors.csv", dtype={"subject_id": str}
+    ).set_index("subject_id")
+    assert len(suspects) >= 1 and "Outlier review" in report.read_text(encoding="utf-8")
+    values = pd.DataFrame(
+        {
+            name: PredictionsTable.read(tmp_path / "out" / "predictions" / f"{name}.csv").values(
+                name, "liver_pdff_pct"
+            )
+            for name in ("baseline", "bmi_only")
+        }
+    ).assign(reference=phantom_manifest.target("liver_pdff_pct"))
+    expected = probable_reference_errors(
+        values.loc[phantom_manifest.select(split="A").subject_ids],
+        "baseline",
+        "bmi_only",
+        "reference",
+    )
+    assert suspects.index.tolist() == expected.index.tolist()
+    for _, row in suspects.iterrows():
+        assert abs(row["baseline"] - row["bmi_only"]) <= 2
+        assert min(abs(row["error_a"]), abs(row["error_b"])) >= 4
     # The baseline's table: out-of-fold on A, fitted predictions on B (and so C).
     preds = pd.read_csv(
         tmp_path / "out" / "predictions" / "baseline.csv", dtype={"subject_id": str}

@@ -11,7 +11,7 @@ import itertools
 import math
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,16 @@ class FigureItem:
     stem: str
     caption: str
     figure: Figure
+
+
+@dataclass
+class ExtraSection:
+    """A report section beyond the standard ones: a title, a paragraph, a table, figures."""
+
+    title: str
+    text: str = ""
+    table: pd.DataFrame | None = None
+    figures: list[FigureItem] = field(default_factory=list)
 
 
 def _slug(text: str) -> str:
@@ -210,6 +220,11 @@ of <i>b</i> predicting <i>a</i>; ROC-AUC, sensitivity and specificity at
 {% if covariates %}<h2>Covariates</h2>
 <p>Spearman correlation of each method's values with each covariate.</p>
 <div class="scroll">{{ covariates }}</div>{% endif %}
+{% for section in extra %}<h2>{{ section.title }}</h2>
+<p>{{ section.text }}</p>{{ section.table }}
+{% for f in section.images %}<figure><img alt="{{ f.caption }}" src="{{ f.uri }}">
+<figcaption>{{ f.caption }}</figcaption></figure>{% endfor %}
+{% endfor %}
 </body></html>
 """
 )
@@ -221,9 +236,13 @@ def render_report(
     title: str = "liverfat method comparison",
     sources: str = "",
     sections: dict[str, list[FigureItem]] | None = None,
+    extra: list[ExtraSection] | None = None,
     dpi: int = 90,
 ) -> str:
-    """The whole report as one HTML string (figures embedded as base64 PNG)."""
+    """The whole report as one HTML string (figures embedded as base64 PNG).
+
+    ``extra`` sections (e.g. a study's outlier review) are appended after the standard ones.
+    """
     c = comparison
     sections = comparison_figures(c) if sections is None else sections
     figures = {
@@ -255,6 +274,18 @@ def render_report(
         outliers=[(p, html_table(t)) for p, t in c.outliers.items()],
         covariates=html_table(c.covariates) if c.covariates is not None else "",
         figures=figures,
+        extra=[
+            {
+                "title": x.title,
+                "text": x.text,
+                "table": html_table(x.table) if x.table is not None else "",
+                "images": [
+                    {"caption": f.caption, "uri": figure_to_data_uri(f.figure, dpi=dpi)}
+                    for f in x.figures
+                ],
+            }
+            for x in extra or []
+        ],
     )
 
 
@@ -265,11 +296,13 @@ def write_report(
     title: str = "liverfat method comparison",
     sources: str = "",
     sections: dict[str, list[FigureItem]] | None = None,
+    extra: list[ExtraSection] | None = None,
 ) -> Path:
     """Render the report and write it atomically to ``path``; return the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(
-        path, render_report(comparison, title=title, sources=sources, sections=sections)
+    html_text = render_report(
+        comparison, title=title, sources=sources, sections=sections, extra=extra
     )
+    write_text_atomic(path, html_text)
     return path

@@ -174,3 +174,25 @@ def test_run_comparison_bundles_everything(synthetic, tables, tmp_path):
     assert {"comparison.csv", "comparison.md", "comparison.tex", "covariates.csv"} <= names
     again = pd.read_csv(tmp_path / "comparison.csv")
     assert again["mae"].to_numpy() == pytest.approx(result.table["mae"].to_numpy(), rel=1e-5)
+
+
+def test_probable_reference_errors_are_agreeing_methods_against_reference() -> None:
+    from liverfat.evaluation.compare import probable_reference_errors
+
+    values = pd.DataFrame(
+        {
+            "reference": [2.0, 10.0, 3.0, 20.0, 5.0, 1.0],
+            "network": [2.5, 3.0, 3.2, 12.0, 12.0, 9.0],
+            "atlas": [2.2, 3.5, 2.9, 11.0, 6.0, 6.5],
+        },
+        index=pd.Index(["s1", "s2", "s3", "s4", "s5", "s6"], name="subject_id"),
+    )
+    found = probable_reference_errors(values, "network", "atlas", "reference")
+    # s2 and s4: both methods agree and both miss the reference low by >= 4 %;
+    # s5: methods disagree (12 vs 6); s6: agree within 2.5 %, not 2 %.
+    assert found.index.tolist() == ["s4", "s2"]
+    assert found.loc["s2", "error_a"] == pytest.approx(-7.0)
+    assert found.loc["s4", "a_minus_b"] == pytest.approx(1.0)
+    assert probable_reference_errors(
+        values, "network", "atlas", "reference", agree_pct=3
+    ).index.tolist() == ["s4", "s2", "s6"]
