@@ -14,8 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/liverfat phantom --n 40 --seed 0 --scale quarter --out demo_output/phantom
-	$(BIN)/liverfat manifest check demo_output/phantom/manifest.yaml
+	$(BIN)/liverfat demo --out demo_output
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -226,6 +226,9 @@ class RadiomicsEngine:
         )
         if len(frame):
             frame["subject_id"] = frame["subject_id"].astype(str)
+            # Workers finish in any order: sort so every executor trains on the same matrix.
+            order = ["subject_id", "roi", "augmentation"]
+            frame = frame.sort_values(order, kind="stable").reset_index(drop=True)
         return frame, failures
 
     # Fitting -----------------------------------------------------------------------------------
