@@ -10,6 +10,7 @@ for that one item while the rest of the batch goes on.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import multiprocessing
 import os
 import traceback
@@ -29,6 +30,27 @@ _THREAD_VARS = (
     "MKL_NUM_THREADS",
     "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS",
 )
+
+
+#: Scheduler used by ``executor="dask"`` calls that name none (see :func:`dask_scheduler`).
+_DEFAULT_SCHEDULER: list[str] = []
+
+
+@contextlib.contextmanager
+def dask_scheduler(address: str | None) -> Iterator[None]:
+    """Within the block, Dask jobs that name no scheduler go to ``address`` (None: no change).
+
+    This is how a study sends every engine's per-subject work to one cluster without each
+    engine having to know about it.
+    """
+    if address is None:
+        yield
+        return
+    _DEFAULT_SCHEDULER.append(address)
+    try:
+        yield
+    finally:
+        _DEFAULT_SCHEDULER.pop()
 
 
 @dataclass(frozen=True)
@@ -159,6 +181,8 @@ def _dask(fn, items, n_workers, threads_per_worker, scheduler) -> Iterator[Outco
     from distributed import Client, LocalCluster, as_completed
 
     cluster = None
+    if scheduler is None and _DEFAULT_SCHEDULER:
+        scheduler = _DEFAULT_SCHEDULER[-1]
     if scheduler is None:
         cluster = LocalCluster(
             n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None

@@ -37,6 +37,7 @@ from liverfat.data.atomic import write_json_atomic, write_text_atomic
 from liverfat.data.manifest import Manifest
 from liverfat.data.predictions import PredictionsTable, package_versions, prediction_row
 from liverfat.errors import LiverfatError
+from liverfat.parallel import dask_scheduler
 
 #: Engine aliases; any ``package.module:Class`` path also works (user engines).
 ENGINES = {
@@ -351,9 +352,10 @@ def run_study(study: Study, *, log: Callable[[str], None] = print) -> Path:
     shutil.copyfile(study.path, out / "study.yaml")
     write_json_atomic(out / "versions.json", package_versions())
     tables = [reference_table(manifest, study.target)]
-    for stage in study.engines:
-        tables.append(run_engine(stage, study, manifest, log))
-        tables[-1].write(out / "predictions" / f"{stage.name}.csv")
+    with dask_scheduler(study.executor.get("scheduler")):
+        for stage in study.engines:
+            tables.append(run_engine(stage, study, manifest, log))
+            tables[-1].write(out / "predictions" / f"{stage.name}.csv")
     truth = None
     if study.truth is not None:
         truth = PredictionsTable.read(study.truth)

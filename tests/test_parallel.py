@@ -54,3 +54,24 @@ def test_dask_local_cluster_gives_same_results() -> None:
 def test_unknown_executor() -> None:
     with pytest.raises(LiverfatError, match="unknown executor"):
         list(map_subjects(square, [1], executor="threads"))
+
+
+def worker_address(_: int) -> str:
+    from distributed import get_worker
+
+    return get_worker().address
+
+
+@pytest.mark.slow
+def test_default_scheduler_is_used_by_jobs_naming_none() -> None:
+    from distributed import LocalCluster
+
+    from liverfat.parallel import dask_scheduler
+
+    with LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as cluster:
+        with dask_scheduler(cluster.scheduler_address):
+            results = _collect("dask", worker_address, [1, 2])
+        workers = set(cluster.scheduler_info["workers"])
+    assert {value for value, _ in results.values()} <= workers
