@@ -19,20 +19,9 @@ from scipy import stats
 
 from liverfat.data.manifest import Manifest
 from liverfat.errors import LiverfatError
+from liverfat.evaluation.classification import wilson_interval
 from liverfat.radiomics.engine import RadiomicsEngine
 from liverfat.radiomics.models import MODELS
-
-
-def wilson_interval(successes: int, total: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval of a proportion (NaN, NaN when ``total`` is 0)."""
-    if total <= 0:
-        return float("nan"), float("nan")
-    z = float(stats.norm.ppf(0.5 + confidence / 2))
-    p = successes / total
-    denominator = 1 + z**2 / total
-    centre = (p + z**2 / (2 * total)) / denominator
-    half = z * np.sqrt(p * (1 - p) / total + z**2 / (4 * total**2)) / denominator
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def grade_auc(grades: np.ndarray, probabilities: np.ndarray) -> float:

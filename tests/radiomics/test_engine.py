@@ -11,6 +11,7 @@ from scipy import stats
 
 from liverfat.cli import main as cli_main
 from liverfat.errors import LiverfatError
+from liverfat.evaluation.classification import wilson_interval
 from liverfat.radiomics.engine import RadiomicsEngine
 from liverfat.radiomics.models import grading_scheme
 from liverfat.radiomics.protocol import (
@@ -19,7 +20,6 @@ from liverfat.radiomics.protocol import (
     covariate_spearman,
     grade_auc,
     regression_metrics,
-    wilson_interval,
 )
 from tests.conformance import check_engine
 
