@@ -368,6 +368,22 @@ AGREEMENT_KEYS = (
 )
 
 
+def correlations(x: np.ndarray, y: np.ndarray, *, confidence: float = 0.95) -> dict[str, float]:
+    """Pearson r with its Fisher-z interval and p, and Spearman rho with its p (non-constant
+    inputs of at least 3 pairs)."""
+    pr = stats.pearsonr(x, y)
+    sr = stats.spearmanr(x, y)
+    lo, hi = pearson_interval(float(pr.statistic), len(x), confidence=confidence)
+    return {
+        "r": float(pr.statistic),
+        "r_lower": lo,
+        "r_upper": hi,
+        "r_p": float(pr.pvalue),
+        "rho": float(sr.statistic),
+        "rho_p": float(sr.pvalue),
+    }
+
+
 def agreement(
     a: ArrayLike | pd.Series,
     b: ArrayLike | pd.Series,
@@ -435,17 +451,7 @@ def agreement(
     else:
         notes.append("constant reference: R2 undefined")
     if np.ptp(x) > 0 and np.ptp(y) > 0:
-        pr = stats.pearsonr(x, y)
-        sr = stats.spearmanr(x, y)
-        lo, hi = pearson_interval(float(pr.statistic), n, confidence=confidence)
-        out.update(
-            r=float(pr.statistic),
-            r_lower=lo,
-            r_upper=hi,
-            r_p=float(pr.pvalue),
-            rho=float(sr.statistic),
-            rho_p=float(sr.pvalue),
-        )
+        out.update(correlations(x, y, confidence=confidence))
     else:
         notes.append("constant values: r, rho undefined")
     value, lo, hi = icc(x, y, form=icc_form, confidence=confidence)

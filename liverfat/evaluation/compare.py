@@ -28,8 +28,8 @@ from liverfat.evaluation.agreement import (
     AgreementError,
     agreement,
     bland_altman,
+    correlations,
     paired,
-    pearson_interval,
 )
 from liverfat.evaluation.classification import (
     STEATOSIS_GRADE_THRESHOLDS_PCT,
@@ -387,17 +387,7 @@ def error_correlation(
         elif np.ptp(ea) == 0 or np.ptp(eb) == 0:
             note = "constant errors: correlation undefined"
         else:
-            pr = stats.pearsonr(ea, eb)
-            sr = stats.spearmanr(ea, eb)
-            lo, hi = pearson_interval(float(pr.statistic), n, confidence=confidence)
-            row.update(
-                r=float(pr.statistic),
-                r_lower=lo,
-                r_upper=hi,
-                r_p=float(pr.pvalue),
-                rho=float(sr.statistic),
-                rho_p=float(sr.pvalue),
-            )
+            row.update(correlations(ea, eb, confidence=confidence))
         if n >= 3:
             ba = bland_altman(eb, ea, confidence=confidence)
             row.update(bias=ba.bias, loa_lower=ba.loa_lower, loa_upper=ba.loa_upper)
