@@ -205,6 +205,13 @@ def saliency_main(args: argparse.Namespace) -> int:
         background,
         title="cohort deviation of signed Grad-CAM",
     )
+    np.save(out / "saliency_sensitivity.npy", result.sensitivity_mean.astype(np.float32))
+    save_overlay(
+        out / "saliency_sensitivity.png",
+        result.sensitivity_mean,
+        background,
+        title="mean pixel sensitivity (squared input gradient)",
+    )
     if args.per_subject:
         for sid in ids:
             own = aligned_mean(manifest, engine.format, "water", [sid])

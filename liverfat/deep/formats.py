@@ -31,7 +31,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -330,11 +331,28 @@ def fingerprint(manifest: Manifest, subject_id: str, format_name: str) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
 
 
+@contextmanager
+def single_threaded_itk() -> Iterator[None]:
+    """Run SimpleITK filters on one thread, restoring the previous default afterwards.
+
+    Formats run many filters on single slices (the body mask's Otsu threshold of every coronal
+    slice, the plane resampling), where spawning threads costs more than it gains: at half scale
+    the body mask takes about 3 times longer with 2 threads than with 1 on a 2-core machine.
+    """
+    previous = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(previous)
+
+
 def compute_format(manifest: Manifest, subject_id: str, format_name: str) -> np.ndarray:
     """Read a subject's Dixon images and compute one format (uint8, checked shape)."""
     spec = get_format(format_name)
-    dixon = manifest.dixon(subject_id)
-    array = np.asarray(spec.function(dixon))
+    with single_threaded_itk():
+        dixon = manifest.dixon(subject_id)
+        array = np.asarray(spec.function(dixon))
     if array.dtype != np.uint8 or array.shape != spec.shape:
         raise LiverfatError(
             f"format {format_name} gave {array.dtype} {array.shape} for subject {subject_id}, "

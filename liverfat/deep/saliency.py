@@ -8,8 +8,16 @@ map is the plain mean over subjects.
 For a regression network the ReLU'd Grad-CAM also lights up regions that add a constant to every
 prediction (for a fat fraction: the featureless background and body outline), so the mean map
 says little about what distinguishes subjects. :func:`deviation_map` aggregates the signed maps
-instead, as the mean absolute deviation from the cohort's mean map: on the phantom cohort it sits
-on the liver, while the mean ReLU'd map does not (see the tests).
+instead, as the mean absolute deviation from the cohort's mean map.
+
+Grad-CAM's grid is coarse (1/8 to 1/32 of the input), so on a small organ like the liver its
+upsampled maps spread far beyond it. :func:`sensitivity_maps` works at the input's own pixel
+resolution: the squared partial derivatives of the prediction with respect to every input pixel
+(the "sensitivity analysis" relevance ``R_i = (df/dx_i)^2`` of Montavon, Samek & Mueller,
+Digital Signal Processing 73, 2018), whose sum is the squared gradient norm, i.e. how strongly
+the prediction reacts to a change of the image, split over pixels. On the phantom cohort, a
+network that generalises puts most of this mass on each subject's liver (see the tests), the
+only organ whose fat fraction varies between subjects.
 
 Overlays use the water signal pushed through the format's geometry (its ``align`` function) as
 background.
@@ -37,12 +45,15 @@ from liverfat.errors import LiverfatError
 @dataclass
 class SaliencyResult:
     """Per-subject Grad-CAM maps (subject -> (H, W) in [0, 1]) and their ``mean``; the cohort
-    ``deviation`` map of the signed maps (:func:`deviation_map`); per-subject errors."""
+    ``deviation`` map of the signed maps (:func:`deviation_map`); per-subject errors; per-subject
+    pixel-resolution ``sensitivity`` maps (:func:`sensitivity_maps`) and their mean."""
 
     maps: dict[str, np.ndarray]
     mean: np.ndarray
     deviation: np.ndarray
     errors: dict[str, str]
+    sensitivity: dict[str, np.ndarray] | None = None
+    sensitivity_mean: np.ndarray | None = None
 
 
 def gradcam_maps(
@@ -99,6 +110,32 @@ def contribution_maps(
     return np.concatenate(maps) if maps else np.zeros((0, height, width), np.float32)
 
 
+def sensitivity_maps(
+    engine: DeepEngine, formats: np.ndarray, *, target: str | None = None, batch_size: int = 16
+) -> np.ndarray:
+    """Pixel-resolution sensitivity maps (n, H, W): ``(df/dx_i)^2`` per pixel, summing to 1.
+
+    ``f`` is the target's predicted mean and ``x`` the network input (the format resized by the
+    engine's ``input_scale``); maps are brought back to the format's size (bilinear) and each is
+    divided by its total, so every subject weighs the same in a cohort mean.
+    """
+    engine._check_fitted()
+    index = _target_index(engine, target)
+    _, scale, _ = engine.resolved()
+    network = engine.network_.cpu().eval()
+    height, width = formats.shape[2:]
+    maps = []
+    for start in range(0, formats.shape[0], batch_size):
+        x = to_input(formats[start : start + batch_size], scale).requires_grad_(True)
+        with torch.enable_grad():
+            (gradient,) = torch.autograd.grad(network(x)[:, index].sum(), x)
+        relevance = gradient.pow(2).sum(dim=1, keepdim=True)
+        relevance = F.interpolate(relevance, size=(height, width), mode="bilinear")[:, 0]
+        total = relevance.sum(dim=(1, 2), keepdim=True).clamp(min=1e-30)
+        maps.append((relevance / total).numpy())
+    return np.concatenate(maps) if maps else np.zeros((0, height, width), np.float32)
+
+
 def deviation_map(contributions: np.ndarray) -> np.ndarray:
     """Cohort saliency of a regression: mean over subjects of ``|map - cohort mean map|``.
 
@@ -126,7 +163,15 @@ def cohort_saliency(
     formats = np.stack([arrays[s] for s in ids])
     maps = gradcam_maps(engine, formats, target=target)
     deviation = deviation_map(contribution_maps(engine, formats, target=target))
-    return SaliencyResult(dict(zip(ids, maps, strict=True)), maps.mean(axis=0), deviation, errors)
+    sensitivity = sensitivity_maps(engine, formats, target=target)
+    return SaliencyResult(
+        dict(zip(ids, maps, strict=True)),
+        maps.mean(axis=0),
+        deviation,
+        errors,
+        dict(zip(ids, sensitivity, strict=True)),
+        sensitivity.mean(axis=0),
+    )
 
 
 def aligned_mean(
@@ -149,6 +194,28 @@ def mass_fraction_in(saliency: np.ndarray, region: np.ndarray) -> float:
     """Share of a saliency map's total mass inside a boolean region."""
     total = float(saliency.sum())
     return float(saliency[region].sum()) / total if total > 0 else float("nan")
+
+
+def aligned_masks(
+    manifest: Manifest, format_name: str, column: str, subject_ids: list[str]
+) -> np.ndarray:
+    """Each subject's mask column (e.g. ``liver_mask``) in format geometry, bool (n, H, W)."""
+    spec = get_format(format_name)
+    if spec.align is None:
+        raise LiverfatError(f"format {format_name} has no align function")
+    return np.stack(
+        [
+            spec.align(manifest.dixon(sid), manifest.read_image(sid, column)) > 0.5
+            for sid in subject_ids
+        ]
+    )
+
+
+def subject_mass_fractions(maps: dict[str, np.ndarray], masks: np.ndarray) -> np.ndarray:
+    """Per subject, the share of its saliency map's mass inside its own mask (same order)."""
+    return np.array(
+        [mass_fraction_in(m, mask) for m, mask in zip(maps.values(), masks, strict=True)]
+    )
 
 
 def save_overlay(

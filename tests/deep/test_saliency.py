@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
-from scipy import ndimage
 
 from liverfat.data.manifest import Manifest
 from liverfat.data.phantom import generate_cohort
 from liverfat.deep.engine import DeepEngine
-from liverfat.deep.saliency import aligned_mean, cohort_saliency, mass_fraction_in
+from liverfat.deep.saliency import (
+    aligned_masks,
+    cohort_saliency,
+    mass_fraction_in,
+    subject_mass_fractions,
+)
 
 
 def test_mass_fraction_by_hand():
@@ -22,43 +27,52 @@ def test_mass_fraction_by_hand():
 
 @pytest.mark.slow
 def test_cohort_saliency_sits_on_the_liver(tmp_path):
-    """The cohort deviation map of a liver-fat network concentrates on the liver.
+    """Most of the saliency mass of a liver-fat network falls on the liver (the issue's check).
 
-    The liver region is the phantom's liver mask pushed through the same format geometry. It
-    covers about 5 % of the format; the Grad-CAM layer of the small network is 16 format pixels
-    per cell, so the bilinearly upsampled map spreads beyond it. Checked: the map's peak lies
-    within one Grad-CAM cell of the liver in both views, and the liver holds more than 2.5 times
-    its area share of the mass. The issue's stricter criterion (most of the mass inside the
-    liver) is printed, not asserted: it is not met at this resolution (measured 0.17).
+    The liver region is each subject's liver mask pushed through the same format geometry
+    (``liverfat_masked``'s align function). The pixel-resolution sensitivity maps (squared input
+    gradient) of a network that generalises put most of their mass there: the phantom's liver is
+    the only organ whose fat fraction varies. Also checked: the cohort mean of those maps holds
+    far more than its area share in the cohort's consensus liver (where most subjects' livers
+    overlap), and the held-out predictions track the true liver fat, so the network did learn.
+    Grad-CAM's coarse grid (8 input pixels per cell here) spreads over a far larger area, so its
+    share is only printed.
     """
     manifest = Manifest.load(
         generate_cohort(
-            60, tmp_path / "c", seed=11, scale="quarter", executor="serial", progress=False
+            100, tmp_path / "c", seed=11, scale="quarter", executor="serial", progress=False
         )
     )
     engine = DeepEngine(
         model="small_cnn",
         format="liverfat_masked",
-        iterations=300,
+        iterations=500,
         batch_size=16,
-        input_scale=0.5,
-        learning_rate=1e-3,
+        input_scale=0.25,
+        learning_rate=2e-3,
         cache_dir=str(tmp_path / "cache"),
     ).fit(manifest.select(split="A"))
+    held_out = manifest.select(split="B")
+    truth = pd.read_csv(tmp_path / "c" / "truth" / "truth.csv").set_index("subject_id")
+    predicted = engine.predict(held_out).values(engine.method, "liver_pdff_pct")
+    true = truth.loc[predicted.index, "liver_pdff_pct"]
+    assert np.corrcoef(predicted, true)[0, 1] > 0.8
+
     result = cohort_saliency(engine, manifest)
     ids = list(result.maps)
-    assert result.mean.shape == result.deviation.shape == (176, 376)
+    assert result.mean.shape == result.sensitivity_mean.shape == (176, 376)
     assert result.mean.min() >= 0 and result.mean.max() <= 1
-    liver = aligned_mean(manifest, "liverfat_masked", "liver_mask", ids) > 0.5
-    near_liver = ndimage.binary_dilation(liver, iterations=16)
-    area = liver.mean()
-    fraction = mass_fraction_in(result.deviation, liver)
-    relu_fraction = mass_fraction_in(result.mean, liver)
+    assert all(m.sum() == pytest.approx(1, rel=1e-4) for m in result.sensitivity.values())
+    livers = aligned_masks(manifest, "liverfat_masked", "liver_mask", ids)
+    per_subject = subject_mass_fractions(result.sensitivity, livers)
+    consensus = livers.mean(axis=0) > 0.5
+    cohort = mass_fraction_in(result.sensitivity_mean, consensus)
     print(
-        f"liver area {area:.3f}; mass in liver: deviation {fraction:.3f}, relu {relu_fraction:.3f}"
+        f"liver area per subject {livers.mean():.3f}, consensus {consensus.mean():.3f}; "
+        f"sensitivity mass in own liver: median {np.median(per_subject):.3f}, "
+        f"mean {per_subject.mean():.3f}; cohort map in consensus liver {cohort:.3f}; "
+        f"Grad-CAM: mean map {mass_fraction_in(result.mean, consensus):.3f}, "
+        f"per subject {subject_mass_fractions(result.maps, livers).mean():.3f}"
     )
-    for view in (slice(0, 224), slice(224, 376)):
-        part = result.deviation[:, view]
-        peak = np.unravel_index(np.argmax(part), part.shape)
-        assert near_liver[:, view][peak], (view, peak)
-    assert fraction > 2.5 * area
+    assert per_subject.mean() > 0.5
+    assert cohort > 4 * consensus.mean()
