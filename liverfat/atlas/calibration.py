@@ -39,7 +39,11 @@ class LinearCalibration:
     Attributes
     ----------
     slope, intercept:
-        The least-squares line of reference on raw readout.
+        The line of reference on raw readout.
+    method:
+        ``theil-sen`` (default: the median of pairwise slopes and of the residual offsets, so
+        a few gross outliers such as a water-fat swap reading ~98% do not tilt the line) or
+        ``least-squares``.
     n:
         Subjects it was fitted on.
     before, after:
@@ -51,22 +55,38 @@ class LinearCalibration:
     slope: float = 1.0
     intercept: float = 0.0
     n: int = 0
+    method: str = "theil-sen"
     before: dict | None = None
     after: dict | None = None
     note: str = ""
 
     @classmethod
     def fit(
-        cls, raw: pd.Series, reference: pd.Series, *, min_subjects: int = 3
+        cls,
+        raw: pd.Series,
+        reference: pd.Series,
+        *,
+        min_subjects: int = 3,
+        method: str = "theil-sen",
     ) -> LinearCalibration:
-        """Fit on subjects having both a raw readout and a reference."""
+        """Fit on subjects having both a raw readout and a reference (``method``: see class)."""
         pair = pd.concat([raw.rename("raw"), reference.rename("ref")], axis=1).dropna()
         if len(pair) < min_subjects or pair["raw"].nunique() < 2:
             return cls(
-                n=len(pair), note=f"{len(pair)} usable subjects (< {min_subjects}): identity kept"
+                n=len(pair),
+                method=method,
+                note=f"{len(pair)} usable subjects (< {min_subjects}): identity kept",
             )
-        slope, intercept = np.polyfit(pair["raw"], pair["ref"], 1)
-        calibration = cls(float(slope), float(intercept), int(len(pair)))
+        if method == "theil-sen":
+            from scipy.stats import theilslopes
+
+            slope = theilslopes(pair["ref"], pair["raw"])[0]
+            intercept = float(np.median(pair["ref"] - slope * pair["raw"]))
+        elif method == "least-squares":
+            slope, intercept = np.polyfit(pair["raw"], pair["ref"], 1)
+        else:
+            raise ValueError(f"unknown calibration method {method!r}")
+        calibration = cls(float(slope), float(intercept), int(len(pair)), method)
         calibration.before = error_summary(pair["ref"], pair["raw"])
         calibration.after = error_summary(pair["ref"], calibration.apply(pair["raw"]))
         return calibration

@@ -73,6 +73,20 @@ def test_linear_calibration_recovers_line_and_reports_before_after():
     assert cal.intercept == pytest.approx(1.5, abs=0.05)
     assert cal.after["mae"] < 0.05 < cal.before["mae"]
     assert LinearCalibration.fit(raw[:2], reference[:2]).note  # too few: identity kept
+    exact = LinearCalibration.fit(raw, reference, method="least-squares")
+    assert exact.slope == pytest.approx(1.2, abs=0.01) and exact.method == "least-squares"
+
+
+def test_default_calibration_resists_water_fat_swaps():
+    rng = np.random.default_rng(2)
+    reference = pd.Series(rng.uniform(0, 20, 24))
+    raw = reference + 1.0 + rng.normal(0, 0.3, 24)
+    raw[[3, 17]] = [97.9, 98.0]  # swapped scans read out near 100 - PDFF
+    robust = LinearCalibration.fit(raw, reference)
+    assert robust.slope == pytest.approx(1.0, abs=0.05)
+    assert robust.intercept == pytest.approx(-1.0, abs=0.4)
+    least_squares = LinearCalibration.fit(raw, reference, method="least-squares")
+    assert abs(least_squares.slope - 1.0) > 0.5  # the outliers tilt the least-squares line
 
 
 def test_template_selection_spans_shapes():
