@@ -29,7 +29,8 @@ def test_mass_fraction_by_hand():
 def test_cohort_saliency_sits_on_the_liver(tmp_path):
     """Most of the saliency mass of a liver-fat network falls on the liver (the issue's check).
 
-    The liver region is each subject's liver mask pushed through the same format geometry
+    Maps are of the held-out subjects (split B, not trained on). The liver region is each
+    subject's liver mask pushed through the same format geometry
     (``liverfat_masked``'s align function). The pixel-resolution sensitivity maps (squared input
     gradient) of a network that generalises put most of their mass there: the phantom's liver is
     the only organ whose fat fraction varies. Also checked: the cohort mean of those maps holds
@@ -58,12 +59,12 @@ def test_cohort_saliency_sits_on_the_liver(tmp_path):
     true = truth.loc[predicted.index, "liver_pdff_pct"]
     assert np.corrcoef(predicted, true)[0, 1] > 0.8
 
-    result = cohort_saliency(engine, manifest)
+    result = cohort_saliency(engine, held_out)
     ids = list(result.maps)
     assert result.mean.shape == result.sensitivity_mean.shape == (176, 376)
     assert result.mean.min() >= 0 and result.mean.max() <= 1
     assert all(m.sum() == pytest.approx(1, rel=1e-4) for m in result.sensitivity.values())
-    livers = aligned_masks(manifest, "liverfat_masked", "liver_mask", ids)
+    livers = aligned_masks(held_out, "liverfat_masked", "liver_mask", ids)
     per_subject = subject_mass_fractions(result.sensitivity, livers)
     consensus = livers.mean(axis=0) > 0.5
     cohort = mass_fraction_in(result.sensitivity_mean, consensus)
