@@ -146,14 +146,18 @@ def predict_network(
     device: torch.device,
     batch_size: int = 64,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Standardised means (n, t) and variances (n, t; NaN for the ``mse`` head)."""
+    """Standardised means (n, t) and variances (n, t; NaN for the ``mse`` head).
+
+    Inference uses channels-last memory on every device (on a CPU, oneDNN's convolutions are
+    about a quarter faster that way for ResNet50) and mixed precision on CUDA.
+    """
     cuda = device.type == "cuda"
     model.to(device).eval()
+    model.to(memory_format=torch.channels_last)
     outputs = []
     for start in range(0, inputs.shape[0], batch_size):
         x = inputs[start : start + batch_size].to(device)
-        if cuda:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.float16, enabled=cuda):
             outputs.append(model(x).float().cpu())
     out = torch.cat(outputs).numpy() if outputs else np.zeros((0, 2 * n_targets), np.float32)
