@@ -77,3 +77,28 @@ def test_cohort_saliency_sits_on_the_liver(tmp_path):
     )
     assert per_subject.mean() > 0.5
     assert cohort > 4 * consensus.mean()
+
+
+def test_sensitivity_of_a_linear_network_is_its_squared_weights():
+    """For f(x) = sum(w * x) the gradient is w, so each map is w^2 / sum(w^2) whatever x is."""
+    import torch
+    from torch import nn
+
+    from liverfat.deep.saliency import sensitivity_maps
+
+    weights = torch.from_numpy(np.random.default_rng(3).normal(size=(1, 1, 6, 10)).astype("f4"))
+
+    class Linear(nn.Module):
+        def forward(self, x):
+            value = (x * weights).sum(dim=(1, 2, 3))
+            return torch.stack([value, torch.zeros_like(value)], dim=1)
+
+    engine = DeepEngine(model="small_cnn", input_scale=1.0, device="cpu")
+    engine.network_ = Linear()
+    formats = np.random.default_rng(4).integers(0, 256, (3, 1, 6, 10), dtype=np.uint8)
+    maps = sensitivity_maps(engine, formats)
+    # the network sees x / 255, so df/du8 = w / 255; the normalisation removes the constant
+    expected = (weights[0, 0] ** 2 / (weights**2).sum()).numpy()
+    assert maps.shape == (3, 6, 10)
+    for one in maps:
+        np.testing.assert_allclose(one, expected, rtol=1e-5, atol=1e-9)
