@@ -24,10 +24,19 @@ PROFILES: dict[str, dict[str, Any]] = {
         "n": 40,
         "scale": "quarter",
         "folds": 4,
-        "network": {"profile": "quick", "iterations": 150, "batch_size": 16},
+        # A small CNN on quarter-size formats learns liver fat from a few dozen subjects on a CPU;
+        # the paper profile trains ResNet50 as published.
+        "network": {
+            "profile": "quick",
+            "model": "small_cnn",
+            "input_scale": 0.25,
+            "learning_rate": 2e-3,
+            "iterations": 600,
+            "batch_size": 16,
+        },
         # 7 voxels of 2.23 mm in-plane is about 16 mm: the same physical erosion on a coarser grid.
         "atlas": {
-            "backend": "elastix",
+            "backend": "torch",
             "erosion_diameter_voxels": None,
             "erosion_diameter_mm": 16.0,
         },

@@ -453,10 +453,11 @@ def comparison_plan(
 
 
 def _planned_rows(table: pd.DataFrame, plan: list[tuple[str, str]]) -> pd.DataFrame:
-    """Only the planned (pair, subset) rows, in the plan's order."""
+    """Only the planned (pair, subset) rows with subjects, in the plan's order."""
     order = {key: i for i, key in enumerate(plan)}
     rank = [order.get((p, s)) for p, s in zip(table["pair"], table["subset"], strict=True)]
     table = table.assign(_rank=rank).dropna(subset=["_rank"]).sort_values("_rank")
+    table = table[table["n"] > 0]  # e.g. a cross-validated-only method on a split it never saw
     return table.drop(columns="_rank").reset_index(drop=True)
 
 

@@ -9,6 +9,7 @@ coarser than each pyramid level and upsampled trilinearly. Runs on CUDA when pre
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -63,6 +64,8 @@ def optimise(
     import torch
     from monai.losses import DiffusionLoss, LocalNormalizedCrossCorrelationLoss
 
+    # MONAI's LNCC indexes with a list on every call; torch warns each time (harmless, MONAI's).
+    warnings.filterwarnings("ignore", message="Using a non-tuple sequence for multidimensional")
     torch.manual_seed(0)
     fixed_t = torch.as_tensor(fixed, dtype=torch.float32, device=device).unsqueeze(0)
     moving_t = torch.as_tensor(moving, dtype=torch.float32, device=device).unsqueeze(0)
