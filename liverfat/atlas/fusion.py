@@ -104,6 +104,11 @@ class Readout:
     eroded_voxels: int
 
 
+#: Liver fat fractions above this (%) do not occur in practice (UK Biobank's maximum is about
+#: 45 %); a readout above it almost always means water and fat were swapped in the scan.
+SWAP_SUSPECT_PCT = 50.0
+
+
 def median_readout(
     fat_fraction: sitk.Image,
     fused: sitk.Image,
@@ -112,7 +117,7 @@ def median_readout(
     min_voxels: int = 20,
     fallback: sitk.Image | None = None,
 ) -> Readout:
-    """Median of ``fat_fraction`` (%) inside ``eroded``.
+    """Median of ``fat_fraction`` (%) inside ``eroded``; above :data:`SWAP_SUSPECT_PCT`, flagged.
 
     Fewer than ``min_voxels`` eroded voxels: the median over the un-eroded ``fused`` mask,
     ``flagged``; ``fused`` empty too: the median over ``fallback`` (e.g. the union of warped
@@ -123,7 +128,14 @@ def median_readout(
     eroded_a = sitk.GetArrayFromImage(eroded) > 0
     n_fused, n_eroded = int(fused_a.sum()), int(eroded_a.sum())
     if n_eroded >= min_voxels:
-        return Readout(float(np.median(ff[eroded_a])), "ok", "", n_fused, n_eroded)
+        value = float(np.median(ff[eroded_a]))
+        if value > SWAP_SUSPECT_PCT:
+            message = (
+                f"median liver fat fraction {value:.1f} % > {SWAP_SUSPECT_PCT:g} %: "
+                "probable water-fat swap"
+            )
+            return Readout(value, "flagged", message, n_fused, n_eroded)
+        return Readout(value, "ok", "", n_fused, n_eroded)
     if n_fused > 0:
         return Readout(
             float(np.median(ff[fused_a])),

@@ -62,6 +62,9 @@ def test_median_readout_ok_flagged_failed():
     assert union.status == "flagged" and union.value == pytest.approx(np.median(ff[small > 0]))
     failed = median_readout(image(ff), empty, empty)
     assert failed.status == "failed" and failed.value is None
+    swapped = median_readout(image(100 - ff), image(mask), image(mask), min_voxels=20)
+    assert swapped.status == "flagged" and "water-fat swap" in swapped.message
+    assert swapped.value == pytest.approx(np.median(100 - ff[mask > 0]))
 
 
 def test_linear_calibration_recovers_line_and_reports_before_after():
