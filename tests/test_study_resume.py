@@ -50,7 +50,8 @@ def _run(path: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "liverfat.cli", "run", str(path), *extra],
         capture_output=True,
-        text=True,
+        encoding="utf-8",
+        errors="replace",
         timeout=600,
         check=False,
     )
