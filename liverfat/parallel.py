@@ -13,7 +13,6 @@ import concurrent.futures as cf
 import contextlib
 import multiprocessing
 import os
-import traceback
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -203,8 +202,3 @@ def _dask(fn, items, n_workers, threads_per_worker, scheduler) -> Iterator[Outco
         client.close()
         if cluster is not None:
             cluster.close()
-
-
-def format_traceback(exc: BaseException) -> str:
-    """Full traceback text, for logs (never for the one-line user message)."""
-    return "".join(traceback.format_exception(exc))

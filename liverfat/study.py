@@ -25,8 +25,8 @@ import inspect
 import json
 import shutil
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +84,6 @@ class Study:
     out: Path
     executor: dict[str, Any]
     seed: int
-    raw: dict[str, Any] = field(repr=False)
 
     @classmethod
     def load(cls, path: str | Path, *, out: str | Path | None = None) -> Study:
@@ -156,7 +155,6 @@ class Study:
             out=Path(out) if out is not None else (base / raw.get("out", "study_output")).resolve(),
             executor=executor,
             seed=int(raw.get("seed", 0)),
-            raw=raw,
         )
 
     def load_manifest(self) -> Manifest:
@@ -481,8 +479,3 @@ tables/               comparison.csv/.md/.tex (the published layout), coverage, 
                       error correlations, outliers, grading, covariate correlations, values
 report.html           one self-contained report with every table and figure
 """
-
-
-def study_settings_mapping(study: Study) -> Mapping[str, Any]:
-    """The study as given (for reports)."""
-    return study.raw

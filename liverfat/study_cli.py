@@ -38,21 +38,24 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def run_main(args: argparse.Namespace) -> int:
+def _run(study_path: str | Path, out: str | None, scheduler: str | None) -> int:
     from liverfat.study import Study, run_study
 
-    study = Study.load(args.study, out=args.out)
-    if args.scheduler:
-        study.executor.update(kind="dask", scheduler=args.scheduler)
+    study = Study.load(study_path, out=out)
+    if scheduler:
+        study.executor.update(kind="dask", scheduler=scheduler)
     report = run_study(study, log=_log)
     print(f"report: {report}")
     return 0
 
 
+def run_main(args: argparse.Namespace) -> int:
+    return _run(args.study, args.out, args.scheduler)
+
+
 def demo_main(args: argparse.Namespace) -> int:
     from liverfat.data.phantom import generate_cohort
     from liverfat.demo import demo_study
-    from liverfat.study import Study, run_study
 
     out = Path(args.out).resolve()
     n, scale, study_mapping = demo_study(args.profile, n=args.n, seed=args.seed)
@@ -60,9 +63,4 @@ def demo_main(args: argparse.Namespace) -> int:
     generate_cohort(n, out / "phantom", seed=args.seed, scale=scale, executor="processes")
     study_path = out / "study.yaml"
     write_text_atomic(study_path, yaml.safe_dump(study_mapping, sort_keys=False))
-    study = Study.load(study_path)
-    if args.scheduler:
-        study.executor.update(kind="dask", scheduler=args.scheduler)
-    report = run_study(study, log=_log)
-    print(f"report: {report}")
-    return 0
+    return _run(study_path, None, args.scheduler)

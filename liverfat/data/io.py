@@ -53,12 +53,6 @@ def read_volume(path: str | os.PathLike[str], *, allow_empty: bool = False) -> s
     return image
 
 
-def read_array(path: str | os.PathLike[str], **kwargs) -> tuple[np.ndarray, sitk.Image]:
-    """Read a volume and return ``(array in z, y, x order, image)``."""
-    image = read_volume(path, **kwargs)
-    return sitk.GetArrayFromImage(image), image
-
-
 def read_header(path: str | os.PathLike[str]) -> sitk.ImageFileReader:
     """Read only the header of a volume file (fast geometry checks)."""
     path = Path(path)

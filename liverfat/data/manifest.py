@@ -395,9 +395,7 @@ class Manifest:
         card = dict(self.card)
         card["subjects"] = subjects_name
         card["data_root"] = os.path.relpath(self.root, card_path.parent.resolve())
-        table = self.subjects.copy()
-        with atomic_path(card_path.parent / subjects_name) as tmp:
-            table.to_csv(tmp, index=False, float_format="%.10g")
+        write_subject_table(self.subjects, card_path.parent / subjects_name)
         write_text_atomic(card_path, yaml.safe_dump(card, sort_keys=False))
         return card_path
 
@@ -428,4 +426,4 @@ def _subset_chain(splits: dict[str, dict[str, Any]], name: str, ancestor: str) -
 def write_subject_table(frame: pd.DataFrame, path: str | os.PathLike[str]) -> None:
     """Write a subject table CSV atomically (NaN as empty, compact floats)."""
     with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False, float_format="%.6g")
+        frame.to_csv(tmp, index=False, float_format="%.10g")

@@ -33,12 +33,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import SimpleITK as sitk
 import yaml
 from scipy import ndimage
 
 from liverfat.data.atomic import write_json_atomic, write_text_atomic
-from liverfat.data.io import write_volume
+from liverfat.data.io import array_to_image, write_volume
 from liverfat.data.manifest import write_subject_table
 from liverfat.data.predictions import PredictionsTable, prediction_row, run_info
 from liverfat.errors import LiverfatError
@@ -710,24 +709,17 @@ def generate_subject(job: SubjectJob) -> dict[str, Any]:
     arrays, record = build_subject(job.index, job.seed, job.scale, job.config, job.split)
     grid = Grid.at_scale(job.scale)
     paths = image_paths(sid)
-    geometry = {"spacing": grid.spacing, "origin": grid.origin}
-    for key in ("water", "fat"):
-        image = sitk.GetImageFromArray(np.round(arrays[key] * 10).clip(0, 65535).astype(np.uint16))
-        _set_geometry(image, geometry)
+    volumes = {
+        "water": np.round(arrays["water"] * 10).clip(0, 65535).astype(np.uint16),
+        "fat": np.round(arrays["fat"] * 10).clip(0, 65535).astype(np.uint16),
+        "liver_mask": np.isin(arrays["labels"], LIVER_LABELS).astype(np.uint8),
+        "labels": arrays["labels"],
+    }
+    for key, array in volumes.items():
+        image = array_to_image(array, spacing=grid.spacing, origin=grid.origin)
         write_volume(image, out / paths[key])
-    mask = sitk.GetImageFromArray(np.isin(arrays["labels"], LIVER_LABELS).astype(np.uint8))
-    _set_geometry(mask, geometry)
-    write_volume(mask, out / paths["liver_mask"])
-    labels = sitk.GetImageFromArray(arrays["labels"])
-    _set_geometry(labels, geometry)
-    write_volume(labels, out / paths["labels"])
     write_json_atomic(record_path, record)  # written last: its presence marks the subject done
     return record
-
-
-def _set_geometry(image: sitk.Image, geometry: dict) -> None:
-    image.SetSpacing([float(s) for s in geometry["spacing"]])
-    image.SetOrigin([float(o) for o in geometry["origin"]])
 
 
 def build_subject(

@@ -13,6 +13,7 @@ timings.
 
 from __future__ import annotations
 
+import json
 import math
 import platform
 import time
@@ -183,8 +184,6 @@ class PredictionsTable:
         run: dict[str, Any] = {}
         sidecar = sidecar_path(path)
         if sidecar.is_file():
-            import json
-
             run = json.loads(sidecar.read_text(encoding="utf-8"))
         try:
             return cls(frame[COLUMNS], run)

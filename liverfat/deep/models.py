@@ -27,13 +27,13 @@ ModelFactory = Callable[[int, int], nn.Module]
 ENTRY_POINT_GROUP = "liverfat.models"
 
 
-def resnet50(in_channels: int, out_channels: int) -> nn.Module:
-    """MONAI ResNet50 (bottleneck blocks 3-4-6-3), 2D, 7x7 conv1 with stride 2."""
+def _resnet(block: str, layers: list[int], in_channels: int, out_channels: int) -> nn.Module:
+    """A 2D MONAI ResNet with a 7x7 conv1 of stride 2 (as in the UK Biobank studies)."""
     from monai.networks.nets import ResNet
 
     return ResNet(
-        block="bottleneck",
-        layers=[3, 4, 6, 3],
+        block=block,
+        layers=layers,
         block_inplanes=[64, 128, 256, 512],
         spatial_dims=2,
         n_input_channels=in_channels,
@@ -41,22 +41,16 @@ def resnet50(in_channels: int, out_channels: int) -> nn.Module:
         conv1_t_stride=2,
         num_classes=out_channels,
     )
+
+
+def resnet50(in_channels: int, out_channels: int) -> nn.Module:
+    """MONAI ResNet50 (bottleneck blocks 3-4-6-3), 2D, 7x7 conv1 with stride 2."""
+    return _resnet("bottleneck", [3, 4, 6, 3], in_channels, out_channels)
 
 
 def resnet18(in_channels: int, out_channels: int) -> nn.Module:
     """MONAI ResNet18 (basic blocks 2-2-2-2), 2D, 7x7 conv1 with stride 2: a lighter CPU option."""
-    from monai.networks.nets import ResNet
-
-    return ResNet(
-        block="basic",
-        layers=[2, 2, 2, 2],
-        block_inplanes=[64, 128, 256, 512],
-        spatial_dims=2,
-        n_input_channels=in_channels,
-        conv1_t_size=7,
-        conv1_t_stride=2,
-        num_classes=out_channels,
-    )
+    return _resnet("basic", [2, 2, 2, 2], in_channels, out_channels)
 
 
 def densenet121(in_channels: int, out_channels: int) -> nn.Module:
