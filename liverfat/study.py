@@ -217,8 +217,9 @@ def engine_class(spec: str) -> type:
         raise StudyError(f"engine {spec!r}: {module_name} has no {class_name}") from exc
 
 
-def make_engine(stage: EngineStage, study: Study) -> Any:
-    """Instantiate a stage's engine, passing the study's executor where the engine takes one."""
+def make_engine(stage: EngineStage, study: Study, work: Path | None = None) -> Any:
+    """Instantiate a stage's engine, passing the study's executor, seed and (for resuming) a
+    working folder for caches and per-subject results where the engine takes them."""
     cls = engine_class(stage.engine)
     accepted = inspect.signature(cls).parameters
     settings = dict(stage.settings)
@@ -227,6 +228,8 @@ def make_engine(stage: EngineStage, study: Study) -> Any:
         ("n_workers", study.executor.get("workers")),
         ("scheduler", study.executor.get("scheduler")),
         ("seed", study.seed),
+        ("cache_dir", None if work is None else str(work)),
+        ("work_dir", None if work is None else str(work)),
     ):
         if key in accepted and key not in settings and value is not None:
             settings[key] = value
@@ -295,8 +298,7 @@ def run_engine(stage: EngineStage, study: Study, manifest: Manifest, log) -> Pre
     if stage.cross_validate:
 
         def oof() -> PredictionsTable:
-            engine = make_engine(stage, study)
-            _set_work_dir(engine, work / "cv")
+            engine = make_engine(stage, study, work / "cv")
             return engine.cross_validate(train, folds=stage.folds, seed=study.seed)
 
         fp = _fingerprint({**base, "folds": stage.folds, "stage": "cv"})
@@ -304,12 +306,10 @@ def run_engine(stage: EngineStage, study: Study, manifest: Manifest, log) -> Pre
     if stage.predict_on:
 
         def fit_predict() -> PredictionsTable:
-            engine = make_engine(stage, study)
-            _set_work_dir(engine, work / "fit")
+            engine = make_engine(stage, study, work / "fit")
             engine.fit(train)
-            tables = [engine.predict(manifest.select(split=split)) for split in stage.predict_on]
-            table = PredictionsTable.concat(tables)
-            table.run = tables[0].run
+            wanted = set().union(*(manifest.select(split=s).subject_ids for s in stage.predict_on))
+            table = engine.predict(manifest.select(subject_ids=wanted))
             if hasattr(engine, "save"):
                 engine.save(work / "fitted")
             return table
@@ -321,13 +321,6 @@ def run_engine(stage: EngineStage, study: Study, manifest: Manifest, log) -> Pre
     # A subject predicted both out-of-fold and after the final fit keeps its out-of-fold value.
     frame = frame.drop_duplicates(["subject_id", "method", "target"], keep="first")
     return PredictionsTable(frame, {"method": stage.name, "parts": [p.run for p in parts]})
-
-
-def _set_work_dir(engine: Any, folder: Path) -> None:
-    """Point an engine's caches and per-subject outputs into the study (for resuming)."""
-    for attribute in ("cache_dir", "work_dir", "output_dir"):
-        if hasattr(engine, attribute) and getattr(engine, attribute) is None:
-            setattr(engine, attribute, str(folder))
 
 
 def reference_table(manifest: Manifest, target: str) -> PredictionsTable:
