@@ -8,7 +8,9 @@ fused mask, median Dice of single registrations, and median seconds per registra
 
 Environment: ``LIVERFAT_BENCH_ATLAS_BACKENDS`` (default ``torch,deform,elastix``),
 ``LIVERFAT_BENCH_ATLAS_TARGETS`` (how many subjects to leave out, default all 10),
-``LIVERFAT_BENCH_ATLAS_WORKERS`` (worker processes, default 2).
+``LIVERFAT_BENCH_ATLAS_WORKERS`` (worker processes, default 2), ``LIVERFAT_BENCH_ATLAS_LOG``
+(a JSON-lines file of finished (backend, target) results: kept across runs, so an interrupted
+benchmark resumes; results run with other settings are ignored; default a temporary file).
 
 Each backend runs with its defaults (``ELASTIX_DEFAULTS``, ``DEFORM_DEFAULTS`` = the published
 study's settings, ``TORCH_DEFAULTS`` in :mod:`liverfat.atlas.registration`) on a 2.5 x 2.5 x
@@ -77,11 +79,38 @@ def leave_one_out(job: tuple[str, str]) -> dict:
     return {
         "backend": backend,
         "target": target,
+        "settings": backend_defaults(backend),
         "dice_fused": dice(fused, fixed.liver),
         "dice_majority": dice(fuse(warped, "majority"), fixed.liver),
         "dice_single": single,
         "seconds": seconds,
     }
+
+
+def backend_defaults(backend: str) -> dict:
+    """The backend's default settings (JSON-ready), recorded with each result."""
+    from liverfat.atlas import registration
+
+    defaults = {
+        "elastix": registration.ELASTIX_DEFAULTS,
+        "deform": registration.DEFORM_DEFAULTS,
+        "torch": registration.TORCH_DEFAULTS,
+    }[backend]
+    return json.loads(json.dumps(defaults))
+
+
+def _finished(log: Path, backends: list[str], targets: tuple[str, ...]) -> list[dict]:
+    """Results already in ``log`` for these backends and targets, run with today's settings."""
+    if not log.is_file():
+        return []
+    rows = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines() if line]
+    return [
+        r
+        for r in rows
+        if r["backend"] in backends
+        and r["target"] in targets
+        and r.get("settings") == backend_defaults(r["backend"])
+    ]
 
 
 def run(work_dir: Path) -> dict:
@@ -92,9 +121,11 @@ def run(work_dir: Path) -> dict:
     backends = os.environ.get("LIVERFAT_BENCH_ATLAS_BACKENDS", "torch,deform,elastix").split(",")
     targets = IDS[: int(os.environ.get("LIVERFAT_BENCH_ATLAS_TARGETS", len(IDS)))]
     workers = int(os.environ.get("LIVERFAT_BENCH_ATLAS_WORKERS", 2))
-    jobs = [(b, t) for b in backends for t in targets]
-    rows, errors = [], []
-    log = work_dir / "chaos_loo.jsonl"
+    log = Path(os.environ.get("LIVERFAT_BENCH_ATLAS_LOG", work_dir / "chaos_loo.jsonl"))
+    rows = _finished(log, backends, targets)
+    done = {(r["backend"], r["target"]) for r in rows}
+    jobs = [(b, t) for b in backends for t in targets if (b, t) not in done]
+    errors = []
     for outcome in map_subjects(
         leave_one_out, jobs, executor="processes", n_workers=workers, progress="atlas CHAOS LOO"
     ):

@@ -1,10 +1,17 @@
-"""The torch backend's optimiser: affine then dense displacement, multi-resolution, on any device.
+"""The torch backend's optimiser: affine then a diffeomorphic deformation, on any device.
 
-Built on MONAI's registration blocks: :class:`monai.losses.LocalNormalizedCrossCorrelationLoss`
-(local NCC, the similarity) and :class:`monai.losses.DiffusionLoss` (smoothness of the
-displacement). The deformation is ``x -> A(x + u(x))`` in normalised coordinates
-(``align_corners=True``), with ``u`` parameterised on a control grid ``control_spacing_voxels``
-coarser than each pyramid level and upsampled trilinearly. Runs on CUDA when present.
+The map from fixed to moving points is ``x -> A (x + u(x)) + t`` in normalised coordinates of
+the working grid (``align_corners=True``). ``u`` is the exponential of a stationary velocity
+field on a control grid ``control_spacing_voxels`` coarser than each pyramid level (scaling and
+squaring, as MONAI's ``DVF2DDF``), upsampled trilinearly, so the map does not fold. The
+similarity is local NCC with MONAI's definition (:class:`LocalNCC`, tested equal to
+:class:`monai.losses.LocalNormalizedCrossCorrelationLoss`), the regulariser MONAI's
+:class:`~monai.losses.DiffusionLoss` on the velocity in control cells.
+
+Where the time goes, and how it is kept short: the affine stage runs on the box of the fixed
+body at the coarse level; the deformable stage only in the box around the affine image of the
+template liver (the readout needs nothing else); pyramid levels leave thick slices unpooled
+and size the LNCC window in millimetres; local sums are running sums. Runs on CUDA when present.
 """
 
 from __future__ import annotations
@@ -16,26 +23,170 @@ import numpy as np
 import SimpleITK as sitk
 
 
-def _identity(shape: tuple[int, int, int], device) -> Any:
+class LocalNCC:
+    """Negative mean squared local NCC against a fixed ``target``, as MONAI computes it.
+
+    Same value as :class:`monai.losses.LocalNormalizedCrossCorrelationLoss` with a rectangular
+    kernel (tested), but the target's local sums are computed once per pyramid level and each
+    local sum is a running-sum box filter over the stacked maps instead of three 1D
+    convolutions per map: about 3-4x less time per evaluation on a CPU.
+    """
+
+    def __init__(
+        self,
+        target,
+        kernel_size: int | tuple[int, int, int],
+        smooth_nr: float = 0.0,
+        smooth_dr: float = 1e-5,
+    ):
+        self.kernel = (kernel_size,) * 3 if isinstance(kernel_size, int) else tuple(kernel_size)
+        self.volume = float(np.prod(self.kernel))
+        self.smooth_nr, self.smooth_dr = smooth_nr, smooth_dr
+        self.target = target
+        t_sum, t2_sum = self._sums(target, target * target)
+        self.t_sum = t_sum
+        self.t_var = (t2_sum - t_sum * t_sum / self.volume).clamp_min(smooth_dr)
+
+    def _sums(self, *maps):
+        return box_sum(torch_cat(maps), self.kernel).chunk(len(maps), dim=1)
+
+    def __call__(self, pred):
+        p_sum, p2_sum, tp_sum = self._sums(pred, pred * pred, self.target * pred)
+        cross = tp_sum - p_sum * self.t_sum / self.volume
+        p_var = (p2_sum - p_sum * p_sum / self.volume).clamp_min(self.smooth_dr)
+        return -((cross * cross + self.smooth_nr) / (self.t_var * p_var)).mean()
+
+
+def torch_cat(maps):
+    import torch
+
+    return torch.cat(maps, dim=1)
+
+
+def box_sum(volume, kernel: tuple[int, int, int]):
+    """Sum over a ``kernel`` (odd voxels along D, H, W) box around each voxel of (B, C, D, H, W),
+    zeros outside.
+
+    Separable running sums (cumsum and a difference per axis): O(1) per voxel whatever the
+    kernel, and its gradient is a cumsum too.
+    """
+    import torch.nn.functional as F
+
+    for dim, size in zip((2, 3, 4), kernel, strict=True):
+        if size == 1:
+            continue
+        pad = [0] * 6
+        pad[2 * (4 - dim)], pad[2 * (4 - dim) + 1] = size // 2 + 1, size // 2
+        running = F.pad(volume, pad).cumsum(dim)
+        n = volume.shape[dim]
+        volume = running.narrow(dim, size, n) - running.narrow(dim, 0, n)
+    return volume
+
+
+Box = tuple[tuple[int, int], ...]  # (start, stop) voxels along D, H, W of the working grid
+
+
+def level_geometry(
+    factor: int, spacing_zyx: tuple[float, float, float], kernel: int
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Pooling factors and LNCC kernel (voxels along D, H, W) of a pyramid level.
+
+    ``factor`` coarsens the finest axis; coarser axes (thick slices) are pooled only as far as
+    the level's target spacing, and the kernel spans about the same millimetres on every axis.
+    """
+    finest = min(spacing_zyx)
+    pool = tuple(max(1, round(factor * finest / s)) for s in spacing_zyx)
+    level_spacing = [s * p for s, p in zip(spacing_zyx, pool, strict=True)]
+    reach_mm = kernel * factor * finest
+    sizes = tuple(max(3, 2 * int(reach_mm / s // 2) + 1) for s in level_spacing)
+    return pool, sizes
+
+
+def bounding_box(mask: np.ndarray, margin: tuple[int, ...] = (0, 0, 0)) -> Box:
+    """(start, stop) of the non-zero voxels of a (D, H, W) mask grown by ``margin`` voxels."""
+    if not mask.any():
+        return tuple((0, n) for n in mask.shape)
+    box = []
+    for axis, (n, grow) in enumerate(zip(mask.shape, margin, strict=True)):
+        present = np.nonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))[0]
+        box.append((max(0, int(present[0]) - grow), min(n, int(present[-1]) + 1 + grow)))
+    return tuple(box)
+
+
+class Level:
+    """One pyramid level of a box of the fixed image.
+
+    Attributes: ``fixed`` (1, C, d, h, w) pooled crop; ``centres`` (1, d, h, w, 3) normalised
+    xyz (``align_corners=True`` convention of the whole working grid) of its voxel centres;
+    ``similarity`` the local NCC against ``fixed``.
+    """
+
+    def __init__(self, fixed_full, box: Box, pool: tuple[int, ...], kernel: tuple[int, ...]):
+        import torch.nn.functional as F
+
+        crop = fixed_full[tuple(slice(None) for _ in range(2)) + tuple(slice(*b) for b in box)]
+        if any(p > 1 for p in pool):
+            crop = F.avg_pool3d(crop, pool, ceil_mode=True)
+        self.fixed = crop
+        self.shape = tuple(crop.shape[2:])
+        self.centres = voxel_centres(box, pool, fixed_full.shape[2:]).to(crop.device)
+        # normalised extent of the box along x, y, z (for displacement units)
+        self.extent_xyz = [
+            2.0 * max(hi - lo - 1, 1) / max(n - 1, 1)
+            for (lo, hi), n in zip(box, fixed_full.shape[2:], strict=True)
+        ][::-1]
+        self.similarity = LocalNCC(crop, kernel)
+
+    def affine_points(self, theta):
+        return affine_points(self.centres, theta)
+
+
+def voxel_centres(box: Box, pool: tuple[int, ...], full_shape):
+    """(1, d, h, w, 3) normalised xyz of the centres of ``pool``-voxel blocks tiling ``box``."""
+    import torch
+
+    axes = []
+    for (lo, hi), p, n in zip(box, pool, full_shape, strict=True):
+        starts = np.arange(lo, hi, p)
+        centre = (starts + np.minimum(starts + p, hi) - 1) / 2.0
+        axes.append(torch.as_tensor(2.0 * centre / max(n - 1, 1) - 1.0, dtype=torch.float32))
+    zz, yy, xx = torch.meshgrid(*axes, indexing="ij")
+    return torch.stack([xx, yy, zz], -1).unsqueeze(0)
+
+
+def affine_points(centres, theta):
+    """Moving points ``A x + t`` of fixed points ``centres`` (..., 3)."""
+    return centres @ theta[0, :, :3].T + theta[0, :, 3]
+
+
+def _displaced(points, theta, displacement, shape):
+    """``points + A u`` with ``u`` a control-grid displacement upsampled to ``shape``.
+
+    ``A u`` is computed on the control grid and then upsampled (both are linear, so the order
+    does not matter), which spares a 3 x 3 product per voxel.
+    """
     import torch
     import torch.nn.functional as F
 
-    eye = torch.eye(3, 4, device=device).unsqueeze(0)
-    return F.affine_grid(eye, (1, 1, *shape), align_corners=True)  # (1, D, H, W, 3), xyz
+    moved = torch.einsum("ij,bjdhw->bidhw", theta[0, :, :3], displacement)
+    up = F.interpolate(moved, size=shape, mode="trilinear", align_corners=True)
+    return points + up.permute(0, 2, 3, 4, 1)
 
 
-def _sample_points(theta, displacement, shape):
-    """Moving sample points (normalised xyz) for every fixed voxel."""
-    import torch.nn.functional as F
+def _exponential(velocity, cells, identity, steps: int):
+    """Displacement (normalised xyz of the working grid) of a stationary velocity field.
 
-    base = _identity(shape, theta.device)
-    if displacement is not None:
-        up = F.interpolate(displacement, size=shape, mode="trilinear", align_corners=True)
-        base = base + up.permute(0, 2, 3, 4, 1)
-    return (
-        base @ theta[:, :, :3].transpose(1, 2).unsqueeze(1).unsqueeze(1)
-        + theta[:, None, None, None, :, 3]
-    )
+    ``velocity``: (1, 3, c, c, c) in control cells (z, y, x channels); integrated by scaling and
+    squaring (``steps`` compositions, as :class:`monai.networks.blocks.DVF2DDF`), so the map is
+    a diffeomorphism up to interpolation error (see :func:`folding_fraction`). ``identity`` is
+    the control grid's own normalised xyz.
+    """
+    shape = velocity.shape[2:]
+    to_grid = velocity.new_tensor([2.0 / max(n - 1, 1) for n in shape]).view(1, 3, 1, 1, 1)
+    flow = (velocity * to_grid).flip(1) / 2**steps  # control-grid normalised xyz
+    for _ in range(steps):
+        flow = flow + _warp(flow, identity + flow.permute(0, 2, 3, 4, 1))
+    return flow / (to_grid * cells).flip(1)  # control-grid normalised -> cells -> working grid
 
 
 def _warp(moving, points):
@@ -44,69 +195,146 @@ def _warp(moving, points):
     return F.grid_sample(moving, points, mode="bilinear", padding_mode="zeros", align_corners=True)
 
 
-def _pyramid(volume, factor: int):
+def _pooled(volume, pool: tuple[int, ...]):
     import torch.nn.functional as F
 
-    if factor == 1:
-        return volume
-    kernel = [max(1, min(factor, s)) for s in volume.shape[2:]]
-    return F.avg_pool3d(volume, kernel, ceil_mode=True)
+    return F.avg_pool3d(volume, pool, ceil_mode=True) if any(p > 1 for p in pool) else volume
+
+
+def _roi_box(roi, theta, spacing_zyx, margin_mm: float, full_shape) -> Box:
+    """Box of the working grid holding the affine image of the moving ROI, grown by a margin."""
+    import torch
+
+    pool = level_geometry(4, spacing_zyx, 3)[0]
+    centres = voxel_centres(tuple((0, n) for n in full_shape), pool, full_shape).to(roi.device)
+    with torch.no_grad():
+        mapped = _warp(roi, affine_points(centres, theta))
+    inside = (mapped[0, 0] > 0.5).cpu().numpy()
+    if not inside.any():
+        return tuple((0, n) for n in full_shape)
+    coarse = bounding_box(inside)
+    margin = [int(np.ceil(margin_mm / s)) for s in spacing_zyx]
+    return tuple(
+        (max(0, lo * p - grow), min(n, hi * p + grow))
+        for (lo, hi), p, grow, n in zip(coarse, pool, margin, full_shape, strict=True)
+    )
 
 
 def optimise(
-    fixed: np.ndarray, moving: np.ndarray, options: dict[str, Any], device: str
-) -> tuple[np.ndarray, np.ndarray]:
-    """Register ``moving`` to ``fixed`` (both (C, D, H, W) on one grid).
+    fixed: np.ndarray,
+    moving: np.ndarray,
+    options: dict[str, Any],
+    device: str,
+    spacing_zyx: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    moving_roi: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, Box]:
+    """Register ``moving`` to ``fixed`` (both (C, D, H, W) on one grid of ``spacing_zyx`` mm).
 
-    Returns the moving sample points (D, H, W, 3; normalised xyz in [-1, 1]) at full resolution
-    and the affine ``theta`` (3 x 4).
+    ``fixed`` is zero outside the body: the affine stage sees the box of its non-zero voxels.
+    The deformable stage is solved in the box holding the affine image of ``moving_roi``
+    (D, H, W; e.g. the template liver) grown by ``options["roi_margin_mm"]``, or in the body box
+    without one; outside it the transform is the affine.
+
+    Returns the moving sample points (D, H, W, 3; normalised xyz in [-1, 1]) at full resolution,
+    the affine ``theta`` (3 x 4) and the box where the deformation acts.
     """
     import torch
-    from monai.losses import DiffusionLoss, LocalNormalizedCrossCorrelationLoss
+    import torch.nn.functional as F
+    from monai.losses import DiffusionLoss
 
-    # MONAI's LNCC indexes with a list on every call; torch warns each time (harmless, MONAI's).
+    # MONAI's DiffusionLoss indexes with a list on every call; torch warns each time (harmless).
     warnings.filterwarnings("ignore", message="Using a non-tuple sequence for multidimensional")
     torch.manual_seed(0)
     fixed_t = torch.as_tensor(fixed, dtype=torch.float32, device=device).unsqueeze(0)
     moving_t = torch.as_tensor(moving, dtype=torch.float32, device=device).unsqueeze(0)
+    full_shape = tuple(fixed_t.shape[2:])
+    body_box = bounding_box(fixed.any(axis=0))
     kernel = int(options["lncc_kernel"])
-    similarity = LocalNormalizedCrossCorrelationLoss(spatial_dims=3, kernel_size=kernel)
-    smoothness = DiffusionLoss()
     theta = torch.eye(3, 4, device=device).unsqueeze(0).requires_grad_(True)
     optimiser = torch.optim.Adam([theta], lr=float(options["affine_lr"]))
     for factor in options["affine_levels"]:
-        f, m = _pyramid(fixed_t, factor), _pyramid(moving_t, factor)
+        pool, sizes = level_geometry(factor, spacing_zyx, kernel)
+        level, m = Level(fixed_t, body_box, pool, sizes), _pooled(moving_t, pool)
         for _ in range(int(options["affine_iterations"])):
             optimiser.zero_grad()
-            loss = similarity(_warp(m, _sample_points(theta, None, f.shape[2:])), f)
+            loss = level.similarity(_warp(m, level.affine_points(theta)))
             loss.backward()
             optimiser.step()
     theta = theta.detach()
-    displacement = None
+    box = body_box
+    if moving_roi is not None:
+        roi = torch.as_tensor(moving_roi, dtype=torch.float32, device=device)[None, None]
+        box = _roi_box(roi, theta, spacing_zyx, float(options["roi_margin_mm"]), full_shape)
+    smoothness = DiffusionLoss()
+    steps = int(options["integration_steps"])
+    velocity, displacement, cells = None, None, None
     for factor in options["deformable_levels"]:
-        f, m = _pyramid(fixed_t, factor), _pyramid(moving_t, factor)
-        shape = f.shape[2:]
-        control = [max(2, s // int(options["control_spacing_voxels"])) for s in shape]
-        if displacement is None:
+        pool, sizes = level_geometry(factor, spacing_zyx, kernel)
+        level, m = Level(fixed_t, box, pool, sizes), _pooled(moving_t, pool)
+        control = [max(3, s // int(options["control_spacing_voxels"])) for s in level.shape]
+        # control cells per normalised unit along z, y, x
+        new_cells = torch.tensor(
+            [(c - 1) / e for c, e in zip(control, level.extent_xyz[::-1], strict=True)],
+            device=device,
+        ).view(1, 3, 1, 1, 1)
+        if velocity is None:
             start = torch.zeros((1, 3, *control), device=device)
         else:
-            start = torch.nn.functional.interpolate(
-                displacement, size=control, mode="trilinear", align_corners=True
-            )
-        displacement = start.clone().requires_grad_(True)
-        optimiser = torch.optim.Adam([displacement], lr=float(options["deformable_lr"]) / factor)
+            start = F.interpolate(velocity, size=control, mode="trilinear", align_corners=True)
+            start = start / cells * new_cells
+        cells = new_cells
+        identity = voxel_centres(tuple((0, c) for c in control), (1, 1, 1), control).to(device)
+        velocity = start.clone().requires_grad_(True)
+        inside = torch.zeros((1, 1, *control), device=device)
+        inside[..., 1:-1, 1:-1, 1:-1] = 1.0  # the box's border stays put: no seam with the affine
+        optimiser = torch.optim.Adam([velocity], lr=float(options["deformable_lr"]))
+        points = level.affine_points(theta)
         for _ in range(int(options["deformable_iterations"])):
             optimiser.zero_grad()
-            warped = _warp(m, _sample_points(theta, displacement, shape))
-            loss = similarity(warped, f) + float(options["diffusion_weight"]) * smoothness(
-                displacement * torch.tensor(control, device=device).view(1, 3, 1, 1, 1).flip(1)
+            displacement = _exponential(velocity * inside, cells, identity, steps)
+            warped = _warp(m, _displaced(points, theta, displacement, level.shape))
+            loss = level.similarity(warped) + float(options["diffusion_weight"]) * smoothness(
+                velocity
             )
             loss.backward()
             optimiser.step()
-        displacement = displacement.detach()
+        velocity = velocity.detach()
+        with torch.no_grad():
+            displacement = _exponential(velocity * inside, cells, identity, steps)
     with torch.no_grad():
-        points = _sample_points(theta, displacement, fixed_t.shape[2:])
-    return points[0].cpu().numpy(), theta[0].cpu().numpy()
+        points = F.affine_grid(theta, (1, 1, *full_shape), align_corners=True)
+        if displacement is not None:
+            inner = tuple(slice(*b) for b in box)
+            crop_points = points[(slice(None), *inner)]
+            crop_shape = tuple(b[1] - b[0] for b in box)
+            points[(slice(None), *inner)] = _displaced(crop_points, theta, displacement, crop_shape)
+    return points[0].cpu().numpy(), theta[0].cpu().numpy(), box
+
+
+def folding_fraction(points: np.ndarray, box: Box | None = None) -> float:
+    """Fraction of voxels where the map fixed -> moving folds (Jacobian determinant <= 0).
+
+    ``points``: (D, H, W, 3) moving sample points, normalised xyz, as :func:`optimise` returns.
+    With ``box``, the map is taken to be affine outside it (as :func:`optimise` makes it), so
+    only the box is differentiated.
+    """
+    shape = points.shape[:3]
+    if box is None:
+        box = tuple((0, n) for n in shape)
+    inner = points[tuple(slice(lo, hi) for lo, hi in box)]
+    index = (inner.astype(np.float64) + 1.0) / 2.0 * (np.asarray(shape[::-1]) - 1.0)
+    if min(index.shape[:3]) < 2:
+        return 0.0
+    jacobian = np.stack(
+        [np.stack(np.gradient(index[..., c], axis=(2, 1, 0)), -1) for c in range(3)], -2
+    )  # (d, h, w, 3 outputs xyz, 3 inputs xyz)
+    folded = int((np.linalg.det(jacobian) <= 0).sum())
+    outside = int(np.prod(shape)) - inner[..., 0].size
+    if outside:
+        corner = index[0, 0, 0]
+        step = [index[tuple(int(a == i) for i in range(3))] - corner for a in (2, 1, 0)]
+        folded += outside * int(np.linalg.det(np.stack(step, -1)) <= 0)
+    return folded / int(np.prod(shape))
 
 
 def sample_points_to_field(points: np.ndarray, grid: sitk.Image) -> sitk.Image:
