@@ -4,7 +4,9 @@ For each of the 10 CHAOS T2-SPIR subjects in ``../shared/data/chaos_mr_t2spir``,
 chosen (shape variance) from the other 9 and registered to it on the single T2-SPIR channel with
 each backend (after centring the body masks); the warped liver masks are fused by intersection
 and compared with the manual liver mask (Dice). Reported per backend: median / mean Dice of the
-fused mask, median Dice of single registrations, and median seconds per registration.
+fused mask, median Dice of single registrations, median seconds per registration, the worker
+processes the results ran with (a resumed log may mix runs) and, for torch, the largest fraction
+of voxels where a deformation folds.
 
 Environment: ``LIVERFAT_BENCH_ATLAS_BACKENDS`` (default ``torch,deform,elastix``),
 ``LIVERFAT_BENCH_ATLAS_TARGETS`` (how many subjects to leave out, default all 10),
@@ -66,7 +68,7 @@ def leave_one_out(job: tuple[str, str]) -> dict:
 
     backend, target = job
     fixed = load_chaos(target)
-    warped, seconds, single = [], [], []
+    warped, seconds, single, folding = [], [], [], []
     for template in chaos_templates(target):
         moving = align_centres(fixed, load_chaos(template))
         result = register(
@@ -75,6 +77,8 @@ def leave_one_out(job: tuple[str, str]) -> dict:
         warped.append(result.warped_mask)
         seconds.append(result.seconds)
         single.append(dice(result.warped_mask, fixed.liver))
+        if isinstance(result.transform, dict) and "folding_fraction" in result.transform:
+            folding.append(result.transform["folding_fraction"])
     fused = fuse(warped, "intersection")
     return {
         "backend": backend,
@@ -84,6 +88,7 @@ def leave_one_out(job: tuple[str, str]) -> dict:
         "dice_majority": dice(fuse(warped, "majority"), fixed.liver),
         "dice_single": single,
         "seconds": seconds,
+        "folding_fraction": folding,
     }
 
 
@@ -130,6 +135,7 @@ def run(work_dir: Path) -> dict:
         leave_one_out, jobs, executor="processes", n_workers=workers, progress="atlas CHAOS LOO"
     ):
         if outcome.ok:
+            outcome.value["workers"] = workers
             rows.append(outcome.value)
             with log.open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps(outcome.value) + "\n")
@@ -148,6 +154,7 @@ def run(work_dir: Path) -> dict:
         fused = [r["dice_fused"] for r in mine]
         figures[backend] = {
             "n_targets": len(mine),
+            "workers": sorted({r.get("workers") for r in mine}, key=str),
             "dice_fused_median": round(statistics.median(fused), 4),
             "dice_fused_mean": round(float(np.mean(fused)), 4),
             "dice_majority_median": round(statistics.median(r["dice_majority"] for r in mine), 4),
@@ -156,6 +163,11 @@ def run(work_dir: Path) -> dict:
             ),
             "seconds_per_registration_median": round(
                 statistics.median(s for r in mine for s in r["seconds"]), 2
+            ),
+            "folding_percent_max": (
+                round(100 * max(f for r in mine for f in r.get("folding_fraction", [])), 4)
+                if any(r.get("folding_fraction") for r in mine)
+                else None
             ),
             "per_target_dice": {r["target"]: round(r["dice_fused"], 4) for r in mine},
         }
