@@ -120,3 +120,21 @@ def test_deformation_stays_inside_the_roi_box_and_does_not_fold():
     assert z.min() >= 4 and z.max() <= 15 and y.min() >= 8 and y.max() <= 23
     assert tr.folding_fraction(points) < 1e-3
     assert tr.folding_fraction(points, box) == tr.folding_fraction(points)
+
+
+def test_sample_points_to_field_gives_physical_displacements():
+    import SimpleITK as sitk
+
+    grid = sitk.Image(7, 5, 4, sitk.sitkFloat32)  # x, y, z sizes
+    grid.SetSpacing((2.0, 3.0, 5.0))
+    grid.SetOrigin((10.0, -4.0, 7.0))
+    angle = 0.3
+    grid.SetDirection((np.cos(angle), -np.sin(angle), 0, np.sin(angle), np.cos(angle), 0, 0, 0, 1))
+    rng = np.random.default_rng(3)
+    points = identity_points((4, 5, 7)) + rng.normal(scale=0.2, size=(4, 5, 7, 3))
+    field = sitk.GetArrayFromImage(tr.sample_points_to_field(points, grid))
+    for z, y, x in [(0, 0, 0), (3, 4, 6), (2, 1, 5)]:
+        moving_index = (points[z, y, x] + 1) / 2 * (np.array([7, 5, 4]) - 1)
+        moving = grid.TransformContinuousIndexToPhysicalPoint(moving_index.tolist())
+        fixed = grid.TransformIndexToPhysicalPoint((x, y, z))
+        np.testing.assert_allclose(field[z, y, x], np.subtract(moving, fixed), atol=1e-4)
