@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from liverfat.atlas import registration
+
 REPO = Path(__file__).resolve().parents[1]
 CHAOS = (
     Path(os.environ.get("LIVERFAT_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -83,25 +85,13 @@ def leave_one_out(job: tuple[str, str]) -> dict:
     return {
         "backend": backend,
         "target": target,
-        "settings": backend_defaults(backend),
+        "settings": registration.backend_defaults(backend),
         "dice_fused": dice(fused, fixed.liver),
         "dice_majority": dice(fuse(warped, "majority"), fixed.liver),
         "dice_single": single,
         "seconds": seconds,
         "folding_fraction": folding,
     }
-
-
-def backend_defaults(backend: str) -> dict:
-    """The backend's default settings (JSON-ready), recorded with each result."""
-    from liverfat.atlas import registration
-
-    defaults = {
-        "elastix": registration.ELASTIX_DEFAULTS,
-        "deform": registration.DEFORM_DEFAULTS,
-        "torch": registration.TORCH_DEFAULTS,
-    }[backend]
-    return json.loads(json.dumps(defaults))
 
 
 def _finished(log: Path, backends: list[str], targets: tuple[str, ...]) -> list[dict]:
@@ -114,7 +104,7 @@ def _finished(log: Path, backends: list[str], targets: tuple[str, ...]) -> list[
         for r in rows
         if r["backend"] in backends
         and r["target"] in targets
-        and r.get("settings") == backend_defaults(r["backend"])
+        and r.get("settings") == registration.backend_defaults(r["backend"])
     ]
 
 

@@ -13,8 +13,8 @@ an executor. :func:`run_study` runs the protocol stage by stage:
   report.
 
 Every stage writes its predictions table atomically and a ``.done.json`` fingerprint of its
-settings; a rerun skips stages whose fingerprint matches, and engines themselves skip finished
-subjects and folds, so an interrupted study resumes where it stopped.
+settings and liverfat's version; a rerun skips stages whose fingerprint matches, and engines
+themselves skip finished subjects and folds, so an interrupted study resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from liverfat import __version__
 from liverfat.data.atomic import write_json_atomic, write_text_atomic
 from liverfat.data.manifest import Manifest
 from liverfat.data.predictions import PredictionsTable, package_versions, prediction_row
@@ -286,6 +287,7 @@ def run_engine(stage: EngineStage, study: Study, manifest: Manifest, log) -> Pre
     """The protocol for one engine: out-of-fold on the training split, then fit and predict."""
     train = manifest.select(split=study.train_split)
     base = {
+        "liverfat": __version__,  # a new release never reuses an older release's stage
         "engine": stage.engine,
         "settings": stage.settings,
         "seed": study.seed,

@@ -16,9 +16,10 @@ from typing import Any
 
 import SimpleITK as sitk
 
+from liverfat import __version__
 from liverfat.atlas.fusion import erode, fuse, median_readout
 from liverfat.atlas.images import align_centres, load_subject
-from liverfat.atlas.registration import BackendSettings, register
+from liverfat.atlas.registration import BackendSettings, backend_defaults, register
 from liverfat.data.atomic import write_json_atomic
 from liverfat.data.io import write_volume
 from liverfat.data.manifest import Manifest
@@ -41,7 +42,8 @@ class SubjectJob:
     save_mask: bool = False
 
     def key(self) -> str:
-        """Hash of the inputs (image files with size and mtime, templates, settings)."""
+        """Hash of the inputs (image files with size and mtime, templates, settings, the
+        backend's defaults and liverfat's version), so a changed method is never reused."""
 
         def files(manifest: Manifest, sid: str) -> list:
             out = []
@@ -59,6 +61,8 @@ class SubjectJob:
             "templates": [files(self.templates, t) for t in self.templates.subject_ids],
             "backend": self.backend,
             "settings": asdict(self.settings),
+            "defaults": backend_defaults(self.backend),
+            "liverfat": __version__,
             "fusion": self.fusion,
             "erosion": [self.erosion_diameter_voxels, self.erosion_diameter_mm],
             "min_voxels": self.min_voxels,

@@ -15,6 +15,7 @@ warped (nearest neighbour) onto the fixed subject's grid, plus the transform for
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -330,6 +331,14 @@ def _torch(fixed, moving, reference, moving_liver, settings):
         "folding_fraction": folding_fraction(points, box),
         "device": device,
     }
+
+
+def backend_defaults(backend: str) -> dict[str, Any]:
+    """A backend's default options (JSON-ready): part of every cache key and benchmark row."""
+    defaults = {"elastix": ELASTIX_DEFAULTS, "deform": DEFORM_DEFAULTS, "torch": TORCH_DEFAULTS}
+    if backend not in defaults:
+        raise LiverfatError(f"unknown registration backend {backend!r}; choose {BACKENDS}")
+    return json.loads(json.dumps(defaults[backend]))
 
 
 def settings_dict(settings: BackendSettings) -> dict[str, Any]:

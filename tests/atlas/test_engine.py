@@ -195,3 +195,19 @@ def test_chaos_leave_one_out_single_target(shared_data):
     before = dice(fuse(centred, "majority"), fixed.liver)
     after = dice(fuse(warped, "majority"), fixed.liver)
     assert after > 0.7 and after > before, (before, after)
+
+
+def test_cached_readout_is_not_reused_when_the_backend_defaults_change(
+    phantom_manifest, monkeypatch
+):
+    from liverfat.atlas import registration
+    from liverfat.atlas.jobs import SubjectJob
+    from liverfat.atlas.registration import BackendSettings
+
+    sid = phantom_manifest.subject_ids[0]
+    templates = phantom_manifest.select(subject_ids=phantom_manifest.subject_ids[1:3])
+    job = SubjectJob(phantom_manifest, sid, templates, "torch", BackendSettings())
+    before = job.key()
+    assert SubjectJob(phantom_manifest, sid, templates, "torch", BackendSettings()).key() == before
+    monkeypatch.setitem(registration.TORCH_DEFAULTS, "deformable_iterations", 999)
+    assert job.key() != before
