@@ -48,19 +48,15 @@ class LocalNCC:
         self.t_var = (t2_sum - t_sum * t_sum / self.volume).clamp_min(smooth_dr)
 
     def _sums(self, *maps):
-        return box_sum(torch_cat(maps), self.kernel).chunk(len(maps), dim=1)
+        import torch
+
+        return box_sum(torch.cat(maps, dim=1), self.kernel).chunk(len(maps), dim=1)
 
     def __call__(self, pred):
         p_sum, p2_sum, tp_sum = self._sums(pred, pred * pred, self.target * pred)
         cross = tp_sum - p_sum * self.t_sum / self.volume
         p_var = (p2_sum - p_sum * p_sum / self.volume).clamp_min(self.smooth_dr)
         return -((cross * cross + self.smooth_nr) / (self.t_var * p_var)).mean()
-
-
-def torch_cat(maps):
-    import torch
-
-    return torch.cat(maps, dim=1)
 
 
 def box_sum(volume, kernel: tuple[int, int, int]):
@@ -122,11 +118,7 @@ class Level:
     """
 
     def __init__(self, fixed_full, box: Box, pool: tuple[int, ...], kernel: tuple[int, ...]):
-        import torch.nn.functional as F
-
-        crop = fixed_full[tuple(slice(None) for _ in range(2)) + tuple(slice(*b) for b in box)]
-        if any(p > 1 for p in pool):
-            crop = F.avg_pool3d(crop, pool, ceil_mode=True)
+        crop = _pooled(fixed_full[(..., *(slice(*b) for b in box))], pool)
         self.fixed = crop
         self.shape = tuple(crop.shape[2:])
         self.centres = voxel_centres(box, pool, fixed_full.shape[2:]).to(crop.device)
@@ -201,6 +193,29 @@ def _pooled(volume, pool: tuple[int, ...]):
     return F.avg_pool3d(volume, pool, ceil_mode=True) if any(p > 1 for p in pool) else volume
 
 
+class Pooled:
+    """The moving image at a pyramid level, sampled at points given on the working grid.
+
+    A pooled voxel's centre lies mid-block, not where ``align_corners=True`` would put it on
+    the smaller grid; :meth:`sample` maps working-grid normalised points to the pooled grid's
+    own so both images of a level see the same anatomy at the same point.
+    """
+
+    def __init__(self, moving, pool: tuple[int, ...]):
+        self.volume = _pooled(moving, pool)
+        scale, offset = [], []
+        for n, m, p in zip(moving.shape[2:], self.volume.shape[2:], pool, strict=True):
+            # working index i = (x + 1) (n - 1) / 2; pooled index j = (i - (p - 1) / 2) / p
+            a = (n - 1) / (p * max(m - 1, 1))
+            scale.append(a)
+            offset.append(a - 1.0 - (p - 1) / (p * max(m - 1, 1)))
+        self.scale = moving.new_tensor(scale[::-1])  # x, y, z
+        self.offset = moving.new_tensor(offset[::-1])
+
+    def sample(self, points):
+        return _warp(self.volume, points * self.scale + self.offset)
+
+
 def _roi_box(roi, theta, spacing_zyx, margin_mm: float, full_shape) -> Box:
     """Box of the working grid holding the affine image of the moving ROI, grown by a margin."""
     import torch
@@ -254,10 +269,10 @@ def optimise(
     optimiser = torch.optim.Adam([theta], lr=float(options["affine_lr"]))
     for factor in options["affine_levels"]:
         pool, sizes = level_geometry(factor, spacing_zyx, kernel)
-        level, m = Level(fixed_t, body_box, pool, sizes), _pooled(moving_t, pool)
+        level, m = Level(fixed_t, body_box, pool, sizes), Pooled(moving_t, pool)
         for _ in range(int(options["affine_iterations"])):
             optimiser.zero_grad()
-            loss = level.similarity(_warp(m, level.affine_points(theta)))
+            loss = level.similarity(m.sample(level.affine_points(theta)))
             loss.backward()
             optimiser.step()
     theta = theta.detach()
@@ -270,7 +285,7 @@ def optimise(
     velocity, displacement, cells = None, None, None
     for factor in options["deformable_levels"]:
         pool, sizes = level_geometry(factor, spacing_zyx, kernel)
-        level, m = Level(fixed_t, box, pool, sizes), _pooled(moving_t, pool)
+        level, m = Level(fixed_t, box, pool, sizes), Pooled(moving_t, pool)
         control = [max(3, s // int(options["control_spacing_voxels"])) for s in level.shape]
         # control cells per normalised unit along z, y, x
         new_cells = torch.tensor(
@@ -292,7 +307,7 @@ def optimise(
         for _ in range(int(options["deformable_iterations"])):
             optimiser.zero_grad()
             displacement = _exponential(velocity * inside, cells, identity, steps)
-            warped = _warp(m, _displaced(points, theta, displacement, level.shape))
+            warped = m.sample(_displaced(points, theta, displacement, level.shape))
             loss = level.similarity(warped) + float(options["diffusion_weight"]) * smoothness(
                 velocity
             )

@@ -138,3 +138,24 @@ def test_sample_points_to_field_gives_physical_displacements():
         moving = grid.TransformContinuousIndexToPhysicalPoint(moving_index.tolist())
         fixed = grid.TransformIndexToPhysicalPoint((x, y, z))
         np.testing.assert_allclose(field[z, y, x], np.subtract(moving, fixed), atol=1e-4)
+
+
+def test_pooled_image_is_sampled_where_its_blocks_lie():
+    # a ramp equal to the working-grid index along each axis: any pooling of it, sampled at a
+    # working-grid point, must give back that point's index (linear interpolation is exact)
+    shape = (12, 16, 20)
+    for axis in range(3):
+        ramp = np.broadcast_to(
+            np.arange(shape[axis], dtype=np.float32).reshape(
+                [-1 if a == axis else 1 for a in range(3)]
+            ),
+            shape,
+        )
+        pooled = tr.Pooled(torch.as_tensor(np.ascontiguousarray(ramp))[None, None], (3, 4, 2))
+        box = ((3, 9), (4, 12), (2, 18))  # interior: away from partial blocks at the edges
+        points = tr.voxel_centres(box, (1, 1, 1), shape)
+        got = pooled.sample(points)[0, 0].numpy()
+        expected = np.arange(*box[axis], dtype=float).reshape(
+            [-1 if a == axis else 1 for a in range(3)]
+        )
+        np.testing.assert_allclose(got, np.broadcast_to(expected, got.shape), atol=1e-4)
