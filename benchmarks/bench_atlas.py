@@ -33,6 +33,13 @@ import numpy as np
 import SimpleITK as sitk
 
 from liverfat.atlas import registration
+from liverfat.atlas.fusion import fuse
+from liverfat.atlas.images import AtlasImage, align_centres, load_subject
+from liverfat.atlas.templates import select_templates
+from liverfat.data.manifest import Manifest
+from liverfat.data.phantom import generate_cohort
+from liverfat.evaluation import segmentation
+from liverfat.parallel import map_subjects
 
 REPO = Path(__file__).resolve().parents[1]
 CHAOS = (
@@ -43,46 +50,42 @@ IDS = ("1", "2", "3", "5", "8", "10", "13", "15", "19", "20")
 WORKING_SPACING_MM = (2.5, 2.5, 7.7)
 
 
-def load_chaos(subject_id: str):
-    from liverfat.atlas.images import from_single_image
+def chaos() -> Manifest:
+    """The shipped CHAOS card pointed at the shared data."""
+    return Manifest.load(REPO / "data_manifests" / "chaos_mr_t2spir", data_root=CHAOS)
 
-    image = sitk.ReadImage(str(CHAOS / f"image_{subject_id}.nii.gz"))
-    label = sitk.ReadImage(str(CHAOS / f"label_{subject_id}.nii.gz"))
-    return from_single_image(image, subject_id, liver=sitk.Cast(label == 1, sitk.sitkUInt8))
+
+def load_chaos(subject_id: str, manifest: Manifest | None = None) -> AtlasImage:
+    """CHAOS subject ``subject_id`` (``"1"``; ``chaos1`` on the card) with its liver mask."""
+    return load_subject(manifest or chaos(), f"chaos{subject_id}", with_liver=True)
 
 
 def dice(a: sitk.Image, b: sitk.Image) -> float:
-    x, y = sitk.GetArrayFromImage(a) > 0, sitk.GetArrayFromImage(b) > 0
-    return float(2 * (x & y).sum() / max(x.sum() + y.sum(), 1))
+    return segmentation.dice(sitk.GetArrayFromImage(a), sitk.GetArrayFromImage(b))
 
 
-def chaos_templates(target: str, n: int = 3) -> list[str]:
-    from liverfat.atlas.templates import select_templates
-
-    others = {sid: load_chaos(sid) for sid in IDS if sid != target}
-    return select_templates(
+def chaos_templates(target: str, n: int = 3) -> dict[str, AtlasImage]:
+    """The ``n`` templates (shape variance) among the CHAOS subjects other than ``target``."""
+    manifest = chaos()
+    others = {sid: load_chaos(sid, manifest) for sid in IDS if sid != target}
+    chosen = select_templates(
         {s: a.liver for s, a in others.items()}, n, bodies={s: a.body for s, a in others.items()}
     )
+    return {sid: others[sid] for sid in chosen}
 
 
 def leave_one_out(job: tuple[str, str]) -> dict:
     """Register 3 templates to one CHAOS target with one backend; Dice and seconds."""
-    from liverfat.atlas.fusion import fuse
-    from liverfat.atlas.images import align_centres
-    from liverfat.atlas.registration import BackendSettings, register
-
     backend, target = job
     fixed = load_chaos(target)
+    settings = registration.BackendSettings(working_spacing_mm=WORKING_SPACING_MM)
     warped, seconds, single, folding = [], [], [], []
-    for template in chaos_templates(target):
-        moving = align_centres(fixed, load_chaos(template))
-        result = register(
-            backend, fixed, moving, BackendSettings(working_spacing_mm=WORKING_SPACING_MM)
-        )
+    for template in chaos_templates(target).values():
+        result = registration.register(backend, fixed, align_centres(fixed, template), settings)
         warped.append(result.warped_mask)
         seconds.append(result.seconds)
         single.append(dice(result.warped_mask, fixed.liver))
-        if isinstance(result.transform, dict) and "folding_fraction" in result.transform:
+        if "folding_fraction" in result.transform:
             folding.append(result.transform["folding_fraction"])
     fused = fuse(warped, "intersection")
     return {
@@ -113,8 +116,9 @@ def _finished(log: Path, backends: list[str], targets: tuple[str, ...]) -> list[
 
 def run(work_dir: Path) -> dict:
     figures = chaos_leave_one_out(work_dir)
-    if os.environ.get("LIVERFAT_BENCH_ATLAS_FULL_GRID", "torch,elastix"):
-        figures["full_grid"] = full_grid(work_dir)
+    full_grid_backends = os.environ.get("LIVERFAT_BENCH_ATLAS_FULL_GRID", "torch,elastix")
+    if full_grid_backends:
+        figures["full_grid"] = full_grid(work_dir, full_grid_backends.split(","))
     return figures
 
 
@@ -122,42 +126,35 @@ def full_grid_registration(job: tuple[str, str]) -> dict:
     """Register the second phantom subject to the first at the native full grid; fresh process."""
     import resource
 
-    from liverfat.atlas.images import align_centres, load_subject
-    from liverfat.atlas.registration import BackendSettings, register
-    from liverfat.data.manifest import Manifest
-
     backend, card = job
     manifest = Manifest.load(card)
     fixed_id, moving_id = manifest.subject_ids[:2]
     fixed = load_subject(manifest, fixed_id, with_liver=True)
     moving = align_centres(fixed, load_subject(manifest, moving_id, with_liver=True))
-    first = register(backend, fixed, moving, BackendSettings())
-    result = register(backend, fixed, moving, BackendSettings())  # warm: as in a batch
-    transform = result.transform if isinstance(result.transform, dict) else {}
+    settings = registration.BackendSettings()
+    first = registration.register(backend, fixed, moving, settings)
+    result = registration.register(backend, fixed, moving, settings)  # warm: as in a batch
     return {
         "backend": backend,
         "seconds_first": round(first.seconds, 2),
         "seconds_warm": round(result.seconds, 2),
         "dice_single": round(dice(result.warped_mask, fixed.liver), 4),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-        "device": transform.get("device", "cpu"),
-        "folding_fraction": transform.get("folding_fraction"),
+        "device": result.transform.get("device", "cpu"),
+        "folding_fraction": result.transform.get("folding_fraction"),
     }
 
 
-def full_grid(work_dir: Path) -> dict:
+def full_grid(work_dir: Path, backends: list[str]) -> dict:
     """Registrations per backend at the full neck-to-knee grid (224 x 174 x 370 voxels of
     2.23 x 2.23 x 3 mm; two phantom subjects, seed 5), in a fresh single-thread process: seconds
     of the first and of a second (warm) registration, Dice of the warped mask, peak resident
     memory, device (CUDA when present).
     ``LIVERFAT_BENCH_ATLAS_FULL_GRID`` names the backends (default ``torch,elastix``; empty
     skips)."""
-    from liverfat.data.phantom import generate_cohort
-    from liverfat.parallel import map_subjects
-
     card = generate_cohort(2, work_dir / "full_grid", seed=5, scale="full", progress=False)
     out: dict = {"grid": "224 x 174 x 370 @ 2.23 x 2.23 x 3 mm", "templates": 1}
-    for backend in os.environ.get("LIVERFAT_BENCH_ATLAS_FULL_GRID", "torch,elastix").split(","):
+    for backend in backends:
         (outcome,) = map_subjects(
             full_grid_registration, [(backend, str(card))], executor="processes", n_workers=1
         )
@@ -167,8 +164,6 @@ def full_grid(work_dir: Path) -> dict:
 
 def chaos_leave_one_out(work_dir: Path) -> dict:
     """The CHAOS leave-one-out figures per backend (see the module docstring)."""
-    from liverfat.parallel import map_subjects
-
     if not CHAOS.is_dir():
         return {"skipped": f"CHAOS data not found at {CHAOS}"}
     backends = os.environ.get("LIVERFAT_BENCH_ATLAS_BACKENDS", "torch,deform,elastix").split(",")

@@ -122,11 +122,11 @@ class Level:
         self.fixed = crop
         self.shape = tuple(crop.shape[2:])
         self.centres = voxel_centres(box, pool, fixed_full.shape[2:]).to(crop.device)
-        # normalised extent of the box along x, y, z (for displacement units)
-        self.extent_xyz = [
+        # normalised extent of the box along D, H, W (for displacement units)
+        self.extent = [
             2.0 * max(hi - lo - 1, 1) / max(n - 1, 1)
             for (lo, hi), n in zip(box, fixed_full.shape[2:], strict=True)
-        ][::-1]
+        ]
         self.similarity = LocalNCC(crop, kernel)
 
     def affine_points(self, theta):
@@ -289,7 +289,7 @@ def optimise(
         control = [max(3, s // int(options["control_spacing_voxels"])) for s in level.shape]
         # control cells per normalised unit along z, y, x
         new_cells = torch.tensor(
-            [(c - 1) / e for c, e in zip(control, level.extent_xyz[::-1], strict=True)],
+            [(c - 1) / e for c, e in zip(control, level.extent, strict=True)],
             device=device,
         ).view(1, 3, 1, 1, 1)
         if velocity is None:

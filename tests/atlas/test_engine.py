@@ -164,24 +164,19 @@ def test_chaos_leave_one_out_single_target(shared_data):
     import SimpleITK as sitk
 
     from liverfat.atlas.fusion import fuse
-    from liverfat.atlas.images import align_centres, from_single_image
+    from liverfat.atlas.images import align_centres, load_subject
     from liverfat.atlas.registration import BackendSettings, register
+    from liverfat.data.manifest import Manifest
+    from tests.atlas.test_registration import dice
 
     folder = Path(shared_data) / "chaos_mr_t2spir"
     if not folder.is_dir():
         pytest.skip("chaos_mr_t2spir not in shared data")
+    card = Path(__file__).resolve().parents[2] / "data_manifests" / "chaos_mr_t2spir"
+    chaos = Manifest.load(card, data_root=folder)
 
     def load(sid):
-        label = sitk.ReadImage(str(folder / f"label_{sid}.nii.gz"))
-        return from_single_image(
-            sitk.ReadImage(str(folder / f"image_{sid}.nii.gz")),
-            sid,
-            liver=sitk.Cast(label == 1, sitk.sitkUInt8),
-        )
-
-    def dice(a, b):
-        x, y = sitk.GetArrayFromImage(a) > 0, sitk.GetArrayFromImage(b) > 0
-        return 2 * (x & y).sum() / (x.sum() + y.sum())
+        return load_subject(chaos, f"chaos{sid}", with_liver=True)
 
     fixed = load("2")
     settings = BackendSettings(working_spacing_mm=(5.0, 5.0, 7.7), extra=FAST)

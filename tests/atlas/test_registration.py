@@ -6,6 +6,7 @@ import SimpleITK as sitk
 
 from liverfat.atlas.images import AtlasImage, align_centres
 from liverfat.atlas.registration import BackendSettings, register
+from liverfat.evaluation import segmentation
 
 SMALL = {
     "elastix": {
@@ -46,9 +47,8 @@ def synthetic(shift_mm, scale, origin=(0.0, 0.0, 0.0)):
     return AtlasImage("s", (img(water), img(ff)), img(body, np.uint8), img(liver, np.uint8))
 
 
-def dice(a, b):
-    x, y = sitk.GetArrayFromImage(a) > 0, sitk.GetArrayFromImage(b) > 0
-    return 2 * (x & y).sum() / (x.sum() + y.sum())
+def dice(a: sitk.Image, b: sitk.Image) -> float:
+    return segmentation.dice(sitk.GetArrayFromImage(a), sitk.GetArrayFromImage(b))
 
 
 @pytest.mark.parametrize("backend", ["elastix", "deform", "torch"])

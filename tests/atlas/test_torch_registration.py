@@ -7,6 +7,7 @@ from scipy import ndimage
 torch = pytest.importorskip("torch")
 
 from liverfat.atlas import torch_registration as tr  # noqa: E402
+from liverfat.atlas.registration import TORCH_DEFAULTS  # noqa: E402
 
 
 def smooth_random(shape, seed, sigma=2.0):
@@ -93,16 +94,11 @@ def test_deformation_stays_inside_the_roi_box_and_does_not_fold():
     roi = np.zeros(shape, np.float32)
     roi[8:12, 12:20, 12:20] = 1
     options = {
+        **TORCH_DEFAULTS,
         "affine_levels": [2],
         "affine_iterations": 20,
-        "affine_lr": 0.01,
         "deformable_levels": [2, 1],
-        "deformable_iterations": 20,
-        "deformable_lr": 0.1,
-        "control_spacing_voxels": 2,
         "lncc_kernel": 5,
-        "diffusion_weight": 0.25,
-        "integration_steps": 5,
         "roi_margin_mm": 3.0,
     }
     points, theta, box = tr.optimise(fixed, moving, options, "cpu", (1.0, 1.0, 1.0), roi)
