@@ -7,29 +7,13 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
+from liverfat.evaluation.agreement import agreement
+
 
 def error_summary(reference: pd.Series, value: pd.Series) -> dict[str, float]:
     """MAE, Pearson r, bias and 95% limits of agreement of ``value`` against ``reference``."""
-    pair = pd.concat([reference.rename("a"), value.rename("b")], axis=1).dropna()
-    if len(pair) < 3:
-        return {
-            "n": len(pair),
-            "mae": np.nan,
-            "r": np.nan,
-            "bias": np.nan,
-            "loa_lower": np.nan,
-            "loa_upper": np.nan,
-        }
-    diff = pair["b"] - pair["a"]
-    sd = float(diff.std(ddof=1))
-    return {
-        "n": int(len(pair)),
-        "mae": float(diff.abs().mean()),
-        "r": float(np.corrcoef(pair["a"], pair["b"])[0, 1]),
-        "bias": float(diff.mean()),
-        "loa_lower": float(diff.mean() - 1.96 * sd),
-        "loa_upper": float(diff.mean() + 1.96 * sd),
-    }
+    summary = agreement(reference, value)
+    return {k: summary[k] for k in ("n", "mae", "r", "bias", "loa_lower", "loa_upper")}
 
 
 @dataclass

@@ -18,11 +18,42 @@ import SimpleITK as sitk
 
 from liverfat import __version__
 from liverfat.atlas.fusion import erode, fuse, median_readout
-from liverfat.atlas.images import align_centres, load_subject
+from liverfat.atlas.images import AtlasImage, align_centres, load_subject
 from liverfat.atlas.registration import BackendSettings, backend_defaults, register
 from liverfat.data.atomic import write_json_atomic
 from liverfat.data.io import write_volume
 from liverfat.data.manifest import Manifest
+
+
+def file_signature(manifest: Manifest, subject_id: str) -> list:
+    """Each image file of a subject with its size and modification time."""
+    out = []
+    for column in manifest.image_columns:
+        path = manifest.image_path(subject_id, column)
+        if path is not None:
+            stat = path.stat() if path.exists() else None
+            out.append([column, str(path), stat and stat.st_size, stat and stat.st_mtime_ns])
+    return out
+
+
+#: Templates loaded in this process, keyed by id and file signature: every subject of a batch
+#: registers the same few templates, so each is read (and its body mask computed) once.
+_TEMPLATES: dict[str, AtlasImage] = {}
+
+
+def load_template(templates: Manifest, template_id: str) -> AtlasImage:
+    """Template ``template_id`` with its liver mask, from this process's cache when unchanged."""
+    signature = [
+        template_id,
+        templates.card.get("liver_label"),
+        file_signature(templates, template_id),
+    ]
+    key = json.dumps(signature, default=str)
+    if key not in _TEMPLATES:
+        if len(_TEMPLATES) >= 8:
+            _TEMPLATES.clear()
+        _TEMPLATES[key] = load_subject(templates, template_id, with_liver=True)
+    return _TEMPLATES[key]
 
 
 @dataclass
@@ -44,21 +75,9 @@ class SubjectJob:
     def key(self) -> str:
         """Hash of the inputs (image files with size and mtime, templates, settings, the
         backend's defaults and liverfat's version), so a changed method is never reused."""
-
-        def files(manifest: Manifest, sid: str) -> list:
-            out = []
-            for column in manifest.image_columns:
-                path = manifest.image_path(sid, column)
-                if path is not None:
-                    stat = path.stat() if path.exists() else None
-                    out.append(
-                        [column, str(path), stat and stat.st_size, stat and stat.st_mtime_ns]
-                    )
-            return out
-
         content = {
-            "subject": files(self.manifest, self.subject_id),
-            "templates": [files(self.templates, t) for t in self.templates.subject_ids],
+            "subject": file_signature(self.manifest, self.subject_id),
+            "templates": [file_signature(self.templates, t) for t in self.templates.subject_ids],
             "backend": self.backend,
             "settings": asdict(self.settings),
             "defaults": backend_defaults(self.backend),
@@ -89,7 +108,7 @@ def run_subject_job(job: SubjectJob) -> dict[str, Any]:
     target = load_subject(job.manifest, job.subject_id)
     warped, seconds = [], []
     for template_id in job.templates.subject_ids:
-        template = align_centres(target, load_subject(job.templates, template_id, with_liver=True))
+        template = align_centres(target, load_template(job.templates, template_id))
         result = register(job.backend, target, template, job.settings)
         warped.append(result.warped_mask)
         seconds.append(result.seconds)

@@ -239,7 +239,10 @@ class DeepEngine:
     ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         """Formats of the subjects (cached when ``cache_dir`` is set) and one-line errors."""
         ids = list(subject_ids if subject_ids is not None else manifest.subject_ids)
-        items = [(manifest, sid, self.format, self.cache_dir) for sid in ids]
+        # one subject's manifest per item: a process pool or Dask ships each item separately
+        items = [
+            (manifest.select(subject_ids=[sid]), sid, self.format, self.cache_dir) for sid in ids
+        ]
         arrays, errors = {}, {}
         for outcome in map_subjects(
             _format_item,
@@ -253,7 +256,6 @@ class DeepEngine:
                 arrays[sid] = outcome.value
             else:
                 message = outcome.error
-                arrays.pop(sid, None)
                 errors[sid] = message if sid in message else f"subject {sid}: {message}"
         return arrays, errors
 
@@ -398,7 +400,7 @@ class DeepEngine:
                 continue
             if arrays is None:
                 arrays, errors = self.load_formats(manifest, ids)
-            frame = self._run_fold(manifest, arrays, errors, test_ids, seed + k)
+            frame = self._run_fold(manifest, arrays, errors, test_ids, self.seed + k)
             if path is not None:
                 run = run_info(self.method, configuration=self.configuration(), seed=self.seed)
                 PredictionsTable(frame, {**run, "cv_key": key, "fold": k}).write(path)
@@ -447,10 +449,7 @@ class DeepEngine:
         engine._fit_arrays(
             np.stack([arrays[s] for s in train_ids]), self._target_matrix(manifest, train_ids)
         )
-        rows = engine._rows(arrays, errors, test_ids)
-        for row in rows:
-            row["method"] = self.method
-        return PredictionsTable.from_rows(rows).frame
+        return PredictionsTable.from_rows(engine._rows(arrays, errors, test_ids)).frame
 
     # Persistence ----------------------------------------------------------------------------------
     def save(self, directory: str | os.PathLike[str]) -> None:
