@@ -111,6 +111,8 @@ def test_dask_scheduler_gives_identical_tables(tmp_path, phantom_dir, serial_run
         n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
     ) as cluster:
         result = _run(path, "--scheduler", cluster.scheduler_address)
+        ran_on_cluster = cluster.scheduler.transition_counter > 0
     assert result.returncode == 0, result.stderr[-2000:]
+    assert ran_on_cluster  # the study's jobs went through this scheduler
     for name, table in _tables(tmp_path / "dask").items():
         pd.testing.assert_frame_equal(table, _tables(serial_run)[name], obj=name)

@@ -10,7 +10,7 @@ import statsmodels.api as sm
 from liverfat.cli import main as cli_main
 from liverfat.deep import engine as engine_module
 from liverfat.deep.baseline import LinearBaseline
-from liverfat.deep.engine import DeepEngine, apply_variance_scale, variance_scale_from
+from liverfat.deep.engine import PROFILES, DeepEngine, apply_variance_scale, variance_scale_from
 from liverfat.errors import LiverfatError
 from tests.conformance import check_engine
 
@@ -33,11 +33,15 @@ def test_validation_is_early_and_clear():
         DeepEngine(head="quantile")
     with pytest.raises(LiverfatError, match="unknown format"):
         DeepEngine(format="axial")
-    settings, scale, device = DeepEngine(profile="paper").resolved()
+    settings, scale, _ = DeepEngine(profile="paper").resolved()
     assert (settings.iterations, settings.batch_size, scale) == (6000, 32, 1.0)
     settings, scale, _ = DeepEngine(profile="quick", iterations=7).resolved()
     assert settings.iterations == 7 and scale == 0.5 and settings.max_shift_px == 8
-    assert DeepEngine().resolved()[2].type == device.type
+    # auto: the paper profile on a CUDA GPU, the quick one elsewhere
+    auto_settings, _, auto_device = DeepEngine().resolved()
+    expected = PROFILES["paper" if auto_device.type == "cuda" else "quick"]["iterations"]
+    assert auto_settings.iterations == expected
+    assert PROFILES["paper"]["iterations"] != PROFILES["quick"]["iterations"]
 
 
 def test_multi_target_with_missing_values(phantom_manifest, tmp_path):
