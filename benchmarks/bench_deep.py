@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.common import median_time_s
 from liverfat.data.manifest import Manifest
 from liverfat.data.phantom import generate_cohort
 from liverfat.deep.formats import compute_format
@@ -36,14 +37,13 @@ def _inference_per_s(
     images = np.random.default_rng(0).integers(0, 255, (batch, 1, 176, 376), dtype=np.uint8)
     x = to_input(images, input_scale)
     predict_network(model, x[:2], 1, "mean_variance", device=device)  # warm-up
-    times = []
-    for _ in range(n_batches):
-        start = time.perf_counter()
+
+    def one_batch() -> None:
         predict_network(model, x, 1, "mean_variance", device=device, batch_size=batch)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return batch / statistics.median(times)
+
+    return batch / median_time_s(one_batch, n_batches)[0]
 
 
 def run(work: Path) -> dict:

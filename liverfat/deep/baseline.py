@@ -18,6 +18,7 @@ import pandas as pd
 from scipy import stats
 
 from liverfat.data.atomic import write_json_atomic
+from liverfat.data.folds import subject_folds
 from liverfat.data.manifest import Manifest
 from liverfat.data.predictions import PredictionsTable, failed_row, prediction_row, run_info
 from liverfat.errors import LiverfatError
@@ -116,13 +117,12 @@ class LinearBaseline:
         self, manifest: Manifest, *, folds: int = 10, seed: int = 0
     ) -> PredictionsTable:
         """Out-of-fold predictions for every subject with a reference (subject-level folds)."""
-        from liverfat.deep.engine import subject_folds
-
         references = {t: manifest.target(t) for t in self.targets}
         ids = [s for s in manifest.subject_ids if any(pd.notna(r[s]) for r in references.values())]
         frames = []
         for test_ids in subject_folds(ids, folds, seed):
-            train = manifest.select(subject_ids=[s for s in ids if s not in set(test_ids)])
+            test = set(test_ids)
+            train = manifest.select(subject_ids=[s for s in ids if s not in test])
             fold = LinearBaseline(targets=self.targets, covariates=self.covariates).fit(train)
             frame = fold.predict(manifest.select(subject_ids=test_ids)).frame
             has_ref = [

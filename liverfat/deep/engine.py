@@ -29,6 +29,7 @@ import pandas as pd
 import torch
 
 from liverfat.data.atomic import write_json_atomic
+from liverfat.data.folds import subject_folds
 from liverfat.data.manifest import Manifest
 from liverfat.data.predictions import (
     PredictionsTable,
@@ -55,15 +56,6 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 #: Two-sided 95 % normal quantile, for the intervals of a mean-variance head.
 Z95 = 1.959963984540054
-
-
-def subject_folds(subject_ids: Sequence[str], folds: int, seed: int) -> list[list[str]]:
-    """Split subjects into ``folds`` shuffled, near-equal, disjoint test sets (seeded)."""
-    ids = sorted(str(s) for s in subject_ids)
-    if folds < 2 or folds > len(ids):
-        raise LiverfatError(f"folds must be between 2 and {len(ids)} (subjects), got {folds}")
-    order = np.random.default_rng(seed).permutation(len(ids))
-    return [sorted(ids[i] for i in part) for part in np.array_split(order, folds)]
 
 
 def _format_item(item: tuple) -> np.ndarray:

@@ -129,11 +129,11 @@ def train_network(
         scaler.scale(loss).backward()
         scaler.step(optimiser)
         scaler.update()
-        losses.append(float(loss.detach()))
+        losses.append(loss.detach())  # no float() here: on a GPU it waits for every step
         if iteration % 20 == 0:
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            bar.set_postfix(loss=f"{float(losses[-1]):.3f}")
     model.eval()
-    return losses
+    return torch.stack(losses).float().cpu().tolist() if losses else []
 
 
 @torch.no_grad()

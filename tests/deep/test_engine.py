@@ -8,7 +8,7 @@ import pytest
 import statsmodels.api as sm
 
 from liverfat.cli import main as cli_main
-from liverfat.deep import engine as engine_module
+from liverfat.data.folds import subject_folds
 from liverfat.deep.baseline import LinearBaseline
 from liverfat.deep.engine import PROFILES, DeepEngine, apply_variance_scale, variance_scale_from
 from liverfat.errors import LiverfatError
@@ -101,10 +101,10 @@ def test_cross_validation_resumes_from_finished_folds(phantom_manifest, tmp_path
 
 def test_subject_folds_are_disjoint_and_cover():
     ids = [f"s{i}" for i in range(23)]
-    parts = engine_module.subject_folds(ids, 5, seed=3)
+    parts = subject_folds(ids, 5, seed=3)
     assert sorted(sum(parts, [])) == sorted(ids)
     assert {len(p) for p in parts} <= {4, 5}
-    assert parts == engine_module.subject_folds(ids, 5, seed=3)
+    assert parts == subject_folds(ids, 5, seed=3)
 
 
 def test_baseline_matches_statsmodels(phantom_manifest):
