@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 
+from liverfat.data.atomic import write_json_atomic
 from liverfat.data.manifest import Manifest
 from liverfat.errors import LiverfatError
 from liverfat.parallel import EXECUTORS
@@ -187,7 +187,7 @@ def predict_main(args: argparse.Namespace) -> int:
 
 def saliency_main(args: argparse.Namespace) -> int:
     from liverfat.deep.engine import DeepEngine
-    from liverfat.deep.saliency import aligned_mean, cohort_saliency, save_overlay
+    from liverfat.deep.saliency import aligned_stack, cohort_saliency, save_overlay
 
     engine = DeepEngine.load(args.engine)
     manifest = _manifest(args)
@@ -195,30 +195,19 @@ def saliency_main(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ids = list(result.maps)
-    np.save(out / "saliency_mean.npy", result.mean.astype(np.float32))
-    background = aligned_mean(manifest, engine.format, "water", ids)
-    save_overlay(out / "saliency_mean.png", result.mean, background, title="mean Grad-CAM")
-    np.save(out / "saliency_deviation.npy", result.deviation.astype(np.float32))
-    save_overlay(
-        out / "saliency_deviation.png",
-        result.deviation,
-        background,
-        title="cohort deviation of signed Grad-CAM",
-    )
-    np.save(out / "saliency_sensitivity.npy", result.sensitivity_mean.astype(np.float32))
-    save_overlay(
-        out / "saliency_sensitivity.png",
-        result.sensitivity_mean,
-        background,
-        title="mean pixel sensitivity (squared input gradient)",
-    )
+    water = aligned_stack(manifest, engine.format, "water", ids)
+    background = water.mean(axis=0)
+    for name, image, title in (
+        ("mean", result.mean, "mean Grad-CAM"),
+        ("deviation", result.deviation, "cohort deviation of signed Grad-CAM"),
+        ("sensitivity", result.sensitivity_mean, "mean pixel sensitivity (squared input gradient)"),
+    ):
+        np.save(out / f"saliency_{name}.npy", image.astype(np.float32))
+        save_overlay(out / f"saliency_{name}.png", image, background, title=title)
     if args.per_subject:
-        for sid in ids:
-            own = aligned_mean(manifest, engine.format, "water", [sid])
+        for sid, own in zip(ids, water, strict=True):
             save_overlay(out / f"{sid}.png", result.maps[sid], own, title=sid)
-    (out / "saliency.json").write_text(
-        json.dumps({"subjects": ids, "failed": result.errors}, indent=2) + "\n", encoding="utf-8"
-    )
+    write_json_atomic(out / "saliency.json", {"subjects": ids, "failed": result.errors})
     for message in result.errors.values():
         print(f"skipped: {message}")
     print(f"mean Grad-CAM of {len(ids)} subjects: {out / 'saliency_mean.png'}")

@@ -174,41 +174,29 @@ def cohort_saliency(
     )
 
 
-def aligned_mean(
+def aligned_stack(
     manifest: Manifest, format_name: str, column: str, subject_ids: list[str]
 ) -> np.ndarray:
-    """Mean over subjects of an image column (``water``, ``liver_mask``) in format geometry."""
+    """Each subject's image column (``water``, ``liver_mask``, ...) in format geometry (n, H, W).
+
+    Its mean over subjects is the background of cohort saliency maps; ``> 0.5`` of a mask
+    column gives each subject's region.
+    """
     spec = get_format(format_name)
     if spec.align is None:
         raise LiverfatError(f"format {format_name} has no align function")
-    total = None
+    aligned = []
     for sid in subject_ids:
         dixon = manifest.dixon(sid)
         image = dixon.water if column == "water" else manifest.read_image(sid, column)
-        aligned = spec.align(dixon, image)
-        total = aligned if total is None else total + aligned
-    return total / len(subject_ids)
+        aligned.append(spec.align(dixon, image))
+    return np.stack(aligned)
 
 
 def mass_fraction_in(saliency: np.ndarray, region: np.ndarray) -> float:
     """Share of a saliency map's total mass inside a boolean region."""
     total = float(saliency.sum())
     return float(saliency[region].sum()) / total if total > 0 else float("nan")
-
-
-def aligned_masks(
-    manifest: Manifest, format_name: str, column: str, subject_ids: list[str]
-) -> np.ndarray:
-    """Each subject's mask column (e.g. ``liver_mask``) in format geometry, bool (n, H, W)."""
-    spec = get_format(format_name)
-    if spec.align is None:
-        raise LiverfatError(f"format {format_name} has no align function")
-    return np.stack(
-        [
-            spec.align(manifest.dixon(sid), manifest.read_image(sid, column)) > 0.5
-            for sid in subject_ids
-        ]
-    )
 
 
 def subject_mass_fractions(maps: dict[str, np.ndarray], masks: np.ndarray) -> np.ndarray:

@@ -10,7 +10,7 @@ from liverfat.data.manifest import Manifest
 from liverfat.data.phantom import generate_cohort
 from liverfat.deep.engine import DeepEngine
 from liverfat.deep.saliency import (
-    aligned_masks,
+    aligned_stack,
     cohort_saliency,
     mass_fraction_in,
     subject_mass_fractions,
@@ -64,7 +64,7 @@ def test_cohort_saliency_sits_on_the_liver(tmp_path):
     assert result.mean.shape == result.sensitivity_mean.shape == (176, 376)
     assert result.mean.min() >= 0 and result.mean.max() <= 1
     assert all(m.sum() == pytest.approx(1, rel=1e-4) for m in result.sensitivity.values())
-    livers = aligned_masks(held_out, "liverfat_masked", "liver_mask", ids)
+    livers = aligned_stack(held_out, "liverfat_masked", "liver_mask", ids) > 0.5
     per_subject = subject_mass_fractions(result.sensitivity, livers)
     consensus = livers.mean(axis=0) > 0.5
     cohort = mass_fraction_in(result.sensitivity_mean, consensus)
