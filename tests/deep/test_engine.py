@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -230,11 +232,15 @@ def test_cli_cv_fit_predict_saliency(phantom_dir, tmp_path, capsys):
                 str(tmp_path / "e"),
                 "--out",
                 str(tmp_path / "s"),
+                "--per-subject",
             ]
         )
         == 0
     )
     assert (tmp_path / "s" / "saliency_mean.png").stat().st_size > 1000
+    subjects = json.loads((tmp_path / "s" / "saliency.json").read_text(encoding="utf-8"))
+    assert subjects["subjects"]
+    assert all((tmp_path / "s" / f"{sid}.png").is_file() for sid in subjects["subjects"])
     assert (
         cli_main(
             [
