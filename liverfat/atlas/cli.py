@@ -88,8 +88,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _load(path: str, split: str | None) -> Manifest:
-    manifest = Manifest.load(path)
-    return manifest.select(split=split) if split else manifest
+    return Manifest.load(path).select(split=split)
 
 
 def _template_ids(path: str | None) -> list[str] | None:
@@ -118,20 +117,10 @@ def _engine(args: argparse.Namespace, out: Path, **extra):
 
 
 def templates_main(args: argparse.Namespace) -> int:
-    from liverfat.atlas.images import load_subject
-    from liverfat.atlas.templates import select_templates
+    from liverfat.atlas.templates import choose_templates
 
     manifest = Manifest.load(args.manifest)
-    loaded = {
-        s: load_subject(manifest, s, with_liver=True)
-        for s in manifest.subject_ids
-        if manifest.has(s, "liver_mask")
-    }
-    chosen = select_templates(
-        {s: a.liver for s, a in loaded.items()},
-        args.n,
-        bodies={s: a.body for s, a in loaded.items()},
-    )
+    chosen = choose_templates(manifest, args.n)
     write_json_atomic(
         args.out, {"manifest": str(Path(args.manifest).resolve()), "templates": chosen}
     )
@@ -185,10 +174,9 @@ def register_main(args: argparse.Namespace) -> int:
     out = Path(args.out)
     manifest = _load(args.manifest, args.split)
     template_source = Manifest.load(args.template_manifest or args.manifest)
-    engine = _engine(
-        args, out, templates=_template_ids(args.templates), calibrate=False, save_masks=True
-    )
-    engine.fit(template_source.select(subject_ids=_template_ids(args.templates)))
+    templates = _template_ids(args.templates)
+    engine = _engine(args, out, templates=templates, calibrate=False, save_masks=True)
+    engine.fit(template_source.select(subject_ids=templates))
     readout = engine.raw_readout(manifest, progress="atlas register")
     table = manifest.subjects.copy()
     masks = (

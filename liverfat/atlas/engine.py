@@ -14,7 +14,6 @@ import shutil
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +22,9 @@ import pandas as pd
 
 from liverfat.atlas.calibration import LinearCalibration
 from liverfat.atlas.fusion import FUSIONS
-from liverfat.atlas.images import load_subject
 from liverfat.atlas.jobs import SubjectJob, finished_result, run_subject_job
 from liverfat.atlas.registration import BACKENDS, BackendSettings
-from liverfat.atlas.templates import select_templates
+from liverfat.atlas.templates import choose_templates, select_templates
 from liverfat.data.atomic import write_json_atomic
 from liverfat.data.manifest import Manifest
 from liverfat.data.predictions import PredictionsTable, failed_row, prediction_row, run_info
@@ -146,17 +144,7 @@ class AtlasEngine:
                 {str(t): None for t in self.templates if t in candidates}, given=self.templates
             )
         else:
-            loaded = {}
-            for sid in candidates:
-                try:
-                    loaded[sid] = load_subject(manifest, sid, with_liver=True)
-                except LiverfatError:
-                    continue  # an unreadable candidate is simply not a template
-            chosen = select_templates(
-                {s: a.liver for s, a in loaded.items()},
-                self.n_templates,
-                bodies={s: a.body for s, a in loaded.items()},
-            )
+            chosen = choose_templates(manifest, self.n_templates)
         self.templates_ = chosen
         self._template_manifest = manifest.select(subject_ids=chosen)
         self.calibration_ = LinearCalibration()
@@ -350,8 +338,3 @@ class AtlasEngine:
         engine._template_manifest = Manifest.load(directory / "templates" / "manifest.yaml")
         engine.calibration_ = LinearCalibration(**state["calibration_"])
         return engine
-
-
-def calibration_report(calibration: LinearCalibration) -> dict[str, Any]:
-    """The calibration and its before/after error summaries, JSON-ready."""
-    return asdict(calibration)

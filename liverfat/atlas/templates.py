@@ -13,7 +13,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from liverfat.atlas.images import centre_of_mass_mm
+from liverfat.atlas.images import centre_of_mass_mm, load_subject
+from liverfat.data.manifest import Manifest
 from liverfat.errors import LiverfatError
 
 
@@ -63,3 +64,20 @@ def select_templates(
     bodies = bodies or {}
     descriptors = {sid: shape_descriptor(mask, bodies.get(sid)) for sid, mask in livers.items()}
     return select_diverse(descriptors, n)
+
+
+def choose_templates(manifest: Manifest, n: int) -> list[str]:
+    """The ``n`` most diverse liver shapes among the manifest's subjects with a liver mask.
+
+    A candidate whose images cannot be read is simply not a template.
+    """
+    loaded = {}
+    for sid in manifest.subject_ids:
+        if manifest.has(sid, "liver_mask"):
+            try:
+                loaded[sid] = load_subject(manifest, sid, with_liver=True)
+            except LiverfatError:
+                continue
+    return select_templates(
+        {s: a.liver for s, a in loaded.items()}, n, bodies={s: a.body for s, a in loaded.items()}
+    )
