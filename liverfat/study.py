@@ -19,7 +19,6 @@ themselves skip finished subjects and folds, so an interrupted study resumes whe
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import inspect
 import json
@@ -33,8 +32,8 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from liverfat import __version__
 from liverfat.data.atomic import write_json_atomic, write_text_atomic
+from liverfat.data.fingerprint import fingerprint
 from liverfat.data.manifest import Manifest
 from liverfat.data.predictions import PredictionsTable, package_versions, prediction_row
 from liverfat.errors import LiverfatError
@@ -248,10 +247,6 @@ def make_engine(stage: EngineStage, study: Study, work: Path | None = None) -> A
 # Running ---------------------------------------------------------------------------------------
 
 
-def _fingerprint(data: Any) -> str:
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def _rename(table: PredictionsTable, method: str, target: str) -> pd.DataFrame:
     """Rows of ``target`` under the study's method name (one name per engine stage)."""
     frame = table.frame[table.frame["target"] == target].copy()
@@ -287,7 +282,6 @@ def run_engine(stage: EngineStage, study: Study, manifest: Manifest, log) -> Pre
     """The protocol for one engine: out-of-fold on the training split, then fit and predict."""
     train = manifest.select(split=study.train_split)
     base = {
-        "liverfat": __version__,  # a new release never reuses an older release's stage
         "engine": stage.engine,
         "settings": stage.settings,
         "seed": study.seed,
@@ -303,7 +297,7 @@ def run_engine(stage: EngineStage, study: Study, manifest: Manifest, log) -> Pre
             engine = make_engine(stage, study, work / "cv")
             return engine.cross_validate(train, folds=stage.folds, seed=study.seed)
 
-        fp = _fingerprint({**base, "folds": stage.folds, "stage": "cv"})
+        fp = fingerprint({**base, "folds": stage.folds, "stage": "cv"})
         parts.append(_run_stage(study.out, f"{stage.name}.cv", fp, oof, log))
     if stage.predict_on:
 
@@ -316,7 +310,7 @@ def run_engine(stage: EngineStage, study: Study, manifest: Manifest, log) -> Pre
                 engine.save(work / "fitted")
             return table
 
-        fp = _fingerprint({**base, "predict_on": stage.predict_on, "stage": "fit"})
+        fp = fingerprint({**base, "predict_on": stage.predict_on, "stage": "fit"})
         parts.append(_run_stage(study.out, f"{stage.name}.fit", fp, fit_predict, log))
     frames = [_rename(part, stage.name, study.target) for part in parts]
     frame = pd.concat(frames, ignore_index=True)

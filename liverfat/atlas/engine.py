@@ -28,7 +28,7 @@ from liverfat.atlas.templates import choose_templates, select_templates
 from liverfat.data.atomic import write_json_atomic
 from liverfat.data.manifest import Manifest
 from liverfat.data.predictions import PredictionsTable, failed_row, prediction_row, run_info
-from liverfat.errors import LiverfatError
+from liverfat.errors import LiverfatError, subject_message
 from liverfat.parallel import EXECUTORS, map_subjects
 
 
@@ -210,9 +210,7 @@ class AtlasEngine:
             if outcome.ok:
                 results[sid] = outcome.value
             else:
-                message = (
-                    outcome.error if sid in outcome.error else f"subject {sid}: {outcome.error}"
-                )
+                message = subject_message(sid, outcome.error)
                 results[sid] = {
                     "subject_id": sid,
                     "value": None,

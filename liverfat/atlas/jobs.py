@@ -8,7 +8,6 @@ templates, settings), so a rerun skips finished subjects and never reuses a stal
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,25 +15,13 @@ from typing import Any
 
 import SimpleITK as sitk
 
-from liverfat import __version__
 from liverfat.atlas.fusion import erode, fuse, median_readout
 from liverfat.atlas.images import AtlasImage, align_centres, load_subject
 from liverfat.atlas.registration import BackendSettings, backend_defaults, register
 from liverfat.data.atomic import write_json_atomic
+from liverfat.data.fingerprint import fingerprint, subject_files
 from liverfat.data.io import write_volume
 from liverfat.data.manifest import Manifest
-
-
-def file_signature(manifest: Manifest, subject_id: str) -> list:
-    """Each image file of a subject with its size and modification time."""
-    out = []
-    for column in manifest.image_columns:
-        path = manifest.image_path(subject_id, column)
-        if path is not None:
-            stat = path.stat() if path.exists() else None
-            out.append([column, str(path), stat and stat.st_size, stat and stat.st_mtime_ns])
-    return out
-
 
 #: Templates loaded in this process, keyed by id and file signature: every subject of a batch
 #: registers the same few templates, so each is read (and its body mask computed) once.
@@ -46,7 +33,7 @@ def load_template(templates: Manifest, template_id: str) -> AtlasImage:
     signature = [
         template_id,
         templates.card.get("liver_label"),
-        file_signature(templates, template_id),
+        subject_files(templates, template_id),
     ]
     key = json.dumps(signature, default=str)
     if key not in _TEMPLATES:
@@ -76,19 +63,16 @@ class SubjectJob:
         """Hash of the inputs (image files with size and mtime, templates, settings, the
         backend's defaults and liverfat's version), so a changed method is never reused."""
         content = {
-            "subject": file_signature(self.manifest, self.subject_id),
-            "templates": [file_signature(self.templates, t) for t in self.templates.subject_ids],
+            "subject": subject_files(self.manifest, self.subject_id),
+            "templates": [subject_files(self.templates, t) for t in self.templates.subject_ids],
             "backend": self.backend,
             "settings": asdict(self.settings),
             "defaults": backend_defaults(self.backend),
-            "liverfat": __version__,
             "fusion": self.fusion,
             "erosion": [self.erosion_diameter_voxels, self.erosion_diameter_mm],
             "min_voxels": self.min_voxels,
         }
-        return hashlib.sha256(
-            json.dumps(content, sort_keys=True, default=str).encode()
-        ).hexdigest()[:16]
+        return fingerprint(content)
 
     @property
     def result_path(self) -> Path:

@@ -16,13 +16,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from liverfat.data.atomic import atomic_path
-from liverfat.errors import ImageError
+from liverfat.errors import ImageError, one_line
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:300]
 
 
 def read_volume(path: str | os.PathLike[str], *, allow_empty: bool = False) -> sitk.Image:
@@ -47,7 +43,7 @@ def read_volume(path: str | os.PathLike[str], *, allow_empty: bool = False) -> s
         try:
             image = sitk.ReadImage(str(path))
         except RuntimeError as exc:
-            raise ImageError(f"{path}: cannot read image ({_one_line(exc)})") from exc
+            raise ImageError(f"{path}: cannot read image ({one_line(exc, limit=300)})") from exc
     if not allow_empty and not np.any(sitk.GetArrayViewFromImage(image)):
         raise ImageError(f"{path}: image is all zeros")
     return image
@@ -63,7 +59,7 @@ def read_header(path: str | os.PathLike[str]) -> sitk.ImageFileReader:
     try:
         reader.ReadImageInformation()
     except RuntimeError as exc:
-        raise ImageError(f"{path}: cannot read image header ({_one_line(exc)})") from exc
+        raise ImageError(f"{path}: cannot read image header ({one_line(exc, limit=300)})") from exc
     return reader
 
 
@@ -122,7 +118,8 @@ class DicomSeries:
             image = reader.Execute()
         except RuntimeError as exc:
             raise ImageError(
-                f"{self.files[0].parent}: cannot read DICOM series {self.label} ({_one_line(exc)})"
+                f"{self.files[0].parent}: cannot read DICOM series {self.label} "
+                f"({one_line(exc, limit=300)})"
             ) from exc
         return image
 

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from liverfat.data.atomic import atomic_path, write_json_atomic
-from liverfat.errors import LiverfatError
+from liverfat.errors import LiverfatError, one_line
 
 COLUMNS = ["subject_id", "method", "target", "value", "std", "lower", "upper", "status", "message"]
 STATUSES = ("ok", "flagged", "failed")
@@ -88,12 +88,6 @@ def prediction_row(
 def failed_row(subject_id: str, method: str, target: str, message: str) -> dict[str, Any]:
     """A ``failed`` row: no value, one line saying why."""
     return prediction_row(subject_id, method, target, status="failed", message=one_line(message))
-
-
-def one_line(message: object) -> str:
-    """Collapse any message (an exception, a multi-line string) to one line."""
-    text = str(message).strip() or type(message).__name__
-    return " ".join(text.split())
 
 
 def package_versions() -> dict[str, str]:

@@ -49,7 +49,7 @@ from liverfat.data.dixon import body_mask, fat_fraction
 from liverfat.data.geometry import check_same_geometry
 from liverfat.data.io import write_volume
 from liverfat.data.manifest import write_subject_table
-from liverfat.errors import ImageError, LiverfatError
+from liverfat.errors import ImageError, LiverfatError, one_line
 from liverfat.parallel import map_subjects
 
 #: Output voxel spacing (x, y, z; mm) of the fused neck-to-knee volume.
@@ -172,10 +172,6 @@ def parse_zip_name(path: str | os.PathLike[str]) -> ZipName:
 # Reading a zip safely --------------------------------------------------------------------------
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:200] or type(exc).__name__
-
-
 def _escapes(name: str) -> bool:
     """Whether a member name would land outside the folder it is extracted into."""
     posix = name.replace("\\", "/")
@@ -199,7 +195,7 @@ def read_zip_members(zip_path: str | os.PathLike[str], subject_id: str) -> dict[
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
         raise ImageError(
             f"{subject_id}: {zip_path.name} is not a readable zip, truncated or corrupt "
-            f"({_one_line(exc)})"
+            f"({one_line(exc, limit=200)})"
         ) from exc
     with archive:
         infos = [info for info in archive.infolist() if not info.is_dir()]
@@ -211,7 +207,7 @@ def read_zip_members(zip_path: str | os.PathLike[str], subject_id: str) -> dict[
             except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as exc:
                 raise ImageError(
                     f"{subject_id}: member {info.filename} is truncated or corrupt "
-                    f"({_one_line(exc)})"
+                    f"({one_line(exc, limit=200)})"
                 ) from exc
     return members
 
@@ -327,7 +323,7 @@ def read_series(
             raise ImageError(f"{subject_id}: member {name} is not a DICOM file") from exc
         except Exception as exc:  # noqa: BLE001 - pydicom raises many types on damaged files
             raise ImageError(
-                f"{subject_id}: member {name} is a damaged DICOM file ({_one_line(exc)})"
+                f"{subject_id}: member {name} is a damaged DICOM file ({one_line(exc, limit=200)})"
             ) from exc
         kind = series_kind(str(ds.get("SeriesDescription", "")))
         if kind is None:
@@ -408,7 +404,7 @@ def station_image(series: Series, subject_id: str, *, trim_slices: int = TRIM_SL
         except Exception as exc:  # noqa: BLE001 - pydicom/numpy raise many types on bad pixels
             raise ImageError(
                 f"{subject_id}: slice {ds.filename} of {series.label} has unreadable pixel data "
-                f"({_one_line(exc)})"
+                f"({one_line(exc, limit=200)})"
             ) from exc
         if plane.shape != (int(first.Rows), int(first.Columns)):
             raise ImageError(
@@ -632,7 +628,9 @@ def read_fields(path: str | os.PathLike[str]) -> pd.DataFrame:
     try:
         raw = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise LiverfatError(f"{path}: not a readable CSV extract ({_one_line(exc)})") from exc
+        raise LiverfatError(
+            f"{path}: not a readable CSV extract ({one_line(exc, limit=200)})"
+        ) from exc
     eid_column = next(
         (
             c

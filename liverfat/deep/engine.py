@@ -15,7 +15,6 @@ the default there). Explicit ``iterations``, ``batch_size`` or ``input_scale`` o
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 import os
@@ -29,6 +28,7 @@ import pandas as pd
 import torch
 
 from liverfat.data.atomic import write_json_atomic
+from liverfat.data.fingerprint import fingerprint
 from liverfat.data.folds import subject_folds
 from liverfat.data.manifest import Manifest
 from liverfat.data.predictions import (
@@ -47,7 +47,7 @@ from liverfat.deep.training import (
     to_input,
     train_network,
 )
-from liverfat.errors import LiverfatError
+from liverfat.errors import LiverfatError, subject_message
 from liverfat.parallel import EXECUTORS, map_subjects
 
 PROFILES: dict[str, dict[str, Any]] = {
@@ -247,8 +247,7 @@ class DeepEngine:
             if outcome.ok:
                 arrays[sid] = outcome.value
             else:
-                message = outcome.error
-                errors[sid] = message if sid in message else f"subject {sid}: {message}"
+                errors[sid] = subject_message(sid, outcome.error)
         return arrays, errors
 
     def _target_matrix(self, manifest: Manifest, subject_ids: Sequence[str]) -> np.ndarray:
@@ -423,8 +422,7 @@ class DeepEngine:
 
     def _cv_key(self, parts: list[list[str]]) -> str:
         params = {k: v for k, v in self.get_params().items() if k not in _NOT_IN_RESULT}
-        text = json.dumps({"params": params, "folds": parts}, sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return fingerprint({"params": params, "folds": parts})
 
     def _run_fold(
         self,

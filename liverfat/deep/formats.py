@@ -28,8 +28,6 @@ formats of the same size and field of view as the full UK Biobank grid of
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -41,11 +39,14 @@ import SimpleITK as sitk
 
 from liverfat.data.atomic import atomic_path
 from liverfat.data.dixon import body_mask
+from liverfat.data.fingerprint import fingerprint, subject_files
 from liverfat.data.manifest import DixonImages, Manifest
 from liverfat.errors import ImageError, LiverfatError
 
 #: Fat fraction (%) that maps to 255 in the liver-fat format.
 FF_MAX_PCT = 50.0
+#: Manifest columns a format may read (their file signatures key the format cache).
+FORMAT_INPUTS = ("water", "fat", "fat_fraction", "in_phase", "opposed_phase")
 #: Output pixel spacing (mm) of the liver-fat format: columns (LR or AP) and rows (SI).
 LIVERFAT_COLUMN_MM = 2.23
 LIVERFAT_ROW_MM = 3.0
@@ -309,26 +310,12 @@ def projection_format(dixon: DixonImages) -> np.ndarray:
 
 
 # Per-subject computation and caching -------------------------------------------------------
-def _file_signature(path: Path | None) -> list:
-    if path is None:
-        return [None]
-    stat = path.stat()
-    return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
-
-
-def fingerprint(manifest: Manifest, subject_id: str, format_name: str) -> str:
+def format_key(manifest: Manifest, subject_id: str, format_name: str) -> str:
     """A key over the subject's input files (path, size, mtime) and the format (name, version)."""
     spec = get_format(format_name)
-    files = {}
-    for column in ("water", "fat", "fat_fraction", "in_phase", "opposed_phase"):
-        path = manifest.image_path(subject_id, column)
-        if path is not None:
-            try:
-                files[column] = _file_signature(path)
-            except OSError:
-                files[column] = [str(path), "missing"]
+    files = subject_files(manifest, subject_id, FORMAT_INPUTS)
     key = {"format": spec.name, "version": spec.version, "shape": spec.shape, "files": files}
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    return fingerprint(key, length=20)
 
 
 @contextmanager
@@ -374,7 +361,7 @@ def load_or_compute(
     """
     if cache_dir is None:
         return compute_format(manifest, subject_id, format_name)
-    path = cache_path(cache_dir, subject_id, fingerprint(manifest, subject_id, format_name))
+    path = cache_path(cache_dir, subject_id, format_key(manifest, subject_id, format_name))
     if path.is_file():
         return np.load(path, allow_pickle=False)
     array = compute_format(manifest, subject_id, format_name)

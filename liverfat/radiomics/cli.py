@@ -10,7 +10,7 @@ import pandas as pd
 import SimpleITK as sitk
 
 from liverfat.data.manifest import Manifest
-from liverfat.errors import ImageError, LiverfatError
+from liverfat.errors import ImageError, LiverfatError, subject_message
 from liverfat.parallel import EXECUTORS, map_subjects
 from liverfat.radiomics.models import GRADING_SCHEMES, MODELS, TASKS
 from liverfat.radiomics.rois import RoiSettings
@@ -165,7 +165,7 @@ def _subject_rois(job: tuple[Manifest, RoiSettings, str]) -> str:
             )
         rois = subject_rois(subject, sid, intensities, liver, reference, settings)
     except ImageError as exc:
-        raise ImageError(str(exc) if sid in str(exc) else f"subject {sid}: {exc}") from exc
+        raise ImageError(subject_message(sid, exc)) from exc
     save_rois(rois, out, sid, image=shown, liver=liver, extra={"placement_channels": channel})
     return sid
 

@@ -25,7 +25,7 @@ from liverfat.data.predictions import (
     prediction_row,
     run_info,
 )
-from liverfat.errors import LiverfatError
+from liverfat.errors import LiverfatError, subject_message
 from liverfat.parallel import EXECUTORS, map_subjects
 from liverfat.radiomics.features import (
     KEY_COLUMNS,
@@ -218,9 +218,7 @@ class RadiomicsEngine:
             if outcome.ok:
                 frames.append(outcome.value)
             else:
-                failures[sid] = (
-                    outcome.error if sid in outcome.error else f"subject {sid}: {outcome.error}"
-                )
+                failures[sid] = subject_message(sid, outcome.error)
         frame = (
             pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=KEY_COLUMNS)
         )

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import logging
 import os
 from dataclasses import asdict, dataclass, field
@@ -24,8 +23,9 @@ import SimpleITK as sitk
 import yaml
 
 from liverfat.data.atomic import atomic_path
+from liverfat.data.fingerprint import fingerprint, subject_files
 from liverfat.data.manifest import Manifest
-from liverfat.errors import ImageError, LiverfatError
+from liverfat.errors import ImageError, LiverfatError, subject_message
 from liverfat.radiomics.rois import (
     Roi,
     RoiSettings,
@@ -169,21 +169,15 @@ class ExtractionJob:
         return self.subject.subject_ids[0]
 
     def cache_key(self, augmented: bool) -> str:
-        files = []
-        for column in self.subject.image_columns:
-            path = self.subject.image_path(self.subject_id, column)
-            if path is not None and path.exists():
-                stat = path.stat()
-                files.append((column, str(path.resolve()), stat.st_size, stat.st_mtime_ns))
         payload = {
             "params": self.params["_text"],
             "channels": list(self.channels),
             "rois": asdict(self.rois),
-            "files": files,
+            "files": subject_files(self.subject, self.subject_id),
             "augment": asdict(self.augment) if augmented and self.augment else None,
             "seed": self.seed if augmented else None,
         }
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+        return fingerprint(payload)
 
 
 def subject_features(job: ExtractionJob, *, augmented: bool = False) -> pd.DataFrame:
@@ -204,8 +198,7 @@ def subject_features(job: ExtractionJob, *, augmented: bool = False) -> pd.DataF
     try:
         frame = _compute(job, augmented)
     except ImageError as exc:
-        message = str(exc)
-        raise ImageError(message if sid in message else f"subject {sid}: {message}") from exc
+        raise ImageError(subject_message(sid, exc)) from exc
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(cache) as tmp:

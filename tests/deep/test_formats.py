@@ -90,18 +90,18 @@ def test_cache_reuses_and_invalidates(phantom_manifest, tmp_path, monkeypatch):
     monkeypatch.setattr(F, "compute_format", lambda *a: calls.append(a) or first)
     again = F.load_or_compute(phantom_manifest, sid, "liverfat", tmp_path)
     assert not calls and np.array_equal(first, again)
-    key = F.fingerprint(phantom_manifest, sid, "liverfat")
-    assert key != F.fingerprint(phantom_manifest, sid, "projection")
-    assert key != F.fingerprint(phantom_manifest, phantom_manifest.subject_ids[1], "liverfat")
+    key = F.format_key(phantom_manifest, sid, "liverfat")
+    assert key != F.format_key(phantom_manifest, sid, "projection")
+    assert key != F.format_key(phantom_manifest, phantom_manifest.subject_ids[1], "liverfat")
     # an input file that changes (here its modification time) invalidates the cached format
     cohort = Manifest.load(shutil.copytree(phantom_manifest.path.parent, tmp_path / "cohort"))
     water = cohort.image_path(sid, "water")
-    before = F.fingerprint(cohort, sid, "liverfat")
+    before = F.format_key(cohort, sid, "liverfat")
     for _ in range(2):
         F.load_or_compute(cohort, sid, "liverfat", tmp_path / "cache")
     assert len(calls) == 1  # computed once, then reused
     os.utime(water, ns=(water.stat().st_atime_ns, water.stat().st_mtime_ns + 10**9))
-    assert F.fingerprint(cohort, sid, "liverfat") != before
+    assert F.format_key(cohort, sid, "liverfat") != before
     F.load_or_compute(cohort, sid, "liverfat", tmp_path / "cache")
     assert len(calls) == 2  # computed again
 
