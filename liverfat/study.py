@@ -5,7 +5,9 @@ reference, B without, C a subset of B), the comparison pairs and subsets, an out
 an executor. :func:`run_study` runs the protocol stage by stage:
 
 * each engine with ``cross_validate: true`` gives out-of-fold predictions on the training split
-  (A), subject-level folds;
+  (A), subject-level folds: one partition of the training subjects with a reference, drawn once
+  per study (seeded, stratified on steatosis at 5.5 %) and handed to every engine, so the
+  methods' out-of-fold predictions are paired by fold (``folds.json`` records it);
 * each engine with ``predict_on`` splits is fitted on all of A and predicts those splits (the
   network predicts B; the atlas, whose linear calibration is fitted on A, predicts A and C);
 * the comparison: every pair on every subset where both methods have values, plus every method
@@ -34,6 +36,7 @@ import yaml
 
 from liverfat.data.atomic import write_json_atomic, write_text_atomic
 from liverfat.data.fingerprint import fingerprint
+from liverfat.data.folds import subject_folds
 from liverfat.data.manifest import Manifest
 from liverfat.data.predictions import PredictionsTable, package_versions, prediction_row
 from liverfat.errors import LiverfatError
@@ -42,7 +45,7 @@ from liverfat.parallel import dask_scheduler
 #: Engine aliases; any ``package.module:Class`` path also works (user engines).
 ENGINES = {
     "deep": "liverfat.deep.engine:DeepEngine",
-    "linear_baseline": "liverfat.deep.baseline:LinearBaseline",
+    "linear_baseline": "liverfat.baseline:LinearBaseline",
     "atlas": "liverfat.atlas.engine:AtlasEngine",
     "radiomics": "liverfat.radiomics.engine:RadiomicsEngine",
 }
@@ -211,10 +214,16 @@ def engine_class(spec: str) -> type:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         raise StudyError(f"engine {spec!r} is not available ({exc})") from exc
-    try:
-        return getattr(module, class_name)
-    except AttributeError as exc:
-        raise StudyError(f"engine {spec!r}: {module_name} has no {class_name}") from exc
+    found = getattr(module, class_name, None)
+    if found is None:
+        raise StudyError(f"engine {spec!r}: {module_name} has no {class_name}")
+    contract = ("fit", "predict", "cross_validate", "save", "load")
+    if not isinstance(found, type) or not all(callable(getattr(found, m, None)) for m in contract):
+        raise StudyError(
+            f"engine {spec!r} is not an engine class (it needs {', '.join(contract)}; "
+            "see docs/design.md)"
+        )
+    return found
 
 
 def make_engine(stage: EngineStage, study: Study, work: Path | None = None) -> Any:
@@ -228,7 +237,6 @@ def make_engine(stage: EngineStage, study: Study, work: Path | None = None) -> A
         ("n_workers", study.executor.get("workers")),
         ("scheduler", study.executor.get("scheduler")),
         ("seed", study.seed),
-        ("cache_dir", None if work is None else str(work)),
         ("work_dir", None if work is None else str(work)),
     ):
         if key in accepted and key not in settings and value is not None:
@@ -290,19 +298,21 @@ def run_engine(stage: EngineStage, study: Study, manifest: Manifest, log) -> Pre
         "subjects": train.subject_ids,
     }
     parts = []
+    # One working folder for both stages: formats, features and registrations are computed once.
     work = study.out / "engines" / stage.name
     if stage.cross_validate:
+        partition = study_folds(study, manifest, stage.folds)
 
         def oof() -> PredictionsTable:
-            engine = make_engine(stage, study, work / "cv")
-            return engine.cross_validate(train, folds=stage.folds, seed=study.seed)
+            engine = make_engine(stage, study, work)
+            return engine.cross_validate(train, folds=partition, seed=study.seed)
 
-        fp = fingerprint({**base, "folds": stage.folds, "stage": "cv"})
+        fp = fingerprint({**base, "folds": partition, "stage": "cv"})
         parts.append(_run_stage(study.out, f"{stage.name}.cv", fp, oof, log))
     if stage.predict_on:
 
         def fit_predict() -> PredictionsTable:
-            engine = make_engine(stage, study, work / "fit")
+            engine = make_engine(stage, study, work)
             engine.fit(train)
             wanted = set().union(*(manifest.select(split=s).subject_ids for s in stage.predict_on))
             table = engine.predict(manifest.select(subject_ids=wanted))
@@ -317,6 +327,22 @@ def run_engine(stage: EngineStage, study: Study, manifest: Manifest, log) -> Pre
     # A subject predicted both out-of-fold and after the final fit keeps its out-of-fold value.
     frame = frame.drop_duplicates(["subject_id", "method", "target"], keep="first")
     return PredictionsTable(frame, {"method": stage.name, "parts": [p.run for p in parts]})
+
+
+def study_folds(study: Study, manifest: Manifest, folds: int) -> list[list[str]]:
+    """The study's partition of its training subjects with a reference into ``folds`` test
+    folds (seeded by the study's seed, stratified on the reference at the steatosis threshold),
+    recorded in ``folds.json``; every engine with the same number of folds gets this one."""
+    from liverfat.evaluation.classification import STEATOSIS_THRESHOLD_PCT
+
+    reference = manifest.select(split=study.train_split).target(study.target).dropna()
+    steatosis = {s: bool(v >= STEATOSIS_THRESHOLD_PCT) for s, v in reference.items()}
+    partition = subject_folds(list(reference.index), folds, study.seed, strata=steatosis)
+    path = study.out / "folds.json"
+    recorded = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    if recorded.get(str(folds)) != partition:
+        write_json_atomic(path, {**recorded, str(folds): partition})
+    return partition
 
 
 def reference_table(manifest: Manifest, target: str) -> PredictionsTable:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -150,3 +151,37 @@ def test_bad_study_files_one_line(
 def test_missing_study_file(tmp_path: Path) -> None:
     with pytest.raises(StudyError, match="study file not found"):
         Study.load(tmp_path / "nope.yaml")
+
+
+def test_engines_of_a_study_see_one_partition(tmp_path: Path, phantom_dir: Path) -> None:
+    engines = {
+        "baseline": {"engine": "linear_baseline", "cross_validate": True, "folds": 3},
+        "bmi_only": {
+            "engine": "linear_baseline",
+            "settings": {"covariates": ["bmi"]},
+            "cross_validate": True,
+            "folds": 3,
+        },
+    }
+    path = _write_study(tmp_path, phantom_dir, engines=engines, comparison={})
+    run_study(Study.load(path), log=lambda m: None)
+    out = tmp_path / "out"
+    partition = json.loads((out / "folds.json").read_text(encoding="utf-8"))["3"]
+    used = [
+        PredictionsTable.read(out / "predictions" / f"{name}.cv.csv").run["folds"]
+        for name in engines
+    ]
+    assert used[0] == used[1] == partition
+    referenced = Manifest.load(phantom_dir).select(split="A").target("liver_pdff_pct").dropna()
+    assert sorted(sum(partition, [])) == sorted(referenced.index)
+    # The other engine's fit differs, but each subject is predicted by the fold that tests it.
+    values = {n: PredictionsTable.read(out / "predictions" / f"{n}.cv.csv") for n in engines}
+    assert set(values["baseline"].frame["subject_id"]) == set(referenced.index)
+
+
+def test_study_refuses_a_callable_that_is_not_an_engine(tmp_path: Path, phantom_dir: Path) -> None:
+    engines = {"x": {"engine": "os:system", "settings": {"command": "touch hacked"}}}
+    path = _write_study(tmp_path, phantom_dir, engines=engines, comparison={})
+    with pytest.raises(StudyError, match="not an engine class"):
+        run_study(Study.load(path), log=lambda m: None)
+    assert not (Path.cwd() / "hacked").exists() and not (tmp_path / "hacked").exists()

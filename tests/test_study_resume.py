@@ -64,6 +64,11 @@ def _tables(folder: Path) -> dict[str, pd.DataFrame]:
     }
 
 
+def _finished_files(folder: Path) -> list[Path]:
+    """Finished per-subject files (atomic_path's hidden temporaries are work in progress)."""
+    return [p for p in folder.rglob("*.csv") if not p.name.startswith(".")]
+
+
 @pytest.fixture(scope="module")
 def serial_run(tmp_path_factory, phantom_dir) -> Path:
     tmp = tmp_path_factory.mktemp("serial")
@@ -85,14 +90,14 @@ def test_killed_run_resumes_to_identical_tables(tmp_path, phantom_dir, serial_ru
     cache = out / "engines" / "radiomics"
     deadline = time.time() + 300
     while time.time() < deadline and process.poll() is None:
-        if len(list(cache.rglob("*.csv"))) >= 3:  # some subjects' features are done
+        if len(_finished_files(cache)) >= 3:  # some subjects' features are done
             break
         time.sleep(0.05)
     assert process.poll() is None, "the study finished before it could be killed"
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     assert not (out / "tables" / "comparison.csv").exists()
-    finished = {p: p.stat().st_mtime_ns for p in cache.rglob("*.csv")}
+    finished = {p: p.stat().st_mtime_ns for p in _finished_files(cache)}
     assert finished
     result = _run(path)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -31,7 +31,10 @@ class LinearCalibration:
     n:
         Subjects it was fitted on.
     before, after:
-        :func:`error_summary` on those subjects, raw and calibrated.
+        :func:`error_summary`, raw and calibrated, on those subjects less the ``flagged`` ones
+        (probable water-fat swaps and the like), as the comparison tables count them.
+    n_flagged:
+        Fitted-on subjects left out of ``before`` and ``after``.
     note:
         Why the identity was kept, when it was.
     """
@@ -42,6 +45,7 @@ class LinearCalibration:
     method: str = "theil-sen"
     before: dict | None = None
     after: dict | None = None
+    n_flagged: int = 0
     note: str = ""
 
     @classmethod
@@ -52,8 +56,13 @@ class LinearCalibration:
         *,
         min_subjects: int = 3,
         method: str = "theil-sen",
+        flagged: pd.Series | None = None,
     ) -> LinearCalibration:
-        """Fit on subjects having both a raw readout and a reference (``method``: see class)."""
+        """Fit on subjects having both a raw readout and a reference (``method``: see class).
+
+        ``flagged`` (bool by subject) marks doubtful readouts: the robust line still sees them,
+        the before/after summaries do not.
+        """
         pair = pd.concat([raw.rename("raw"), reference.rename("ref")], axis=1).dropna()
         if len(pair) < min_subjects or pair["raw"].nunique() < 2:
             return cls(
@@ -71,8 +80,13 @@ class LinearCalibration:
         else:
             raise ValueError(f"unknown calibration method {method!r}")
         calibration = cls(float(slope), float(intercept), int(len(pair)), method)
-        calibration.before = error_summary(pair["ref"], pair["raw"])
-        calibration.after = error_summary(pair["ref"], calibration.apply(pair["raw"]))
+        doubtful = pd.Series(False, index=pair.index)
+        if flagged is not None:
+            doubtful = flagged.reindex(pair.index).fillna(False).astype(bool)
+        trusted = pair[~doubtful]
+        calibration.n_flagged = int(doubtful.sum())
+        calibration.before = error_summary(trusted["ref"], trusted["raw"])
+        calibration.after = error_summary(trusted["ref"], calibration.apply(trusted["raw"]))
         return calibration
 
     def apply(self, raw):

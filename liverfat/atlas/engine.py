@@ -1,5 +1,6 @@
 """The atlas engine: templates, multi-atlas registration, fused eroded median readout, calibration.
 
+Follows the engine contract of docs/design.md ("Engines").
 The classical baseline of the UK Biobank liver-fat study. ``fit`` chooses the templates (or takes
 the given ones) among subjects with liver masks and fits a linear calibration of the raw readout
 to the reference on the other subjects; ``predict`` registers the templates to every subject in
@@ -26,13 +27,15 @@ from liverfat.atlas.jobs import SubjectJob, finished_result, run_subject_job
 from liverfat.atlas.registration import BACKENDS, BackendSettings
 from liverfat.atlas.templates import choose_templates, select_templates
 from liverfat.data.atomic import write_json_atomic
+from liverfat.data.folds import Folds, resolve_folds, training_ids
 from liverfat.data.manifest import Manifest
 from liverfat.data.predictions import PredictionsTable, failed_row, prediction_row, run_info
+from liverfat.engine import Engine
 from liverfat.errors import LiverfatError, subject_message
 from liverfat.parallel import EXECUTORS, map_subjects
 
 
-class AtlasEngine:
+class AtlasEngine(Engine):
     """Multi-atlas liver-fat readout.
 
     Parameters
@@ -60,7 +63,8 @@ class AtlasEngine:
     executor, n_workers, scheduler:
         How subjects are mapped (see :func:`liverfat.parallel.map_subjects`).
     work_dir:
-        Where per-subject results (and masks) are written; a temporary folder when None.
+        Resumable state: per-subject results (and masks) are written there, so a rerun skips
+        finished subjects; a temporary folder when None.
     save_masks:
         Also write each subject's fused liver mask (NIfTI) for review.
     """
@@ -112,11 +116,6 @@ class AtlasEngine:
         self.work_dir = work_dir
         self.save_masks = save_masks
 
-    # Parameters --------------------------------------------------------------------------------
-    def get_params(self) -> dict[str, Any]:
-        names = [n for n in self.__init__.__code__.co_varnames[1:] if not n.startswith("_")]
-        return {n: getattr(self, n) for n in names if hasattr(self, n)}
-
     @property
     def method(self) -> str:
         return f"atlas-{self.backend}"
@@ -154,7 +153,8 @@ class AtlasEngine:
             )
             raw = self.raw_readout(others)
             reference = others.target(self.target)
-            self.calibration_ = LinearCalibration.fit(raw["value"], reference)
+            flagged = raw["status"] == "flagged"
+            self.calibration_ = LinearCalibration.fit(raw["value"], reference, flagged=flagged)
         self.fit_seconds_ = time.perf_counter() - start
         return self
 
@@ -258,39 +258,34 @@ class AtlasEngine:
         return PredictionsTable.from_rows(rows, info)
 
     def _configuration(self, raw: bool = False) -> dict[str, Any]:
-        params = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.get_params().items()}
-        params["work_dir"] = str(params["work_dir"]) if params["work_dir"] else None
         return {
-            **params,
+            **self.params_json(),
             "templates_": self.templates_,
             "raw": raw,
             "calibration_": self.calibration_.to_dict(),
         }
 
     def cross_validate(
-        self, manifest: Manifest, *, folds: int = 10, seed: int = 0
+        self, manifest: Manifest, *, folds: Folds = 10, seed: int = 0
     ) -> PredictionsTable:
-        """Out-of-fold calibrated predictions (subject-level folds; templates and calibration
-        chosen inside each training fold)."""
-        from sklearn.model_selection import KFold
+        """Out-of-fold calibrated predictions for the subjects with a reference.
 
-        ids = np.asarray(manifest.subject_ids)
-        has_reference = manifest.target(self.target).reindex(ids).notna().to_numpy()
+        ``folds``: a number or a study's partition (:func:`liverfat.data.folds.resolve_folds`);
+        subjects without a reference are in every training part (template candidates).
+        Templates and calibration are chosen inside each training part.
+        """
+        scored = list(manifest.target(self.target).dropna().index)
+        parts = resolve_folds(folds, scored, seed)
         tables = []
-        for train, test in KFold(min(folds, len(ids)), shuffle=True, random_state=seed).split(ids):
-            engine = type(self)(**self.get_params())
-            engine.fit(manifest.select(subject_ids=ids[train]))
-            held_out = ids[test][has_reference[test]]
-            if len(held_out):
-                tables.append(engine.predict(manifest.select(subject_ids=held_out)))
+        for test_ids in parts:
+            engine = self.clone()
+            engine.fit(manifest.select(subject_ids=training_ids(manifest.subject_ids, test_ids)))
+            tables.append(engine.predict(manifest.select(subject_ids=test_ids)))
         table = PredictionsTable.concat(tables)
         table.run = run_info(
-            self.method, configuration={"folds": folds, **self._params_json()}, seed=seed
+            self.method, configuration=self.params_json(), seed=seed, folds=parts, fold_seed=seed
         )
         return table
-
-    def _params_json(self) -> dict[str, Any]:
-        return json.loads(json.dumps(self.get_params(), default=str))
 
     # Persistence -------------------------------------------------------------------------------
     def save(self, directory: str | Path) -> None:
@@ -318,7 +313,7 @@ class AtlasEngine:
         write_json_atomic(
             directory / "atlas_engine.json",
             {
-                "params": self._params_json(),
+                "params": self.params_json(),
                 "templates_": self.templates_,
                 "calibration_": self.calibration_.to_dict(),
             },

@@ -1,18 +1,87 @@
-"""Subject-level cross-validation folds (every image of a subject lands in one fold)."""
+"""Subject-level cross-validation folds: the one splitter every engine and study uses.
+
+A partition is a list of test folds, each a sorted list of subject ids; every image of a subject
+lands in one fold. Subjects that are in no test fold (for example those without a reference) are
+in the training part of every fold. A study draws one partition and hands it to every engine, so
+out-of-fold predictions of different methods are paired by fold.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from liverfat.errors import LiverfatError
 
+#: What an engine's ``cross_validate(folds=...)`` accepts: a number of folds or a partition.
+Folds = int | Sequence[Sequence[str]]
 
-def subject_folds(subject_ids: Sequence[str], folds: int, seed: int) -> list[list[str]]:
-    """Split subjects into ``folds`` shuffled, near-equal, disjoint test sets (seeded)."""
-    ids = sorted(str(s) for s in subject_ids)
+
+def subject_folds(
+    subject_ids: Sequence[str],
+    folds: int,
+    seed: int,
+    *,
+    strata: Mapping[str, object] | None = None,
+) -> list[list[str]]:
+    """Split subjects into ``folds`` shuffled, near-equal, disjoint test sets (seeded).
+
+    With ``strata`` (a label per subject, e.g. its steatosis grade) the folds are stratified
+    (scikit-learn's ``StratifiedKFold`` over the sorted ids) when every label has at least
+    ``folds`` subjects; otherwise, and without strata, a seeded permutation is cut into
+    ``folds`` near-equal parts.
+    """
+    ids = sorted({str(s) for s in subject_ids})
     if folds < 2 or folds > len(ids):
         raise LiverfatError(f"folds must be between 2 and {len(ids)} (subjects), got {folds}")
+    if strata is not None:
+        labels = np.asarray([str(strata[s]) for s in ids])
+        _, counts = np.unique(labels, return_counts=True)
+        if counts.min() >= folds:
+            from sklearn.model_selection import StratifiedKFold
+
+            splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
+            parts = [test for _, test in splitter.split(np.zeros(len(ids)), labels)]
+            return [sorted(ids[i] for i in part) for part in parts]
     order = np.random.default_rng(seed).permutation(len(ids))
     return [sorted(ids[i] for i in part) for part in np.array_split(order, folds)]
+
+
+def resolve_folds(
+    folds: Folds,
+    subject_ids: Sequence[str],
+    seed: int,
+    *,
+    strata: Mapping[str, object] | None = None,
+) -> list[list[str]]:
+    """The test folds an engine uses for ``subject_ids`` (the subjects it can score).
+
+    ``folds`` is a number (a partition of ``subject_ids`` is drawn with :func:`subject_folds`)
+    or a given partition (a study's), which is checked to be disjoint and restricted to
+    ``subject_ids``; folds left empty by the restriction are dropped.
+    """
+    if isinstance(folds, (int, np.integer)):
+        return subject_folds(subject_ids, int(folds), seed, strata=strata)
+    eligible = {str(s) for s in subject_ids}
+    seen: set[str] = set()
+    out = []
+    for part in folds:
+        part = {str(s) for s in part}
+        if part & seen:
+            raise LiverfatError(
+                f"folds overlap: {', '.join(sorted(part & seen)[:3])} in more than one fold"
+            )
+        seen |= part
+        kept = sorted(part & eligible)
+        if kept:
+            out.append(kept)
+    if not out:
+        raise LiverfatError("none of the given folds holds a subject this engine can score")
+    return out
+
+
+def training_ids(subject_ids: Sequence[str], test_ids: Sequence[str]) -> list[str]:
+    """The subjects of ``subject_ids`` outside one test fold, in their given order."""
+    test = {str(s) for s in test_ids}
+    return [str(s) for s in subject_ids if str(s) not in test]

@@ -38,7 +38,12 @@ IMAGE_COLUMNS = (
 )
 #: Image columns that must share one voxel grid within a subject (``image`` stands alone).
 GRID_COLUMNS = IMAGE_COLUMNS[:-1]
+#: Covariate columns a manifest may carry (age years, sex 0/1, height cm, weight kg, BMI kg/m²).
 COVARIATE_COLUMNS = ("age", "sex", "height", "weight", "bmi")
+#: The covariates the linear baseline regresses on (BMI is a function of height and weight).
+BASELINE_COVARIATES = ("age", "sex", "height", "weight")
+#: The covariates whose correlation with each method's error or grade the reports show.
+REPORTED_COVARIATES = ("age", "sex", "bmi")
 REQUIRED_CARD_KEYS = ("name", "subjects", "targets", "splits")
 CARD_NAMES = ("manifest.yaml", "manifest.yml", "card.yaml")
 

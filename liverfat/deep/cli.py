@@ -28,7 +28,9 @@ def _engine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pretrained", help="local weights file (safetensors / state dict)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--cache", help="format cache folder (default: <out>/formats)")
+    parser.add_argument(
+        "--cache", help="working folder: formats, finished folds (default: <out>/work)"
+    )
     parser.add_argument("--executor", choices=EXECUTORS, default="serial")
     parser.add_argument("--workers", type=int)
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
@@ -102,7 +104,7 @@ def _engine(args: argparse.Namespace):
         pretrained=args.pretrained,
         seed=args.seed,
         device=args.device,
-        cache_dir=args.cache or str(Path(args.out) / "formats"),
+        work_dir=args.cache or str(Path(args.out) / "work"),
         executor=args.executor,
         n_workers=args.workers,
         progress=True,
@@ -115,7 +117,7 @@ def format_main(args: argparse.Namespace) -> int:
     manifest = Manifest.load(args.manifest)
     engine = DeepEngine(
         format=args.format,
-        cache_dir=args.out,
+        work_dir=args.out,
         executor=args.executor,
         n_workers=args.workers,
         progress=True,
@@ -133,15 +135,13 @@ def format_main(args: argparse.Namespace) -> int:
 
 
 def cv_main(args: argparse.Namespace) -> int:
-    from liverfat.deep.baseline import LinearBaseline
+    from liverfat.baseline import LinearBaseline
     from liverfat.deep.metrics import summary_table
 
     manifest = _manifest(args)
     engine = _engine(args)
     out = Path(args.out)
-    oof = engine.cross_validate(
-        manifest, folds=args.folds, seed=args.fold_seed, work_dir=out / "folds"
-    )
+    oof = engine.cross_validate(manifest, folds=args.folds, seed=args.fold_seed)
     oof.write(out / "oof.csv")
     tables = {engine.method: oof}
     if args.baseline:

@@ -1,9 +1,9 @@
 """The deep engine: 2D formats -> a regression network with optional mean-variance uncertainty.
 
-Follows the engine contract (DESIGN.md, contract 3)::
+Follows the engine contract of docs/design.md ("Engines")::
 
-    engine = DeepEngine(targets=["liver_pdff_pct"], model="resnet50", profile="quick")
-    oof = engine.cross_validate(manifest.select(split="A"), folds=10, work_dir="cv")
+    engine = DeepEngine(targets=["liver_pdff_pct"], model="resnet50", profile="quick", work_dir="w")
+    oof = engine.cross_validate(manifest.select(split="A"), folds=10)
     engine.fit(manifest.select(split="A")).set_calibration(oof.run["variance_scale"])
     table = engine.predict(manifest.select(split="B"))
 
@@ -29,7 +29,7 @@ import torch
 
 from liverfat.data.atomic import write_json_atomic
 from liverfat.data.fingerprint import fingerprint
-from liverfat.data.folds import subject_folds
+from liverfat.data.folds import Folds, resolve_folds
 from liverfat.data.manifest import Manifest
 from liverfat.data.predictions import (
     PredictionsTable,
@@ -47,6 +47,7 @@ from liverfat.deep.training import (
     to_input,
     train_network,
 )
+from liverfat.engine import Engine
 from liverfat.errors import LiverfatError, subject_message
 from liverfat.parallel import EXECUTORS, map_subjects
 
@@ -90,7 +91,7 @@ def apply_variance_scale(frame: pd.DataFrame, scales: dict[str, float]) -> pd.Da
     return frame
 
 
-class DeepEngine:
+class DeepEngine(Engine):
     """Regression of image-derived targets from 2D formats with a convolutional network.
 
     Parameters
@@ -118,8 +119,9 @@ class DeepEngine:
         Seeds weight initialisation, batch order and augmentation.
     device:
         ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
-    cache_dir:
-        Folder for cached formats (keyed by input fingerprint and format version); None: no cache.
+    work_dir:
+        Resumable state: formats cached in ``work_dir/formats`` (keyed by the input files and the
+        format version) and finished cross-validation folds in ``work_dir/cv``; None: neither.
     executor, n_workers:
         How formats are computed (see :func:`liverfat.parallel.map_subjects`).
     progress:
@@ -142,7 +144,7 @@ class DeepEngine:
         pretrained: str | None = None,
         seed: int = 0,
         device: str = "auto",
-        cache_dir: str | None = None,
+        work_dir: str | None = None,
         executor: str = "serial",
         n_workers: int | None = None,
         progress: bool = False,
@@ -160,7 +162,7 @@ class DeepEngine:
         self.pretrained = pretrained
         self.seed = seed
         self.device = device
-        self.cache_dir = cache_dir
+        self.work_dir = work_dir
         self.executor = executor
         self.n_workers = n_workers
         self.progress = progress
@@ -194,12 +196,6 @@ class DeepEngine:
     def method(self) -> str:
         return f"deep_{self.model}"
 
-    def get_params(self) -> dict[str, Any]:
-        """The constructor arguments (JSON-serialisable)."""
-        params = {k: getattr(self, k) for k in _PARAMS}
-        params["targets"] = list(self.targets)
-        return params
-
     def resolved(self) -> tuple[TrainSettings, float, torch.device]:
         """Training settings, input scale and device after applying the profile."""
         device = pick_device(self.device)
@@ -221,7 +217,7 @@ class DeepEngine:
     def configuration(self) -> dict[str, Any]:
         settings, scale, device = self.resolved()
         return {
-            **self.get_params(),
+            **self.params_json(),
             "resolved": {**vars(settings), "input_scale": scale, "device": str(device)},
         }
 
@@ -229,12 +225,12 @@ class DeepEngine:
     def load_formats(
         self, manifest: Manifest, subject_ids: Sequence[str] | None = None
     ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-        """Formats of the subjects (cached when ``cache_dir`` is set) and one-line errors."""
+        """Formats of the subjects (cached when ``work_dir`` is set) and one-line errors."""
         ids = list(subject_ids if subject_ids is not None else manifest.subject_ids)
+        cache = self.work_path("formats")
+        cache_dir = None if cache is None else str(cache)
         # one subject's manifest per item: a process pool or Dask ships each item separately
-        items = [
-            (manifest.select(subject_ids=[sid]), sid, self.format, self.cache_dir) for sid in ids
-        ]
+        items = [(manifest.select(subject_ids=[sid]), sid, self.format, cache_dir) for sid in ids]
         arrays, errors = {}, {}
         for outcome in map_subjects(
             _format_item,
@@ -360,28 +356,24 @@ class DeepEngine:
 
     # Cross-validation -------------------------------------------------------------------------
     def cross_validate(
-        self,
-        manifest: Manifest,
-        *,
-        folds: int = 10,
-        seed: int = 0,
-        work_dir: str | os.PathLike[str] | None = None,
+        self, manifest: Manifest, *, folds: Folds = 10, seed: int = 0
     ) -> PredictionsTable:
         """Out-of-fold predictions for every subject with a reference, subject-level folds.
 
+        ``folds``: a number or a study's partition (:func:`liverfat.data.folds.resolve_folds`).
         Each fold trains a fresh copy of this engine. With ``work_dir``, every finished fold is
-        written there atomically and a rerun with the same settings continues from the finished
-        folds. The variance of each fold's predictions is rescaled by a factor fitted on the
-        other folds' out-of-fold predictions (cross-fitted calibration), so reported interval
-        coverage is honest; the factor fitted on all folds is in ``run["variance_scale"]`` for
-        calibrating a final fit (:meth:`set_calibration`).
+        written to ``work_dir/cv`` atomically and a rerun with the same settings continues from
+        the finished folds. The variance of each fold's predictions is rescaled by a factor
+        fitted on the other folds' out-of-fold predictions (cross-fitted calibration), so
+        reported interval coverage is honest; the factor fitted on all folds is in
+        ``run["variance_scale"]`` for calibrating a final fit (:meth:`set_calibration`).
         """
         start = time.perf_counter()
         matrix = self._target_matrix(manifest, manifest.subject_ids)
         ids = [s for s, r in zip(manifest.subject_ids, matrix, strict=True) if np.isfinite(r).any()]
-        parts = subject_folds(ids, folds, seed)
+        parts = resolve_folds(folds, ids, seed)
         key = self._cv_key(parts)
-        work = Path(work_dir) if work_dir is not None else None
+        work = self.work_path("cv")
         arrays = errors = None
         fold_frames = []
         for k, test_ids in enumerate(parts):
@@ -413,7 +405,7 @@ class DeepEngine:
             configuration=self.configuration(),
             seed=self.seed,
             timings_s={"cross_validate": time.perf_counter() - start},
-            folds=folds,
+            folds=parts,
             fold_seed=seed,
             variance_scale=variance_scale_from(raw, reference) if self.head != "mse" else {},
             calibration="variance scaled per fold by a factor fitted on the other folds",
@@ -465,7 +457,7 @@ class DeepEngine:
         }
         write_json_atomic(
             directory / "engine.json",
-            {"engine": "DeepEngine", "params": self.get_params(), "fitted": fitted},
+            {"engine": "DeepEngine", "params": self.params_json(), "fitted": fitted},
         )
 
     @classmethod
@@ -496,27 +488,8 @@ class DeepEngine:
         return engine
 
 
-_PARAMS = (
-    "targets",
-    "format",
-    "model",
-    "head",
-    "profile",
-    "iterations",
-    "batch_size",
-    "input_scale",
-    "learning_rate",
-    "max_shift_px",
-    "pretrained",
-    "seed",
-    "device",
-    "cache_dir",
-    "executor",
-    "n_workers",
-    "progress",
-)
 #: Parameters that change how a run goes but not its result (left out of the resume key).
-_NOT_IN_RESULT = ("cache_dir", "executor", "n_workers", "progress")
+_NOT_IN_RESULT = ("work_dir", "executor", "n_workers", "progress")
 
 
 def _finished(path: Path, key: str) -> bool:

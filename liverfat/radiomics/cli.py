@@ -99,7 +99,9 @@ def _engine_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--learning-rate", type=float, default=0.05)
     parser.add_argument("--max-depth", type=int, default=3)
     parser.add_argument("--params", help="radiomics parameter file (default: liver_roi_v1.yaml)")
-    parser.add_argument("--cache", help="feature cache folder (default: <out>/feature_cache)")
+    parser.add_argument(
+        "--cache", help="working folder with the feature cache (default: <out>/work)"
+    )
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -128,7 +130,7 @@ def _engine_settings(args: argparse.Namespace, out: Path) -> dict:
         "learning_rate": args.learning_rate,
         "max_depth": args.max_depth,
         "params_file": args.params,
-        "cache_dir": args.cache or str(out / "feature_cache"),
+        "work_dir": args.cache or str(out / "work"),
         "executor": args.executor,
         "n_workers": args.workers,
         "seed": args.seed,
@@ -249,7 +251,7 @@ def predict_main(args: argparse.Namespace) -> int:
     engine = RadiomicsEngine.load(args.model)
     engine.executor, engine.n_workers = args.executor, args.workers
     if args.cache:
-        engine.cache_dir = args.cache
+        engine.work_dir = args.cache
     table = engine.predict(_load(args))
     path = table.write(args.out)
     failed = int((table.frame["status"] == "failed").sum())

@@ -1,4 +1,6 @@
-"""The radiomics engine: liver ROIs -> pyradiomics features -> boosted trees (DESIGN.md contract 3).
+"""The radiomics engine: liver ROIs -> pyradiomics features -> boosted trees.
+
+Follows the engine contract of docs/design.md ("Engines").
 
 Training rows are ROIs (original plus augmented copies of the training subjects only); a subject's
 prediction aggregates its ROIs (mean value for regression, mean class probabilities for grading).
@@ -17,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from liverfat.data.folds import Folds, resolve_folds, training_ids
 from liverfat.data.manifest import Manifest
 from liverfat.data.predictions import (
     PredictionsTable,
@@ -25,6 +28,7 @@ from liverfat.data.predictions import (
     prediction_row,
     run_info,
 )
+from liverfat.engine import Engine
 from liverfat.errors import LiverfatError, subject_message
 from liverfat.parallel import EXECUTORS, map_subjects
 from liverfat.radiomics.features import (
@@ -48,7 +52,7 @@ def _extract_augmented(job: ExtractionJob) -> pd.DataFrame:
     return subject_features(job, augmented=True)
 
 
-class RadiomicsEngine:
+class RadiomicsEngine(Engine):
     """ROI radiomics with AdaBoost, gradient boosting or XGBoost.
 
     Parameters
@@ -76,12 +80,15 @@ class RadiomicsEngine:
         Near-duplicate threshold of the feature filter.
     params_file:
         A radiomics parameter file; None uses the shipped ``liver_roi_v1.yaml``.
-    cache_dir, roi_dir:
-        Where features are cached per subject and ROIs saved for review (None: neither).
+    work_dir:
+        Resumable state: features are cached per subject in ``work_dir/features`` (None: no
+        cache), so a rerun, the folds and the final fit extract each subject once.
+    roi_dir:
+        Where each subject's ROIs are saved for review (None: not saved).
     executor, n_workers:
         How subjects are processed (see :func:`liverfat.parallel.map_subjects`).
     seed:
-        Seeds augmentation, the models and the cross-validation folds.
+        Seeds augmentation and the models (the folds come from ``cross_validate``'s seed).
     """
 
     def __init__(
@@ -105,7 +112,7 @@ class RadiomicsEngine:
         max_depth: int = 3,
         max_abs_corr: float = 0.98,
         params_file: str | None = None,
-        cache_dir: str | None = None,
+        work_dir: str | None = None,
         roi_dir: str | None = None,
         executor: str = "processes",
         n_workers: int | None = 2,
@@ -129,7 +136,7 @@ class RadiomicsEngine:
         self.max_depth = max_depth
         self.max_abs_corr = max_abs_corr
         self.params_file = params_file
-        self.cache_dir = cache_dir
+        self.work_dir = work_dir
         self.roi_dir = roi_dir
         self.executor = executor
         self.n_workers = n_workers
@@ -137,12 +144,6 @@ class RadiomicsEngine:
         self._validate()
 
     # Parameters --------------------------------------------------------------------------------
-    def get_params(self) -> dict[str, Any]:
-        import inspect
-
-        names = [n for n in inspect.signature(type(self).__init__).parameters if n != "self"]
-        return {n: getattr(self, n) for n in names}
-
     def _validate(self) -> None:
         if self.task not in TASKS:
             raise LiverfatError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
@@ -194,7 +195,7 @@ class RadiomicsEngine:
                 rois=self._roi_settings(),
                 augment=self._augment_settings(),
                 seed=self.seed,
-                cache_dir=self.cache_dir,
+                cache_dir=_str_or_none(self.work_path("features")),
                 roi_dir=self.roi_dir,
             )
             for sid in manifest.subject_ids
@@ -368,20 +369,22 @@ class RadiomicsEngine:
         return PredictionsTable.from_rows(rows, self._run_info(timings))
 
     def _run_info(self, timings: dict[str, float], **extra: Any) -> dict[str, Any]:
-        config = self.get_params()
-        config["channels"] = list(config["channels"])
+        config = self.params_json()
         config["grading_cuts_pct"] = list(self.scheme.cuts_pct)
         config["parameter_file_version"] = load_parameters(self.params_file).get("version")
         return run_info(METHOD, configuration=config, seed=self.seed, timings_s=timings, **extra)
 
     # Cross-validation --------------------------------------------------------------------------
     def cross_validate(
-        self, manifest: Manifest, *, folds: int = 5, seed: int = 0
+        self, manifest: Manifest, *, folds: Folds = 5, seed: int = 0
     ) -> PredictionsTable:
-        """Out-of-fold predictions with subject-level, stratified folds.
+        """Out-of-fold predictions with subject-level folds.
 
-        Features are extracted once; in each fold the filter, scaler, augmented rows and model come
-        from that fold's training subjects only (recorded per fold in ``run['folds']``).
+        ``folds`` is a number (folds stratified on the reference's grade, see
+        :func:`liverfat.data.folds.subject_folds`) or a study's partition. Features are extracted
+        once; in each fold the filter, scaler, augmented rows and model come from that fold's
+        training subjects only (recorded per fold in ``run['fold_log']``; the test folds in
+        ``run['folds']``).
         """
         start = time.perf_counter()
         reference = manifest.target(self.target).dropna()
@@ -393,9 +396,12 @@ class RadiomicsEngine:
                 labelled.select(subject_ids=sorted(set(base["subject_id"]))), augmented=True
             )
             failures.update(more)
+        grades = dict(zip(reference.index, self.scheme.grade(reference.to_numpy()), strict=True))
+        parts = resolve_folds(folds, list(reference.index), seed, strata=grades)
         rows, fold_log = [], []
-        for train_ids, test_ids in subject_folds(reference, folds, seed, self.scheme):
-            fold = type(self)(**self.get_params())
+        for test_ids in parts:
+            train_ids = training_ids(reference.index, test_ids)
+            fold = self.clone()
             fold._fit_rows(
                 base[base["subject_id"].isin(train_ids)],
                 augmented[augmented["subject_id"].isin(train_ids)] if len(augmented) else augmented,
@@ -415,8 +421,8 @@ class RadiomicsEngine:
         frame = pd.concat(rows, ignore_index=True)
         info = self._run_info(
             {"cross_validate": round(time.perf_counter() - start, 3)},
-            folds=fold_log,
-            n_folds=folds,
+            folds=parts,
+            fold_log=fold_log,
             fold_seed=seed,
         )
         return PredictionsTable(frame, info)
@@ -432,8 +438,7 @@ class RadiomicsEngine:
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        config = self.get_params()
-        config["channels"] = list(config["channels"])
+        config = self.params_json()
         state = {
             "feature_columns": self.feature_columns_,
             "filter_columns": self.filter_.columns_,
@@ -476,19 +481,5 @@ class RadiomicsEngine:
         return engine
 
 
-def subject_folds(
-    reference: pd.Series, folds: int, seed: int, scheme
-) -> list[tuple[list[str], list[str]]]:
-    """Subject-level folds stratified on the grade of the reference (plain K-fold if impossible)."""
-    from sklearn.model_selection import KFold, StratifiedKFold
-
-    ids = np.asarray(reference.index, dtype=str)
-    if folds < 2 or folds > ids.size:
-        raise LiverfatError(f"need 2 <= folds <= {ids.size} subjects with a reference, got {folds}")
-    grades = scheme.grade(reference.to_numpy())
-    counts = np.bincount(grades)
-    if counts[counts > 0].min() >= folds:
-        splitter = StratifiedKFold(folds, shuffle=True, random_state=seed).split(ids, grades)
-    else:
-        splitter = KFold(folds, shuffle=True, random_state=seed).split(ids)
-    return [(ids[tr].tolist(), ids[te].tolist()) for tr, te in splitter]
+def _str_or_none(path: Path | None) -> str | None:
+    return None if path is None else str(path)

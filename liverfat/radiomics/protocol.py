@@ -176,7 +176,7 @@ def run_protocol(
     engine_settings:
         Passed to :class:`RadiomicsEngine` (``target``, ``grading``, ROI, augmentation, boosting).
     """
-    if not engine_settings.get("cache_dir"):  # features are shared by the six fits via a cache
+    if not engine_settings.get("work_dir"):  # features are shared by the six fits via a cache
         with tempfile.TemporaryDirectory(prefix="liverfat-radiomics-") as cache:
             return run_protocol(
                 manifest,
@@ -185,7 +185,7 @@ def run_protocol(
                 seed=seed,
                 truth=truth,
                 n_boot=n_boot,
-                **{**engine_settings, "cache_dir": cache},
+                **{**engine_settings, "work_dir": cache},
             )
     probe = RadiomicsEngine(**engine_settings)
     reference = manifest.target(probe.target).dropna()

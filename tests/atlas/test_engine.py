@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from liverfat.atlas.engine import AtlasEngine
-from tests.conformance import check_engine
+from liverfat.testing import check_engine
 
 FAST = {
     "affine_levels": [2],

@@ -97,3 +97,22 @@ def test_template_selection_spans_shapes():
     descriptors["far"] = np.array([30.0, 5.0])
     chosen = select_diverse(descriptors, 3)
     assert chosen[0] == "far" and "s0" in chosen and len(set(chosen)) == 3
+
+
+def test_calibration_summary_leaves_out_flagged_readouts():
+    # A swapped scan is kept for the robust line but not counted in the before/after summary,
+    # as the comparison tables do not count flagged rows.
+    rng = np.random.default_rng(3)
+    reference = pd.Series(rng.uniform(0, 20, 24), index=[f"s{i}" for i in range(24)])
+    raw = reference + 1.0 + rng.normal(0, 0.3, 24)
+    raw.iloc[5] = 97.0
+    flagged = pd.Series(False, index=raw.index)
+    flagged.iloc[5] = True
+    cal = LinearCalibration.fit(raw, reference, flagged=flagged)
+    unflagged = LinearCalibration.fit(raw, reference)
+    assert (cal.slope, cal.intercept) == (unflagged.slope, unflagged.intercept)
+    keep = ~flagged
+    assert cal.n == 24 and cal.n_flagged == 1 and cal.before["n"] == 23
+    assert cal.before["mae"] == pytest.approx(np.mean(np.abs(raw[keep] - reference[keep])))
+    assert cal.before["r"] > 0.99 and unflagged.before["r"] < 0.5
+    assert cal.after["mae"] < cal.before["mae"]

@@ -1,4 +1,4 @@
-"""The deep engine and the linear baseline: contract, calibration, resuming, CLI."""
+"""The deep engine: contract, calibration, resuming, CLI."""
 
 from __future__ import annotations
 
@@ -7,21 +7,18 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-import statsmodels.api as sm
 
 from liverfat.cli import main as cli_main
-from liverfat.data.folds import subject_folds
-from liverfat.deep.baseline import LinearBaseline
 from liverfat.deep.engine import PROFILES, DeepEngine, apply_variance_scale, variance_scale_from
 from liverfat.errors import LiverfatError
-from tests.conformance import check_engine
+from liverfat.testing import check_engine
 
 TINY = {"model": "small_cnn", "iterations": 4, "batch_size": 4, "input_scale": 0.25}
 
 
 def test_conformance(phantom_manifest, tmp_path):
     check_engine(
-        lambda: DeepEngine(**TINY, cache_dir=str(tmp_path / "cache")),
+        lambda: DeepEngine(**TINY, work_dir=str(tmp_path / "work")),
         phantom_manifest,
         tmp_path,
         targets=["liver_pdff_pct"],
@@ -52,7 +49,7 @@ def test_multi_target_with_missing_values(phantom_manifest, tmp_path):
     rng = np.random.default_rng(0)
     for t in targets:
         train.subjects.loc[rng.uniform(size=len(train)) < 0.3, t] = np.nan
-    engine = DeepEngine(**TINY, targets=targets, cache_dir=str(tmp_path)).fit(train)
+    engine = DeepEngine(**TINY, targets=targets, work_dir=str(tmp_path)).fit(train)
     assert np.allclose(engine.target_mean_, [np.nanmean(train.subjects[t]) for t in targets])
     table = engine.predict(phantom_manifest)
     assert set(table.targets) == set(targets)
@@ -81,63 +78,25 @@ def test_variance_scale_by_hand():
 
 def test_cross_validation_resumes_from_finished_folds(phantom_manifest, tmp_path, monkeypatch):
     train = phantom_manifest.select(split="A")
-    make = lambda: DeepEngine(**TINY, cache_dir=str(tmp_path / "cache"))  # noqa: E731
-    first = make().cross_validate(train, folds=3, seed=1, work_dir=tmp_path / "cv")
-    assert sorted(p.name for p in (tmp_path / "cv").glob("fold*.csv")) == [
+    make = lambda: DeepEngine(**TINY, work_dir=str(tmp_path / "work"))  # noqa: E731
+    first = make().cross_validate(train, folds=3, seed=1)
+    cv = tmp_path / "work" / "cv"
+    assert sorted(p.name for p in cv.glob("fold*.csv")) == [
         "fold00.csv",
         "fold01.csv",
         "fold02.csv",
     ]
-    (tmp_path / "cv" / "fold01.csv").unlink()  # as if interrupted during fold 1
+    (cv / "fold01.csv").unlink()  # as if interrupted during fold 1
     calls = []
     original = DeepEngine._run_fold
     monkeypatch.setattr(
         DeepEngine, "_run_fold", lambda self, *a: calls.append(a[3]) or original(self, *a)
     )
-    second = make().cross_validate(train, folds=3, seed=1, work_dir=tmp_path / "cv")
+    second = make().cross_validate(train, folds=3, seed=1)
     assert len(calls) == 1  # only the missing fold was trained again
     pd.testing.assert_frame_equal(first.frame, second.frame)
     assert set(first.frame["subject_id"]) == set(train.target("liver_pdff_pct").dropna().index)
     assert "liver_pdff_pct" in first.run["variance_scale"]
-
-
-def test_subject_folds_are_disjoint_and_cover():
-    ids = [f"s{i}" for i in range(23)]
-    parts = subject_folds(ids, 5, seed=3)
-    assert sorted(sum(parts, [])) == sorted(ids)
-    assert {len(p) for p in parts} <= {4, 5}
-    assert parts == subject_folds(ids, 5, seed=3)
-
-
-def test_baseline_matches_statsmodels(phantom_manifest):
-    train = phantom_manifest.select(split="A")
-    model = LinearBaseline(targets=["liver_pdff_pct", "vat_volume_ml"]).fit(train)
-    table = model.predict(phantom_manifest)
-    for target in ("liver_pdff_pct", "vat_volume_ml"):
-        x = sm.add_constant(train.subjects[["age", "sex", "height", "weight"]].astype(float))
-        ols = sm.OLS(train.subjects[target].astype(float).to_numpy(), x).fit()
-        x_all = sm.add_constant(
-            phantom_manifest.subjects[["age", "sex", "height", "weight"]].astype(float)
-        )
-        expected = ols.get_prediction(x_all).summary_frame(alpha=0.05)
-        rows = table.frame[table.frame["target"] == target]
-        assert np.allclose(rows["value"], expected["mean"])
-        assert np.allclose(rows["lower"], expected["obs_ci_lower"])
-        assert np.allclose(rows["upper"], expected["obs_ci_upper"])
-
-
-def test_baseline_cv_save_load_and_missing_covariate(phantom_manifest, tmp_path):
-    train = phantom_manifest.select(split="A")
-    oof = LinearBaseline().cross_validate(train, folds=3)
-    assert set(oof.frame["subject_id"]) == set(train.subject_ids)
-    model = LinearBaseline().fit(train)
-    model.save(tmp_path)
-    again = LinearBaseline.load(tmp_path).predict(phantom_manifest)
-    pd.testing.assert_frame_equal(model.predict(phantom_manifest).frame, again.frame)
-    broken = phantom_manifest.select()
-    broken.subjects.loc[0, "age"] = np.nan
-    rows = model.predict(broken).frame
-    assert rows.loc[0, "status"] == "failed" and "age" in rows.loc[0, "message"]
 
 
 def test_cli_cv_fit_predict_saliency(phantom_dir, tmp_path, capsys):

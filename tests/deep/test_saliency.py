@@ -51,7 +51,7 @@ def test_cohort_saliency_sits_on_the_liver(tmp_path):
         batch_size=16,
         input_scale=0.25,
         learning_rate=2e-3,
-        cache_dir=str(tmp_path / "cache"),
+        work_dir=str(tmp_path / "work"),
     ).fit(manifest.select(split="A"))
     held_out = manifest.select(split="B")
     truth = pd.read_csv(tmp_path / "c" / "truth" / "truth.csv").set_index("subject_id")

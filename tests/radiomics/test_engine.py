@@ -21,7 +21,7 @@ from liverfat.radiomics.protocol import (
     grade_auc,
     regression_metrics,
 )
-from tests.conformance import check_engine
+from liverfat.testing import check_engine
 
 #: Fast settings for the quarter-scale phantom (8.9 mm pixels: 4-pixel ROIs fit its livers).
 FAST = dict(roi_size=4, n_estimators=15, augment_copies=1, executor="serial", max_depth=2)
@@ -35,7 +35,7 @@ def cache(tmp_path_factory) -> str:
 
 def test_conformance(phantom_manifest, tmp_path, cache):
     check_engine(
-        lambda: RadiomicsEngine(**FAST, cache_dir=cache),
+        lambda: RadiomicsEngine(**FAST, work_dir=cache),
         phantom_manifest,
         tmp_path,
         targets=["liver_pdff_pct"],
@@ -55,15 +55,15 @@ def test_no_leakage_in_cross_validation(phantom_manifest, cache):
     """Augmentation, feature filter, scaler and model of each fold see only its training
     subjects: the fold's out-of-fold predictions equal those of an engine fitted from scratch on
     the training subjects alone, and the recorded subjects never include a test subject."""
-    settings = dict(FAST, task="classification", grading="binary", model="gbdt", cache_dir=cache)
+    settings = dict(FAST, task="classification", grading="binary", model="gbdt", work_dir=cache)
     train = phantom_manifest.select(split="A")
     oof = RadiomicsEngine(**settings).cross_validate(train, folds=3, seed=1)
-    for fold in oof.run["folds"]:
+    for fold in oof.run["fold_log"]:
         test = set(fold["test"])
         for seen in ("augmented_subjects", "filter_fitted_on", "model_trained_on"):
             assert not test & set(fold[seen]), seen
             assert set(fold[seen]) == set(fold["train"]), seen
-    fold = oof.run["folds"][0]
+    fold = oof.run["fold_log"][0]
     alone = RadiomicsEngine(**settings).fit(train.select(subject_ids=fold["train"]))
     scores, _ = alone.predict_scores(train.select(subject_ids=fold["test"]))
     rows = oof.frame.set_index("subject_id").loc[fold["test"]]
@@ -75,7 +75,7 @@ def test_no_leakage_in_cross_validation(phantom_manifest, cache):
 
 def test_regression_learns_fat_fraction(phantom_manifest, cache):
     """Fat-fraction ROIs carry the answer: out-of-fold MAE well below the spread of the target."""
-    engine = RadiomicsEngine(**dict(FAST, n_estimators=60, model="xgboost"), cache_dir=cache)
+    engine = RadiomicsEngine(**dict(FAST, n_estimators=60, model="xgboost"), work_dir=cache)
     train = phantom_manifest.select(split="A")
     oof = engine.cross_validate(train, folds=3, seed=0)
     predicted = oof.values("radiomics", "liver_pdff_pct")

@@ -1,16 +1,22 @@
-"""One conformance check that every engine passes (DESIGN.md, contract 3).
+"""The conformance check every engine passes: the engine contract of docs/design.md, tested.
 
-Use from an engine's tests::
+Public so that authors of plug-in engines (``engine: package.module:Class`` in a study) can run
+it in their own tests::
 
-    from tests.conformance import check_engine
-    def test_conformance(phantom_manifest, tmp_path):
-        check_engine(lambda: MyEngine(**small_settings), phantom_manifest, tmp_path,
+    from liverfat.testing import check_engine
+
+    def test_conformance(manifest, tmp_path):
+        check_engine(lambda: MyEngine(**small_settings), manifest, tmp_path,
                      targets=["liver_pdff_pct"])
+
+``manifest`` needs a split ``A`` with reference values (at least four subjects with one) and
+at least one more subject; the phantom cohort (``liverfat phantom``) is such a manifest.
 """
 
 from __future__ import annotations
 
 import inspect
+import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -28,19 +34,26 @@ def check_engine(
     *,
     targets: Sequence[str],
     folds: int = 2,
+    break_subject: Callable[[Manifest, Path], Manifest] | None = None,
 ) -> None:
-    """fit / predict / cross_validate / save / load, and a broken subject becomes a failed row."""
+    """fit / predict / cross_validate / save / load, parameters, a study's partition, and a
+    broken subject becomes a failed row.
+
+    ``break_subject(manifest, folder)`` returns a copy of the manifest whose first subject is
+    broken for this engine; by default its image files are truncated (engines that read no
+    images, such as the covariate baseline, pass their own, e.g. a missing covariate).
+    """
     engine = make_engine()
     _check_constructor(engine)
-    assert not [a for a in vars(engine) if a.endswith("_") and not a.startswith("_")], (
-        "constructor must not set fitted attributes"
-    )
+    assert not _fitted_attributes(engine), "constructor must not set fitted attributes"
+    _check_params(engine)
 
     train = manifest.select(split="A")
     assert engine.fit(train) is engine, "fit must return self"
-    assert [a for a in vars(engine) if a.endswith("_") and not a.startswith("_")], (
-        "fit sets no attribute_"
-    )
+    assert _fitted_attributes(engine), "fit sets no attribute_"
+    clone = engine.clone()
+    assert not _fitted_attributes(clone), "clone() must give an unfitted engine"
+    assert _params_equal(clone.get_params(), engine.get_params()), "clone() changed parameters"
 
     table = engine.predict(manifest)
     assert isinstance(table, PredictionsTable)
@@ -67,9 +80,10 @@ def check_engine(
         rows = oof.frame[oof.frame["target"] == target]
         assert set(rows["subject_id"]) == with_ref
         assert not rows["subject_id"].duplicated().any()
+    _check_given_partition(make_engine(), train, targets)
 
     # A corrupt image for one subject gives a failed row naming it; the others still predict.
-    broken = _with_corrupt_subject(manifest, tmp_path / "broken")
+    broken = (break_subject or corrupt_first_subject)(manifest, tmp_path / "broken")
     sid = broken.subject_ids[0]
     result = engine.predict(broken).frame
     bad = result[result["subject_id"] == sid]
@@ -88,11 +102,49 @@ def _check_constructor(engine: object) -> None:
         assert hasattr(engine, name), f"constructor must store {name} unchanged"
 
 
+def _fitted_attributes(engine: object) -> list[str]:
+    return [a for a in vars(engine) if a.endswith("_") and not a.startswith("_")]
+
+
+def _params_equal(a: dict, b: dict) -> bool:
+    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
+
+def _check_params(engine: object) -> None:
+    """get_params names the constructor's arguments; set_params and clone round-trip them."""
+    params = engine.get_params()
+    names = [n for n in inspect.signature(type(engine).__init__).parameters if n != "self"]
+    assert sorted(params) == sorted(names), "get_params must return every constructor argument"
+    rebuilt = type(engine)(**params)
+    assert _params_equal(rebuilt.get_params(), params), "type(e)(**e.get_params()) differs"
+    clone = engine.clone()
+    assert clone is not engine and _params_equal(clone.get_params(), params)
+    assert clone.set_params(**params) is clone, "set_params must return self"
+    try:
+        engine.set_params(no_such_parameter=1)
+    except Exception:  # noqa: BLE001 - any clear error will do
+        pass
+    else:
+        raise AssertionError("set_params must reject an unknown parameter")
+
+
+def _check_given_partition(engine: object, train: Manifest, targets: Sequence[str]) -> None:
+    """A study's partition is honoured: each subject is predicted by the fold that tests it."""
+    scored = sorted(set().union(*(train.target(t).dropna().index for t in targets)))
+    partition = [scored[0::2], scored[1::2]]
+    oof = engine.cross_validate(train, folds=partition, seed=0)
+    used = oof.run.get("folds")
+    assert used is not None, "cross_validate must record its test folds in run['folds']"
+    tested = [sorted(f) for f in used]
+    assert tested == [sorted(p) for p in partition], f"engine used folds {tested}"
+    assert set(oof.frame["subject_id"]) == set(scored)
+
+
 def _sorted(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.sort_values(["subject_id", "method", "target"]).reset_index(drop=True)
 
 
-def _with_corrupt_subject(manifest: Manifest, folder: Path) -> Manifest:
+def corrupt_first_subject(manifest: Manifest, folder: Path) -> Manifest:
     """A copy of ``manifest`` whose first subject's images are truncated files."""
     folder.mkdir(parents=True)
     table = manifest.subjects.copy()

@@ -18,15 +18,14 @@ import pandas as pd
 from scipy import stats
 
 from liverfat.data.atomic import write_json_atomic
-from liverfat.data.folds import subject_folds
-from liverfat.data.manifest import Manifest
+from liverfat.data.folds import Folds, resolve_folds, training_ids
+from liverfat.data.manifest import BASELINE_COVARIATES, Manifest
 from liverfat.data.predictions import PredictionsTable, failed_row, prediction_row, run_info
+from liverfat.engine import Engine
 from liverfat.errors import LiverfatError
 
-DEFAULT_COVARIATES = ("age", "sex", "height", "weight")
 
-
-class LinearBaseline:
+class LinearBaseline(Engine):
     """Linear regression of each target on covariates (default age, sex, height, weight).
 
     Parameters
@@ -43,10 +42,14 @@ class LinearBaseline:
         self,
         *,
         targets: Sequence[str] = ("liver_pdff_pct",),
-        covariates: Sequence[str] = DEFAULT_COVARIATES,
+        covariates: Sequence[str] = BASELINE_COVARIATES,
     ) -> None:
         self.targets = targets
         self.covariates = covariates
+        self._validate()
+
+    def _validate(self) -> None:
+        targets, covariates = self.targets, self.covariates
         if isinstance(targets, str) or not list(targets):
             raise LiverfatError("targets must be a non-empty list of target names")
         if isinstance(covariates, str) or not list(covariates):
@@ -98,7 +101,7 @@ class LinearBaseline:
                 rows.append(self._row(sid, target, x_row.to_numpy()))
         info = run_info(
             self.method,
-            configuration={"targets": list(self.targets), "covariates": list(self.covariates)},
+            configuration=self.params_json(),
             timings_s={"predict": time.perf_counter() - start},
         )
         return PredictionsTable.from_rows(rows, info)
@@ -114,28 +117,24 @@ class LinearBaseline:
         )
 
     def cross_validate(
-        self, manifest: Manifest, *, folds: int = 10, seed: int = 0
+        self, manifest: Manifest, *, folds: Folds = 10, seed: int = 0
     ) -> PredictionsTable:
-        """Out-of-fold predictions for every subject with a reference (subject-level folds)."""
+        """Out-of-fold predictions for every subject with a reference (subject-level folds:
+        a number, or a study's partition, see :func:`liverfat.data.folds.resolve_folds`)."""
         references = {t: manifest.target(t) for t in self.targets}
         ids = [s for s in manifest.subject_ids if any(pd.notna(r[s]) for r in references.values())]
+        parts = resolve_folds(folds, ids, seed)
         frames = []
-        for test_ids in subject_folds(ids, folds, seed):
-            test = set(test_ids)
-            train = manifest.select(subject_ids=[s for s in ids if s not in test])
-            fold = LinearBaseline(targets=self.targets, covariates=self.covariates).fit(train)
+        for test_ids in parts:
+            train = manifest.select(subject_ids=training_ids(manifest.subject_ids, test_ids))
+            fold = self.clone().fit(train)
             frame = fold.predict(manifest.select(subject_ids=test_ids)).frame
             has_ref = [
                 pd.notna(references[t].get(s))
                 for s, t in zip(frame.subject_id, frame.target, strict=True)
             ]
             frames.append(frame[has_ref])
-        info = run_info(
-            self.method,
-            configuration={"targets": list(self.targets), "covariates": list(self.covariates)},
-            folds=folds,
-            fold_seed=seed,
-        )
+        info = run_info(self.method, configuration=self.params_json(), folds=parts, fold_seed=seed)
         return PredictionsTable(pd.concat(frames, ignore_index=True), info)
 
     def save(self, directory: str | os.PathLike[str]) -> None:
@@ -148,8 +147,9 @@ class LinearBaseline:
             "xtx_inverse": self.xtx_inverse_,
             "n_train": self.n_train_,
         }
-        params = {"targets": list(self.targets), "covariates": list(self.covariates)}
-        write_json_atomic(Path(directory) / "baseline.json", {"params": params, "fitted": fitted})
+        write_json_atomic(
+            Path(directory) / "baseline.json", {"params": self.params_json(), "fitted": fitted}
+        )
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> LinearBaseline:
