@@ -17,8 +17,8 @@ from benchmarks.common import median_time_s
 from liverfat.data.manifest import Manifest
 from liverfat.data.phantom import generate_cohort
 from liverfat.deep.formats import compute_format
-from liverfat.deep.models import build_model
 from liverfat.deep.training import TrainSettings, predict_network, to_input, train_network
+from liverfat.nn.registry import build_model
 
 
 def _formats_per_s(manifest: Manifest) -> float:

@@ -82,7 +82,9 @@ def limit_threads(n_threads: int) -> None:
         if "SimpleITK" in sys.modules:
             sys.modules["SimpleITK"].ProcessObject.SetGlobalDefaultNumberOfThreads(n_threads)
         if "torch" in sys.modules:
-            sys.modules["torch"].set_num_threads(n_threads)
+            from liverfat.nn.device import set_torch_threads
+
+            set_torch_threads(n_threads)
     except Exception:  # noqa: BLE001 - thread caps are an optimisation, never a failure
         pass
 

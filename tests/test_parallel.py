@@ -75,3 +75,29 @@ def test_default_scheduler_is_used_by_jobs_naming_none() -> None:
             results = _collect("dask", worker_address, [1, 2])
         workers = set(cluster.scheduler_info["workers"])
     assert {value for value, _ in results.values()} <= workers
+
+
+def test_limit_threads_caps_torch_through_the_shared_helper(monkeypatch):
+    pytest.importorskip("torch")
+    from liverfat import parallel
+    from liverfat.nn import device
+
+    for var in parallel._THREAD_VARS:  # restored after the test
+        monkeypatch.setenv(var, os.environ.get(var, "1"))
+    calls = []
+    monkeypatch.setattr(device, "set_torch_threads", calls.append)
+    parallel.limit_threads(1)
+    assert calls == [1]
+    assert os.environ["OMP_NUM_THREADS"] == "1"
+
+
+def test_importing_parallel_does_not_import_torch():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    code = "import liverfat.parallel, sys; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "False", out.stderr

@@ -288,15 +288,6 @@ TORCH_DEFAULTS = {
 }
 
 
-def torch_device(requested: str | None = None) -> str:
-    """``cuda`` when a CUDA GPU is present (or ``requested``), otherwise ``cpu``."""
-    import torch
-
-    if requested:
-        return requested
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def _on_fixed_grid(image: sitk.Image, fixed: sitk.Image) -> np.ndarray:
     return sitk.GetArrayFromImage(
         sitk.Resample(image, fixed, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
@@ -304,17 +295,16 @@ def _on_fixed_grid(image: sitk.Image, fixed: sitk.Image) -> np.ndarray:
 
 
 def _torch(fixed, moving, reference, moving_liver, settings):
-    import torch
-
     from liverfat.atlas.torch_registration import (
         folding_fraction,
         optimise,
         sample_points_to_field,
     )
+    from liverfat.nn.device import pick_device, set_torch_threads
 
     options = {**TORCH_DEFAULTS, **settings.extra}
-    device = torch_device(options["device"])
-    torch.set_num_threads(settings.n_threads)
+    device = str(pick_device(options["device"] or "auto"))  # None: CUDA when present
+    set_torch_threads(settings.n_threads)
     grid = fixed.reference
     fixed_array = np.stack([sitk.GetArrayFromImage(c) for c in fixed.channels]) * (
         sitk.GetArrayFromImage(fixed.body) > 0

@@ -88,9 +88,9 @@ def _engine(args: argparse.Namespace):
     from liverfat.deep.engine import DeepEngine
 
     if args.threads:
-        import torch
+        from liverfat.nn.device import set_torch_threads
 
-        torch.set_num_threads(args.threads)
+        set_torch_threads(args.threads)
     return DeepEngine(
         targets=args.targets,
         format=args.format,

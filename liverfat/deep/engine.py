@@ -38,17 +38,18 @@ from liverfat.data.predictions import (
     run_info,
 )
 from liverfat.deep.formats import get_format, load_or_compute
-from liverfat.deep.models import build_model, load_pretrained, model_names
 from liverfat.deep.training import (
     HEADS,
     TrainSettings,
-    pick_device,
     predict_network,
     to_input,
     train_network,
 )
 from liverfat.engine import Engine
 from liverfat.errors import LiverfatError, subject_message
+from liverfat.nn.device import pick_device
+from liverfat.nn.registry import build_model, model_names
+from liverfat.nn.weights import load_pretrained
 from liverfat.parallel import EXECUTORS, map_subjects
 
 PROFILES: dict[str, dict[str, Any]] = {
@@ -101,7 +102,7 @@ class DeepEngine(Engine):
     format:
         A registered format (:func:`liverfat.deep.formats.format_names`).
     model:
-        A registered model (:func:`liverfat.deep.models.model_names`), plug-ins included.
+        A registered model (:func:`liverfat.nn.registry.model_names`), plug-ins included.
     head:
         ``mean_variance`` (mean and log-variance, Gaussian NLL: gives std and 95 % intervals) or
         ``mse`` (means only).

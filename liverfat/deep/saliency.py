@@ -37,9 +37,9 @@ from liverfat.data.atomic import atomic_path
 from liverfat.data.manifest import Manifest
 from liverfat.deep.engine import DeepEngine
 from liverfat.deep.formats import get_format
-from liverfat.deep.models import gradcam_layer
 from liverfat.deep.training import to_input
 from liverfat.errors import LiverfatError
+from liverfat.nn.registry import gradcam_layer
 
 
 @dataclass

@@ -5,7 +5,7 @@ The head predicts either the means (``mse``) or means and log-variances (``mean_
 Gaussian negative log-likelihood); missing targets (NaN) are masked out of the loss, so several
 targets with gaps train together. Adam with a learning rate reduced tenfold for the last sixth of
 the iterations; augmentation by random translations with edge replication; on CUDA, mixed
-precision and channels-last memory.
+precision and channels-last memory (both from :mod:`liverfat.nn.device`).
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
+
+from liverfat.nn.device import channels_last, grad_scaler, mixed_precision
 
 HEADS = ("mse", "mean_variance")
 #: Log-variance is clamped to this range (standardised units) for numerical safety.
@@ -34,13 +36,6 @@ class TrainSettings:
     max_shift_px: int = 16
     head: str = "mean_variance"
     seed: int = 0
-
-
-def pick_device(device: str = "auto") -> torch.device:
-    """``auto``: CUDA when available, else CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def to_input(formats: np.ndarray, input_scale: float) -> torch.Tensor:
@@ -100,11 +95,11 @@ def train_network(
     cuda = device.type == "cuda"
     model.to(device)
     if cuda:
-        model.to(memory_format=torch.channels_last)
+        channels_last(model)
     model.train()
     optimiser = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
     decay_at = settings.iterations - settings.iterations // 6
-    scaler = torch.amp.GradScaler("cuda", enabled=cuda)
+    scaler = grad_scaler(device)
     y_all = torch.from_numpy(np.asarray(targets, np.float32))
     n = inputs.shape[0]
     order = torch.randperm(n, generator=generator)
@@ -121,9 +116,9 @@ def train_network(
         cursor += settings.batch_size
         x = translate(inputs[index], settings.max_shift_px, generator).to(device)
         if cuda:
-            x = x.contiguous(memory_format=torch.channels_last)
+            x = channels_last(x)
         y = y_all[index].to(device)
-        with torch.autocast(device.type, dtype=torch.float16, enabled=cuda):
+        with mixed_precision(device):
             loss = masked_loss(model(x), y, settings.head)
         optimiser.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -151,14 +146,12 @@ def predict_network(
     Inference uses channels-last memory on every device (on a CPU, oneDNN's convolutions are
     about a quarter faster that way for ResNet50) and mixed precision on CUDA.
     """
-    cuda = device.type == "cuda"
     model.to(device).eval()
-    model.to(memory_format=torch.channels_last)
+    channels_last(model)
     outputs = []
     for start in range(0, inputs.shape[0], batch_size):
-        x = inputs[start : start + batch_size].to(device)
-        x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.float16, enabled=cuda):
+        x = channels_last(inputs[start : start + batch_size].to(device))
+        with mixed_precision(device):
             outputs.append(model(x).float().cpu())
     out = torch.cat(outputs).numpy() if outputs else np.zeros((0, 2 * n_targets), np.float32)
     mean = out[:, :n_targets].astype(np.float64)

@@ -80,9 +80,9 @@ def test_torch_backend_runs_on_cuda():
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("no CUDA GPU in this environment")
-    from liverfat.atlas.registration import torch_device
+    from liverfat.nn.device import pick_device
 
-    assert torch_device() == "cuda"
+    assert str(pick_device()) == "cuda"
     fixed = synthetic((0, 0, 0), 1.0)
     moving = align_centres(fixed, synthetic((12, -8, 10), 1.12))
     result = register("torch", fixed, moving, BackendSettings(extra=SMALL["torch"]))
@@ -90,8 +90,22 @@ def test_torch_backend_runs_on_cuda():
     assert dice(result.warped_mask, fixed.liver) > 0.85
 
 
-def test_torch_device_is_cpu_without_cuda():
-    torch = pytest.importorskip("torch")
-    from liverfat.atlas.registration import torch_device
+def test_torch_backend_chooses_device_and_threads_through_liverfat_nn(monkeypatch):
+    """The backend's device is the one :func:`liverfat.nn.device.pick_device` chose (``auto``
+    when the options name none), its thread count set by the shared helper."""
+    pytest.importorskip("torch")
+    from liverfat.nn import device
 
-    assert torch_device() == ("cuda" if torch.cuda.is_available() else "cpu")
+    calls = []
+    real_pick, real_threads = device.pick_device, device.set_torch_threads
+    monkeypatch.setattr(device, "pick_device", lambda d: calls.append(d) or real_pick(d))
+    monkeypatch.setattr(device, "set_torch_threads", lambda n: calls.append(n) or real_threads(n))
+    fixed = synthetic((0, 0, 0), 1.0)
+    moving = align_centres(fixed, synthetic((4, 0, 0), 1.0))
+    tiny = {**SMALL["torch"], "affine_iterations": 2, "deformable_iterations": 2}
+    for requested, expected in [(None, "auto"), ("cpu", "cpu")]:
+        calls.clear()
+        settings = BackendSettings(n_threads=1, extra={**tiny, "device": requested})
+        result = register("torch", fixed, moving, settings)
+        assert calls == [expected, 1]
+        assert result.transform["device"] == str(real_pick(expected))

@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from liverfat.deep.models import build_model
 from liverfat.deep.training import (
     TrainSettings,
     masked_loss,
-    pick_device,
     predict_network,
     to_input,
     train_network,
     translate,
 )
+from liverfat.nn.device import pick_device
+from liverfat.nn.registry import build_model
 
 
 def test_masked_losses_by_hand():

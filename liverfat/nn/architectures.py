@@ -1,0 +1,81 @@
+"""Built-in 2D networks: generic CNN factories ``factory(in_channels, out_channels)``.
+
+Each maps a batch (batch, in_channels, height, width) to (batch, out_channels): image-level
+outputs for regression or classification, whichever engine uses them. Built from MONAI (pure
+torch; torchvision is not needed) except :class:`SmallCNN`. Weights start from scratch (see
+:mod:`liverfat.nn.weights` for a local pretrained file). Names and Grad-CAM layers are given to
+them in :mod:`liverfat.nn.registry`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _resnet(block: str, layers: list[int], in_channels: int, out_channels: int) -> nn.Module:
+    """A 2D MONAI ResNet with a 7x7 conv1 of stride 2 (as in the UK Biobank studies)."""
+    from monai.networks.nets import ResNet
+
+    return ResNet(
+        block=block,
+        layers=layers,
+        block_inplanes=[64, 128, 256, 512],
+        spatial_dims=2,
+        n_input_channels=in_channels,
+        conv1_t_size=7,
+        conv1_t_stride=2,
+        num_classes=out_channels,
+    )
+
+
+def resnet50(in_channels: int, out_channels: int) -> nn.Module:
+    """MONAI ResNet50 (bottleneck blocks 3-4-6-3), 2D, 7x7 conv1 with stride 2."""
+    return _resnet("bottleneck", [3, 4, 6, 3], in_channels, out_channels)
+
+
+def resnet18(in_channels: int, out_channels: int) -> nn.Module:
+    """MONAI ResNet18 (basic blocks 2-2-2-2), 2D, 7x7 conv1 with stride 2: a lighter CPU option."""
+    return _resnet("basic", [2, 2, 2, 2], in_channels, out_channels)
+
+
+def densenet121(in_channels: int, out_channels: int) -> nn.Module:
+    """MONAI DenseNet121, 2D."""
+    from monai.networks.nets import DenseNet121
+
+    return DenseNet121(spatial_dims=2, in_channels=in_channels, out_channels=out_channels)
+
+
+class SmallCNN(nn.Module):
+    """Four conv-norm-ReLU-pool stages (16-32-64-128 channels) and a linear head.
+
+    A network that trains in seconds on a CPU, for tests and demonstrations; its last
+    convolution stage (``features.3``) is the Grad-CAM layer.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, width: int = 16) -> None:
+        super().__init__()
+        stages = []
+        channels = in_channels
+        for stage in range(4):
+            out = width * 2**stage
+            stages.append(
+                nn.Sequential(
+                    nn.Conv2d(channels, out, 3, padding=1, bias=False),
+                    nn.BatchNorm2d(out),
+                    nn.ReLU(inplace=True),
+                    nn.MaxPool2d(2) if stage < 3 else nn.Identity(),
+                )
+            )
+            channels = out
+        self.features = nn.Sequential(*stages)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(channels, out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.features(x)), 1))
+
+
+def small_cnn(in_channels: int, out_channels: int) -> nn.Module:
+    """:class:`SmallCNN` with its default width (16 channels in the first stage)."""
+    return SmallCNN(in_channels, out_channels)

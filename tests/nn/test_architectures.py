@@ -1,0 +1,33 @@
+"""Built-in networks: shapes, the ResNet50 of the UK Biobank studies, one training step."""
+
+from __future__ import annotations
+
+import torch
+
+from liverfat.nn import architectures
+from liverfat.nn.registry import build_model
+
+
+def test_resnet50_shape_and_one_training_step():
+    net = build_model("resnet50", 1, 4)
+    conv1 = net.conv1
+    assert conv1.stride == (2, 2) and conv1.kernel_size == (7, 7)
+    n_params = sum(p.numel() for p in net.parameters())
+    assert 23.4e6 < n_params < 23.6e6  # torchvision's ResNet50 minus its 1000-class head: 23.5 M
+    x = torch.rand(2, 1, 88, 188)
+    out = net(x)
+    assert out.shape == (2, 4)
+    out.sum().backward()
+    assert net.conv1.weight.grad is not None
+
+
+def test_densenet121_and_small_cnn_shapes():
+    assert build_model("densenet121", 3, 2)(torch.rand(1, 3, 64, 64)).shape == (1, 2)
+    assert build_model("small_cnn", 1, 6)(torch.rand(3, 1, 44, 94)).shape == (3, 6)
+
+
+def test_factories_are_usable_without_the_registry():
+    """Any engine may call a factory directly: (in_channels, out_channels) -> (batch, out)."""
+    net = architectures.resnet18(2, 3)
+    assert net(torch.rand(2, 2, 64, 64)).shape == (2, 3)
+    assert isinstance(architectures.small_cnn(1, 1), architectures.SmallCNN)

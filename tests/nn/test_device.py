@@ -1,0 +1,80 @@
+"""Device choice, mixed precision, channels-last memory and torch threads: one home."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import liverfat
+from liverfat.nn import device as D
+
+
+def test_pick_device():
+    assert D.pick_device("cpu") == torch.device("cpu")
+    assert D.pick_device("cuda:1") == torch.device("cuda", 1)  # passed through, not checked
+    assert D.pick_device() == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_mixed_precision_and_scaler_are_no_ops_off_cuda():
+    cpu = torch.device("cpu")
+    a = torch.rand(4, 4)
+    with D.mixed_precision(cpu):
+        assert (a @ a).dtype == torch.float32
+    scaler = D.grad_scaler(cpu)
+    assert not scaler.is_enabled()
+    loss = torch.tensor(2.5)
+    assert scaler.scale(loss) is loss
+
+
+def test_channels_last_for_modules_and_batches():
+    batch = D.channels_last(torch.rand(2, 3, 5, 7))
+    assert batch.is_contiguous(memory_format=torch.channels_last)
+    conv = nn.Conv2d(3, 4, 3)
+    assert D.channels_last(conv) is conv
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_set_torch_threads():
+    previous = torch.get_num_threads()
+    try:
+        D.set_torch_threads(1)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(previous)
+
+
+#: torch calls that choose or configure where and how torch runs.
+_CALLS = {"is_available", "set_num_threads", "autocast", "GradScaler", "channels_last"}
+
+
+def test_only_liverfat_nn_device_chooses_devices_or_sets_threads():
+    """No engine keeps its own device chooser, AMP set-up or torch thread setter: deep's
+    training and the atlas torch backend both go through :mod:`liverfat.nn.device`."""
+    root = Path(liverfat.__file__).parent
+    home = root / "nn" / "device.py"
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        if path == home:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [node.attr] if isinstance(node, ast.Attribute) else []
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("torch"):
+                names = [alias.name for alias in node.names]  # from torch.amp import GradScaler
+            found += [f"{path.relative_to(root)}:{node.lineno} {n}" for n in names if n in _CALLS]
+    assert not found, found
+
+
+@pytest.mark.gpu
+def test_cuda_mixed_precision_and_scaler():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device in this environment")
+    cuda = D.pick_device()
+    assert cuda == torch.device("cuda")
+    a = torch.rand(8, 8, device=cuda)
+    with D.mixed_precision(cuda):
+        assert (a @ a).dtype == torch.float16
+    assert D.grad_scaler(cuda).is_enabled()
