@@ -47,14 +47,23 @@ def check_engine(
     _check_constructor(engine)
     assert not _fitted_attributes(engine), "constructor must not set fitted attributes"
     _check_params(engine)
-
     train = manifest.select(split="A")
+    table = _check_fit_predict(engine, train, manifest, targets)
+    _check_persistence(engine, table, manifest, tmp_path / "engine")
+    _check_cross_validation(make_engine, train, targets, folds)
+    _check_given_partition(make_engine(), train, targets)
+    broken = (break_subject or corrupt_first_subject)(manifest, tmp_path / "broken")
+    _check_broken_subject(engine, broken)
+
+
+def _check_fit_predict(
+    engine: object, train: Manifest, manifest: Manifest, targets: Sequence[str]
+) -> PredictionsTable:
     assert engine.fit(train) is engine, "fit must return self"
     assert _fitted_attributes(engine), "fit sets no attribute_"
     clone = engine.clone()
     assert not _fitted_attributes(clone), "clone() must give an unfitted engine"
     assert _params_equal(clone.get_params(), engine.get_params()), "clone() changed parameters"
-
     table = engine.predict(manifest)
     assert isinstance(table, PredictionsTable)
     assert list(table.frame.columns) == COLUMNS
@@ -64,26 +73,34 @@ def check_engine(
             f"{target}: a subject has no row"
         )
     assert table.run.get("method"), "run.json must name the method"
+    return table
 
-    # save / load reproduce the predictions exactly.
-    engine.save(tmp_path / "engine")
-    loaded = type(engine).load(tmp_path / "engine")
-    again = loaded.predict(manifest)
+
+def _check_persistence(
+    engine: object, table: PredictionsTable, manifest: Manifest, folder: Path
+) -> None:
+    """save / load reproduce the predictions exactly."""
+    engine.save(folder)
+    again = type(engine).load(folder).predict(manifest)
     pd.testing.assert_frame_equal(
         _sorted(table.frame), _sorted(again.frame), check_exact=False, rtol=1e-6
     )
 
-    # Cross-validation: every subject with a reference gets exactly one out-of-fold row per target.
+
+def _check_cross_validation(
+    make_engine: Callable[[], object], train: Manifest, targets: Sequence[str], folds: int
+) -> None:
+    """Every subject with a reference gets exactly one out-of-fold row per target."""
     oof = make_engine().cross_validate(train, folds=folds, seed=0)
     for target in targets:
         with_ref = set(train.target(target).dropna().index)
         rows = oof.frame[oof.frame["target"] == target]
         assert set(rows["subject_id"]) == with_ref
         assert not rows["subject_id"].duplicated().any()
-    _check_given_partition(make_engine(), train, targets)
 
-    # A corrupt image for one subject gives a failed row naming it; the others still predict.
-    broken = (break_subject or corrupt_first_subject)(manifest, tmp_path / "broken")
+
+def _check_broken_subject(engine: object, broken: Manifest) -> None:
+    """The broken first subject gets failed rows naming it; the others still predict."""
     sid = broken.subject_ids[0]
     result = engine.predict(broken).frame
     bad = result[result["subject_id"] == sid]

@@ -255,7 +255,6 @@ def optimise(
     """
     import torch
     import torch.nn.functional as F
-    from monai.losses import DiffusionLoss
 
     # MONAI's DiffusionLoss indexes with a list on every call; torch warns each time (harmless).
     warnings.filterwarnings("ignore", message="Using a non-tuple sequence for multidimensional")
@@ -264,8 +263,28 @@ def optimise(
     moving_t = torch.as_tensor(moving, dtype=torch.float32, device=device).unsqueeze(0)
     full_shape = tuple(fixed_t.shape[2:])
     body_box = bounding_box(fixed.any(axis=0))
+    theta = _affine_stage(fixed_t, moving_t, body_box, options, spacing_zyx)
+    box = body_box
+    if moving_roi is not None:
+        roi = torch.as_tensor(moving_roi, dtype=torch.float32, device=device)[None, None]
+        box = _roi_box(roi, theta, spacing_zyx, float(options["roi_margin_mm"]), full_shape)
+    displacement = _deformable_stage(fixed_t, moving_t, theta, box, options, spacing_zyx)
+    with torch.no_grad():
+        points = F.affine_grid(theta, (1, 1, *full_shape), align_corners=True)
+        if displacement is not None:
+            inner = tuple(slice(*b) for b in box)
+            crop_points = points[(slice(None), *inner)]
+            crop_shape = tuple(b[1] - b[0] for b in box)
+            points[(slice(None), *inner)] = _displaced(crop_points, theta, displacement, crop_shape)
+    return points[0].cpu().numpy(), theta[0].cpu().numpy(), box
+
+
+def _affine_stage(fixed_t, moving_t, body_box: Box, options: dict[str, Any], spacing_zyx):
+    """The affine ``theta`` (1, 3, 4), fitted level by level on the body box."""
+    import torch
+
     kernel = int(options["lncc_kernel"])
-    theta = torch.eye(3, 4, device=device).unsqueeze(0).requires_grad_(True)
+    theta = torch.eye(3, 4, device=fixed_t.device).unsqueeze(0).requires_grad_(True)
     optimiser = torch.optim.Adam([theta], lr=float(options["affine_lr"]))
     for factor in options["affine_levels"]:
         pool, sizes = level_geometry(factor, spacing_zyx, kernel)
@@ -275,11 +294,18 @@ def optimise(
             loss = level.similarity(m.sample(level.affine_points(theta)))
             loss.backward()
             optimiser.step()
-    theta = theta.detach()
-    box = body_box
-    if moving_roi is not None:
-        roi = torch.as_tensor(moving_roi, dtype=torch.float32, device=device)[None, None]
-        box = _roi_box(roi, theta, spacing_zyx, float(options["roi_margin_mm"]), full_shape)
+    return theta.detach()
+
+
+def _deformable_stage(fixed_t, moving_t, theta, box: Box, options: dict[str, Any], spacing_zyx):
+    """The displacement (on the finest level's control grid) of the stationary velocity field
+    fitted coarse to fine inside ``box``; None without deformable levels."""
+    import torch
+    import torch.nn.functional as F
+    from monai.losses import DiffusionLoss
+
+    device = fixed_t.device
+    kernel = int(options["lncc_kernel"])
     smoothness = DiffusionLoss()
     steps = int(options["integration_steps"])
     velocity, displacement, cells = None, None, None
@@ -316,14 +342,7 @@ def optimise(
         velocity = velocity.detach()
         with torch.no_grad():
             displacement = _exponential(velocity * inside, cells, identity, steps)
-    with torch.no_grad():
-        points = F.affine_grid(theta, (1, 1, *full_shape), align_corners=True)
-        if displacement is not None:
-            inner = tuple(slice(*b) for b in box)
-            crop_points = points[(slice(None), *inner)]
-            crop_shape = tuple(b[1] - b[0] for b in box)
-            points[(slice(None), *inner)] = _displaced(crop_points, theta, displacement, crop_shape)
-    return points[0].cpu().numpy(), theta[0].cpu().numpy(), box
+    return displacement
 
 
 def folding_fraction(points: np.ndarray, box: Box | None = None) -> float:

@@ -45,6 +45,7 @@ from liverfat.deep.training import (
     to_input,
     train_network,
 )
+from liverfat.deep.uncertainty import Z95, apply_variance_scale, variance_scale_from
 from liverfat.engine import Engine
 from liverfat.errors import LiverfatError, subject_message
 from liverfat.nn.device import pick_device
@@ -56,40 +57,11 @@ PROFILES: dict[str, dict[str, Any]] = {
     "paper": {"iterations": 6000, "batch_size": 32, "input_scale": 1.0},
     "quick": {"iterations": 400, "batch_size": 16, "input_scale": 0.5},
 }
-#: Two-sided 95 % normal quantile, for the intervals of a mean-variance head.
-Z95 = 1.959963984540054
 
 
 def _format_item(item: tuple) -> np.ndarray:
     manifest, subject_id, format_name, cache_dir = item
     return load_or_compute(manifest, subject_id, format_name, cache_dir)
-
-
-def variance_scale_from(frame: pd.DataFrame, reference: dict[str, pd.Series]) -> dict[str, float]:
-    """Per target, the factor on the predicted variance making ``mean(z^2) = 1`` on these rows.
-
-    ``z = (reference - value) / std``; rows without a finite std or reference are ignored.
-    """
-    scales = {}
-    for target, ref in reference.items():
-        rows = frame[(frame["target"] == target) & (frame["status"] == "ok")]
-        rows = rows.set_index("subject_id")
-        y = ref.reindex(rows.index)
-        z = (y - rows["value"]) / rows["std"]
-        z = z[np.isfinite(z)]
-        scales[target] = float(np.mean(z**2)) if len(z) >= 2 else 1.0
-    return scales
-
-
-def apply_variance_scale(frame: pd.DataFrame, scales: dict[str, float]) -> pd.DataFrame:
-    """Multiply each target's variance by its scale; intervals become value +- 1.96 std."""
-    frame = frame.copy()
-    for target, scale in scales.items():
-        rows = (frame["target"] == target) & np.isfinite(frame["std"])
-        frame.loc[rows, "std"] = frame.loc[rows, "std"] * math.sqrt(scale)
-        frame.loc[rows, "lower"] = frame.loc[rows, "value"] - Z95 * frame.loc[rows, "std"]
-        frame.loc[rows, "upper"] = frame.loc[rows, "value"] + Z95 * frame.loc[rows, "std"]
-    return frame
 
 
 class DeepEngine(Engine):
