@@ -1,6 +1,6 @@
 """UK Biobank ingestion speed: subjects per second from six-station Dixon zips to fused NIfTI.
 
-Zips are written from phantom subjects (:mod:`liverfat.data.ukb_synthetic`): quarter-scale
+Zips are written from phantom subjects (:mod:`liverfat.data.ukbiobank.synthetic`): quarter-scale
 stations for the batch figure (both cores, process pool), and one full-scale zip (UK Biobank's
 224 x 174 in-plane matrix, about 1,600 DICOM slices) for seconds per subject and peak memory.
 Every subject is fused onto the 2.23 x 2.23 x 3 mm output grid.
@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 from benchmarks.common import time_and_peak_memory
-from liverfat.data.ukb_synthetic import write_phantom_zip
 from liverfat.data.ukbiobank import ingest_ukb
+from liverfat.data.ukbiobank.synthetic import write_phantom_zip
 
 
 def _ingest_one(zip_path: str, out: str) -> None:

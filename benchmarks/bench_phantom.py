@@ -1,5 +1,5 @@
-"""Phantom generation speed: subjects per second at half scale (both cores), full-scale seconds
-per subject and peak memory."""
+"""Phantom generation speed: seconds for 20 quarter-scale subjects and subjects per second at half
+scale (both cores), full-scale seconds per subject and peak memory."""
 
 from __future__ import annotations
 
@@ -14,23 +14,33 @@ def _one_full(out: str) -> None:
     generate_cohort(1, out, seed=7, scale="full", executor="serial", progress=False)
 
 
-def run(work: Path) -> dict:
-    n_half = 16
+def _generate_s(n: int, out: Path, *, seed: int, scale: str, n_workers: int | None) -> float:
+    """Wall seconds to generate ``n`` subjects with the process pool."""
     start = time.perf_counter()
     generate_cohort(
-        n_half, work / "half", seed=3, scale="half", executor="processes", progress=False
+        n, out, seed=seed, scale=scale, executor="processes", n_workers=n_workers, progress=False
     )
-    half_s = time.perf_counter() - start
+    return time.perf_counter() - start
+
+
+def run(work: Path) -> dict:
+    n_quarter = 20  # the size of the test suite's phantom cohort (tests/conftest.py)
+    quarter_s = _generate_s(n_quarter, work / "quarter", seed=1, scale="quarter", n_workers=2)
+    n_half = 16
+    half_s = _generate_s(n_half, work / "half", seed=3, scale="half", n_workers=None)
     full = []
     for repeat in range(3):
         full.append(time_and_peak_memory(_one_full, str(work / f"full{repeat}")))
     full_s = sorted(t for t, _ in full)[1]
     return {
+        "quarter_scale_subjects": n_quarter,
+        "quarter_scale_s_2_workers": round(quarter_s, 2),
         "half_scale_subjects": n_half,
         "half_scale_subjects_per_s": round(n_half / half_s, 2),
         "full_scale_s_per_subject_median": round(full_s, 2),
         "full_scale_peak_memory_mib_max": round(max(m for _, m in full), 1),
         "targets": {
+            "quarter_scale_s_2_workers": "< 60",
             "half_scale_subjects_per_s": ">= 2",
             "full_scale_s_per_subject": "< 5",
             "full_scale_peak_memory_mib": "< 2048",

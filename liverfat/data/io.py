@@ -144,7 +144,7 @@ def list_dicom_series(folder: str | os.PathLike[str]) -> list[DicomSeries]:
         if "ImagePositionPatient" not in ds:
             continue
         te = float(ds.EchoTime) if ds.get("EchoTime") not in (None, "") else None
-        groups[(str(ds.get("SeriesInstanceUID", "")), te)].append((_slice_position(ds), path, ds))
+        groups[(str(ds.get("SeriesInstanceUID", "")), te)].append((slice_position_mm(ds), path, ds))
     series = []
     for (uid, te), members in groups.items():
         members.sort(key=lambda m: m[0])
@@ -162,8 +162,16 @@ def list_dicom_series(folder: str | os.PathLike[str]) -> list[DicomSeries]:
     return series
 
 
-def _slice_position(ds) -> float:
-    """Position of a slice along its normal (mm), for ordering."""
-    orientation = np.asarray(ds.get("ImageOrientationPatient", [1, 0, 0, 0, 1, 0]), float)
-    normal = np.cross(orientation[:3], orientation[3:])
+def slice_normal(orientation) -> np.ndarray:
+    """The slice normal of a DICOM ``ImageOrientationPatient`` (row x column direction cosines)."""
+    orientation = np.asarray(orientation, float)
+    return np.cross(orientation[:3], orientation[3:])
+
+
+def slice_position_mm(ds) -> float:
+    """Position of a DICOM slice along its normal (mm), for ordering and spacing.
+
+    A slice without ``ImageOrientationPatient`` is taken as axial (identity orientation).
+    """
+    normal = slice_normal(ds.get("ImageOrientationPatient", [1, 0, 0, 0, 1, 0]))
     return float(np.dot(normal, np.asarray(ds.ImagePositionPatient, float)))

@@ -22,7 +22,7 @@ from liverfat.data.atomic import atomic_path, write_text_atomic
 from liverfat.data.dixon import fat_fraction_image, two_point_dixon_images
 from liverfat.data.geometry import check_same_geometry, geometry_mismatch, geometry_of
 from liverfat.data.io import read_header, read_volume
-from liverfat.errors import ImageError, ManifestError
+from liverfat.errors import ImageError, ManifestError, one_line
 
 #: Columns holding image paths, relative to the manifest's data root.
 IMAGE_COLUMNS = (
@@ -46,6 +46,15 @@ BASELINE_COVARIATES = ("age", "sex", "height", "weight")
 REPORTED_COVARIATES = ("age", "sex", "bmi")
 REQUIRED_CARD_KEYS = ("name", "subjects", "targets", "splits")
 CARD_NAMES = ("manifest.yaml", "manifest.yml", "card.yaml")
+#: Unit (or coding) and plausible range of each covariate, as a dataset card records them; the
+#: ranges are what :meth:`Manifest.problems` checks values against.
+COVARIATE_ENTRIES: dict[str, dict[str, Any]] = {
+    "age": {"unit": "years", "range": [18, 100]},
+    "sex": {"coding": "0 female, 1 male", "range": [0, 1]},
+    "height": {"unit": "cm", "range": [100, 230]},
+    "weight": {"unit": "kg", "range": [30, 250]},
+    "bmi": {"unit": "kg/m^2", "range": [10, 80]},
+}
 
 
 @dataclass(frozen=True)
@@ -99,9 +108,7 @@ class Manifest:
         try:
             card = yaml.safe_load(card_path.read_text(encoding="utf-8"))
         except yaml.YAMLError as exc:
-            raise ManifestError(
-                f"{card_path}: not valid YAML ({' '.join(str(exc).split())})"
-            ) from exc
+            raise ManifestError(f"{card_path}: not valid YAML ({one_line(exc)})") from exc
         if not isinstance(card, dict):
             raise ManifestError(f"{card_path}: the card must be a YAML mapping")
         missing = [k for k in REQUIRED_CARD_KEYS if k not in card]
@@ -113,9 +120,7 @@ class Manifest:
         try:
             subjects = pd.read_csv(table_path, dtype=str, keep_default_na=False)
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-            raise ManifestError(
-                f"{table_path}: not a readable CSV ({' '.join(str(exc).split())})"
-            ) from exc
+            raise ManifestError(f"{table_path}: not a readable CSV ({one_line(exc)})") from exc
         if data_root is None:
             data_root = card.get("data_root", ".")
         root = (card_path.parent / Path(data_root)).resolve()
@@ -432,3 +437,33 @@ def write_subject_table(frame: pd.DataFrame, path: str | os.PathLike[str]) -> No
     """Write a subject table CSV atomically (NaN as empty, compact floats)."""
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False, float_format="%.10g")
+
+
+def target_entry(meaning: str, unit: str, high: float) -> dict[str, Any]:
+    """A card's entry for one target: its meaning, unit and range ``[0, high]``."""
+    return {"meaning": meaning, "unit": unit, "range": [0, high]}
+
+
+def covariate_entries(notes: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+    """A card's ``covariates`` section: :data:`COVARIATE_ENTRIES`, with a dataset's ``notes``.
+
+    A note replaces a key in place (``coding``) or adds one after the range (``from``). Every call
+    builds new lists, so a card dumped to YAML never shares (and aliases) them.
+    """
+    notes = notes or {}
+    return {
+        name: {
+            **{key: list(v) if isinstance(v, list) else v for key, v in entry.items()},
+            **notes.get(name, {}),
+        }
+        for name, entry in COVARIATE_ENTRIES.items()
+    }
+
+
+def split_entries(a: str, b: str, c: str) -> dict[str, dict[str, str]]:
+    """A card's ``splits`` section for the A / B / C design, given each split's meaning.
+
+    A holds the subjects with reference values, B those without, and C (the comparison set) is a
+    subset of B.
+    """
+    return {"A": {"meaning": a}, "B": {"meaning": b}, "C": {"meaning": c, "subset_of": "B"}}

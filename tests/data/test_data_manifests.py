@@ -9,14 +9,14 @@ import SimpleITK as sitk
 import yaml
 
 from liverfat.data.manifest import Manifest
-from liverfat.data.phantom import PhantomConfig, _card
+from liverfat.data.phantom import PhantomConfig, dataset_card
 
 CARDS = Path(__file__).resolve().parents[2] / "data_manifests"
 
 
 def test_phantom_card_matches_generator() -> None:
     shipped = yaml.safe_load((CARDS / "phantom.yaml").read_text(encoding="utf-8"))
-    assert shipped == yaml.safe_load(yaml.safe_dump(_card(0, "quarter", PhantomConfig())))
+    assert shipped == yaml.safe_load(yaml.safe_dump(dataset_card(0, "quarter", PhantomConfig())))
 
 
 def test_chaos_card_validates_and_selects_liver_label(shared_data: Path) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import filecmp
-import time
 from pathlib import Path
 
 import numpy as np
@@ -41,8 +40,8 @@ def _array(image):
     return sitk.GetArrayFromImage(image)
 
 
-def test_twenty_quarter_scale_subjects_fast_and_identical(tmp_path: Path) -> None:
-    start = time.perf_counter()
+def test_twenty_quarter_scale_subjects_identical_across_executors(tmp_path: Path) -> None:
+    # Speed is measured by benchmarks/bench_phantom.py, not asserted here.
     generate_cohort(
         20,
         tmp_path / "a",
@@ -52,8 +51,6 @@ def test_twenty_quarter_scale_subjects_fast_and_identical(tmp_path: Path) -> Non
         n_workers=2,
         progress=False,
     )
-    elapsed = time.perf_counter() - start
-    assert elapsed < 60, f"20 quarter-scale subjects took {elapsed:.1f} s"
     generate_cohort(20, tmp_path / "b", seed=1, scale="quarter", executor="serial", progress=False)
     a_files = sorted(
         p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file()

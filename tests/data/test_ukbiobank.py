@@ -18,7 +18,6 @@ from liverfat.cli import main
 from liverfat.data.dixon import fat_fraction
 from liverfat.data.manifest import Manifest
 from liverfat.data.phantom import Grid, PhantomConfig, build_subject
-from liverfat.data.ukb_synthetic import write_phantom_zip
 from liverfat.data.ukbiobank import (
     OUTPUT_SPACING_MM,
     UKB_FIELDS,
@@ -36,6 +35,7 @@ from liverfat.data.ukbiobank import (
     series_kind,
     subject_fields,
 )
+from liverfat.data.ukbiobank.synthetic import write_phantom_zip
 from liverfat.errors import ImageError
 
 REPO = Path(__file__).resolve().parents[2]

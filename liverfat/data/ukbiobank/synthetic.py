@@ -56,6 +56,20 @@ def station_layout(n_z: int, n_stations: int = 6, overlap_slices: int = 8) -> St
     return StationLayout(tuple(ranges))
 
 
+@dataclass(frozen=True)
+class _SeriesTags:
+    """The tags every slice of one series shares."""
+
+    description: str
+    kind: str
+    series_uid: str
+    series_number: int
+    series_time: str
+    study_uid: str
+    study_date: str
+    eid: int
+
+
 def write_ukb_zip(
     path: str | os.PathLike[str],
     water: np.ndarray,
@@ -84,77 +98,91 @@ def write_ukb_zip(
     """
     water = np.asarray(water, np.float64)
     fat = np.asarray(fat, np.float64)
-    signals = {
-        "W": water,
-        "F": fat,
-        "in": water + fat,
-        "opp": np.abs(water - fat),
-    }
+    signals = {"W": water, "F": fat, "in": water + fat, "opp": np.abs(water - fat)}
     layout = station_layout(water.shape[0], n_stations, overlap_slices)
     rng = np.random.default_rng([seed, eid])
     study_uid = generate_uid(entropy_srcs=[str(eid), str(seed), "study"])
     members: list[tuple[str, bytes]] = []
     rows: list[list[str]] = []
     series_number = 0
-    # Acquisition runs head to foot: the top station (highest z) first.
-    order = list(range(n_stations))[::-1]
-    acquisitions = [(k, False) for k in order]
-    if repeat_station is not None:
-        acquisitions.insert(order.index(repeat_station), (repeat_station, True))
-    for time_index, (k, corrupted) in enumerate(acquisitions):
+    for time_index, (k, corrupted) in enumerate(_acquisitions(n_stations, repeat_station)):
         z_low, z_high = layout.ranges[k]
         station_from_head = n_stations - k
         breath = "BH_17s" if station_from_head in BREATH_HOLD_STATIONS else "noBH"
         for kind in ("in", "opp", "F", "W"):
             series_number += 1
-            description = f"Dixon_{breath}_{kind}"
-            series_uid = generate_uid(entropy_srcs=[str(eid), str(seed), str(series_number)])
-            series_time = f"{10 + time_index // 6:02d}{(time_index * 7) % 60:02d}00.000000"
+            tags = _SeriesTags(
+                description=f"Dixon_{breath}_{kind}",
+                kind=kind,
+                series_uid=generate_uid(entropy_srcs=[str(eid), str(seed), str(series_number)]),
+                series_number=series_number,
+                series_time=f"{10 + time_index // 6:02d}{(time_index * 7) % 60:02d}00.000000",
+                study_uid=study_uid,
+                study_date=study_date,
+                eid=eid,
+            )
             volume = signals[kind][z_low:z_high] * (0.5 if corrupted else 1.0)
-            for i in range(volume.shape[0]):
-                z_index = z_low + i
-                ds = _slice_dataset(
-                    volume[i],
-                    spacing_mm=spacing_mm,
-                    position_mm=(
-                        origin_mm[0],
-                        origin_mm[1],
-                        origin_mm[2] + z_index * spacing_mm[2],
-                    ),
-                    instance_number=volume.shape[0] - i,  # numbered head to foot
-                    description=description,
-                    kind=kind,
-                    series_uid=series_uid,
-                    series_number=series_number,
-                    series_time=series_time,
-                    study_uid=study_uid,
-                    study_date=study_date,
-                    eid=eid,
-                )
-                name = f"{ds.SOPInstanceUID}.dcm"
-                members.append((name, _dicom_bytes(ds)))
-                table_mm = origin_mm[2] + (z_low + z_high - 1) / 2 * spacing_mm[2]
-                rows.append(
-                    [
-                        str(len(rows) + 1),  # a leading row number the header does not name
-                        name,
-                        str(eid),
-                        study_uid,
-                        "UKB_AERA",
-                        study_date,
-                        f"{table_mm:.1f}",
-                        description,
-                    ]
-                )
+            _add_series(members, rows, volume, (z_low, z_high), tags, spacing_mm, origin_mm)
     order_in_zip = rng.permutation(len(members))  # slice order in the zip means nothing
-    path = Path(path)
+    return _write_zip(Path(path), [members[i] for i in order_in_zip], rows)
+
+
+def _write_zip(path: Path, members: list[tuple[str, bytes]], rows: list[list[str]]) -> Path:
+    """The zip: the manifest CSV of ``rows`` first, then ``members`` in the order given."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
         archive.writestr("manifest.csv", _manifest_csv(rows))
-        for index in order_in_zip:
-            name, data = members[index]
+        for name, data in members:
             archive.writestr(name, data)
     return path
+
+
+def _acquisitions(n_stations: int, repeat_station: int | None) -> list[tuple[int, bool]]:
+    """(station index, corrupted) in acquisition order: head to foot (the top station first),
+    with a corrupted repeat of ``repeat_station`` acquired just before it."""
+    order = list(range(n_stations))[::-1]
+    acquisitions = [(k, False) for k in order]
+    if repeat_station is not None:
+        acquisitions.insert(order.index(repeat_station), (repeat_station, True))
+    return acquisitions
+
+
+def _add_series(
+    members: list[tuple[str, bytes]],
+    rows: list[list[str]],
+    volume: np.ndarray,
+    z_range: tuple[int, int],
+    tags: _SeriesTags,
+    spacing_mm: tuple[float, float, float],
+    origin_mm: tuple[float, float, float],
+) -> None:
+    """Append one series' slices (source z indices ``z_range``) to ``members`` and its manifest
+    rows to ``rows``."""
+    z_low, z_high = z_range
+    table_mm = origin_mm[2] + (z_low + z_high - 1) / 2 * spacing_mm[2]
+    for i in range(volume.shape[0]):
+        position_mm = (origin_mm[0], origin_mm[1], origin_mm[2] + (z_low + i) * spacing_mm[2])
+        ds = _slice_dataset(
+            volume[i],
+            spacing_mm=spacing_mm,
+            position_mm=position_mm,
+            instance_number=volume.shape[0] - i,  # numbered head to foot
+            tags=tags,
+        )
+        name = f"{ds.SOPInstanceUID}.dcm"
+        members.append((name, _dicom_bytes(ds)))
+        rows.append(
+            [
+                str(len(rows) + 1),  # a leading row number the header does not name
+                name,
+                str(tags.eid),
+                tags.study_uid,
+                "UKB_AERA",
+                tags.study_date,
+                f"{table_mm:.1f}",
+                tags.description,
+            ]
+        )
 
 
 def _manifest_csv(rows: list[list[str]]) -> str:
@@ -167,22 +195,10 @@ def _manifest_csv(rows: list[list[str]]) -> str:
 
 
 def _slice_dataset(
-    plane: np.ndarray,
-    *,
-    spacing_mm,
-    position_mm,
-    instance_number: int,
-    description: str,
-    kind: str,
-    series_uid: str,
-    series_number: int,
-    series_time: str,
-    study_uid: str,
-    study_date: str,
-    eid: int,
+    plane: np.ndarray, *, spacing_mm, position_mm, instance_number: int, tags: _SeriesTags
 ) -> pydicom.Dataset:
     stored = np.clip(np.round(plane / RESCALE_SLOPE), 0, 65535).astype(np.uint16)
-    sop_uid = generate_uid(entropy_srcs=[series_uid, str(instance_number)])
+    sop_uid = generate_uid(entropy_srcs=[tags.series_uid, str(instance_number)])
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = MRImageStorage
     meta.MediaStorageSOPInstanceUID = sop_uid
@@ -195,17 +211,17 @@ def _slice_dataset(
     ds.Manufacturer = "SIEMENS"
     ds.ManufacturerModelName = "Aera"
     ds.MagneticFieldStrength = 1.5
-    ds.PatientID = str(eid)
-    ds.StudyInstanceUID = study_uid
-    ds.StudyDate = study_date
-    ds.SeriesDate = study_date
-    ds.SeriesInstanceUID = series_uid
-    ds.SeriesNumber = series_number
-    ds.SeriesDescription = description
-    ds.SeriesTime = series_time
-    ds.ImageType = IMAGE_TYPES[kind]
+    ds.PatientID = str(tags.eid)
+    ds.StudyInstanceUID = tags.study_uid
+    ds.StudyDate = tags.study_date
+    ds.SeriesDate = tags.study_date
+    ds.SeriesInstanceUID = tags.series_uid
+    ds.SeriesNumber = tags.series_number
+    ds.SeriesDescription = tags.description
+    ds.SeriesTime = tags.series_time
+    ds.ImageType = IMAGE_TYPES[tags.kind]
     ds.InstanceNumber = instance_number
-    ds.EchoTime = ECHO_TIMES_MS[kind]
+    ds.EchoTime = ECHO_TIMES_MS[tags.kind]
     ds.RepetitionTime = 6.69
     ds.ImagePositionPatient = [f"{v:.4f}" for v in position_mm]
     ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]

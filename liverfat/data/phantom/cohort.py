@@ -1,0 +1,376 @@
+"""The phantom cohort: subject draws, splits, and writing images, manifest and truth (resumable).
+
+Each subject is drawn from a seeded generator (:func:`draw_subject`), painted
+(:mod:`~liverfat.data.phantom.anatomy`) and imaged (:mod:`~liverfat.data.phantom.imaging`) by
+:func:`build_subject`; :func:`generate_cohort` writes every subject (skipping those already
+written), the dataset card and subject table, and the truth table (``truth/truth.csv``), which
+no engine reads.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from liverfat.data.atomic import write_json_atomic, write_text_atomic
+from liverfat.data.io import array_to_image, write_volume
+from liverfat.data.manifest import (
+    COVARIATE_COLUMNS,
+    covariate_entries,
+    split_entries,
+    target_entry,
+    write_subject_table,
+)
+from liverfat.data.phantom.anatomy import (
+    LIVER_LABELS,
+    Landmarks,
+    measure_volumes,
+    paint_body,
+    paint_liver,
+    paint_organs,
+)
+from liverfat.data.phantom.grid import Grid
+from liverfat.data.phantom.imaging import (
+    PhantomConfig,
+    apply_motion,
+    apply_swap,
+    simulate_reference,
+    synthesise_signal,
+)
+from liverfat.data.predictions import PredictionsTable, prediction_row, run_info
+from liverfat.errors import LiverfatError
+from liverfat.parallel import map_subjects
+
+TARGETS = {
+    "liver_pdff_pct": target_entry(
+        "liver proton density fat fraction from the (simulated) dedicated liver MRI", "%", 100
+    ),
+    "liver_volume_ml": target_entry("liver volume from the liver label", "mL", 5000),
+    "vat_volume_ml": target_entry("visceral adipose tissue volume from the labels", "mL", 20000),
+    "asat_volume_ml": target_entry(
+        "abdominal subcutaneous adipose tissue volume (diaphragm to pelvic floor)", "mL", 30000
+    ),
+}
+#: Volume targets (mL), counted on the label map.
+VOLUMES = ("liver_volume_ml", "vat_volume_ml", "asat_volume_ml")
+
+
+# Subject parameters ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Subject:
+    """Covariates and latent anatomy parameters of one phantom subject."""
+
+    subject_id: str
+    sex: int  # 0 female, 1 male (UK Biobank field 31 coding)
+    age: float
+    height_cm: float
+    weight_kg: float
+    bmi: float
+    pdff_pct: float
+    vat_fraction: float  # fraction of the abdominal cavity that is fat
+    sat_thickness_mm: float
+    liver_volume_target_ml: float
+
+
+def draw_subject(rng: np.random.Generator, subject_id: str) -> Subject:
+    """Covariates and liver fat, correlated through a shared metabolic latent variable.
+
+    Liver fat is log-normal with median 2 % and mean about 4 % (about 20 % of subjects above
+    5.5 %), as in UK Biobank; it rises with BMI and with visceral fat.
+    """
+    metabolic, e_bmi, e_vat, e_fat, e_sat, e_liver = rng.standard_normal(6)
+    sex = int(rng.random() < 0.5)
+    age = float(rng.uniform(45, 82))
+    height = float(rng.normal(176.0, 7.0) if sex else rng.normal(163.0, 6.5))
+    bmi = float(np.clip(26.5 * math.exp(0.15 * (0.8 * metabolic + 0.6 * e_bmi)), 17, 50))
+    weight = bmi * (height / 100) ** 2
+    vat_logit = -0.7 + 0.7 * sex + 0.9 * (0.7 * metabolic + 0.7 * e_vat)
+    pdff = float(np.clip(2.0 * math.exp(1.177 * (0.6 * metabolic + 0.8 * e_fat)), 0.0, 45.0))
+    sat = (6.0 + 2.6 * (bmi - 18.0)) * (1.35 if sex == 0 else 1.0) * math.exp(0.15 * e_sat)
+    liver_volume = float(
+        np.clip(1600 * math.exp(0.15 * e_liver + 0.01 * (weight - 78)), 1000, 2500)
+    )
+    return Subject(
+        subject_id=subject_id,
+        sex=sex,
+        age=round(age, 1),
+        height_cm=round(height, 1),
+        weight_kg=round(weight, 1),
+        bmi=round(bmi, 2),
+        pdff_pct=round(pdff, 3),
+        vat_fraction=float(1 / (1 + math.exp(-vat_logit))),
+        sat_thickness_mm=float(np.clip(sat, 4, 70)),
+        liver_volume_target_ml=liver_volume,
+    )
+
+
+# One subject ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SubjectJob:
+    index: int
+    seed: int
+    scale: str
+    out: str
+    config: PhantomConfig
+    split: str
+
+
+def subject_id_for(index: int) -> str:
+    return f"P{index + 1:04d}"
+
+
+def image_paths(subject_id: str) -> dict[str, str]:
+    """Image paths of a subject relative to the cohort folder."""
+    return {
+        "water": f"images/{subject_id}_water.nii.gz",
+        "fat": f"images/{subject_id}_fat.nii.gz",
+        "liver_mask": f"images/{subject_id}_liver_mask.nii.gz",
+        "labels": f"truth/labels/{subject_id}_labels.nii.gz",
+    }
+
+
+def generate_subject(job: SubjectJob) -> dict[str, Any]:
+    """Generate and write one subject; return its truth record. Idempotent (skips if written)."""
+    sid = subject_id_for(job.index)
+    out = Path(job.out)
+    record_path = out / "truth" / "subjects" / f"{sid}.json"
+    if record_path.is_file():
+        return json.loads(record_path.read_text(encoding="utf-8"))
+    arrays, record = build_subject(job.index, job.seed, job.scale, job.config, job.split)
+    grid = Grid.at_scale(job.scale)
+    paths = image_paths(sid)
+    volumes = {
+        "water": np.round(arrays["water"] * 10).clip(0, 65535).astype(np.uint16),
+        "fat": np.round(arrays["fat"] * 10).clip(0, 65535).astype(np.uint16),
+        "liver_mask": np.isin(arrays["labels"], LIVER_LABELS).astype(np.uint8),
+        "labels": arrays["labels"],
+    }
+    for key, array in volumes.items():
+        image = array_to_image(array, spacing=grid.spacing, origin=grid.origin)
+        write_volume(image, out / paths[key])
+    write_json_atomic(record_path, record)  # written last: its presence marks the subject done
+    return record
+
+
+def build_subject(
+    index: int, seed: int, scale: str, config: PhantomConfig, split: str
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Arrays (water, fat signal x1; labels) and the truth record of subject ``index``."""
+    # Independent streams, so anatomy, reference and swaps do not depend on the grid's noise draws.
+    rng, rng_noise, rng_reference = (
+        np.random.default_rng(s) for s in np.random.SeedSequence([seed, index]).spawn(3)
+    )
+    sid = subject_id_for(index)
+    subject = draw_subject(rng, sid)
+    grid = Grid.at_scale(scale)
+    marks = Landmarks.for_height(subject.height_cm, shift_mm=float(rng.normal(0, 15)))
+    labels = np.zeros(grid.shape, np.uint8)
+    body = paint_body(grid, subject, marks, labels, rng)
+    paint_organs(grid, subject, marks, labels, body)
+    paint_liver(grid, subject, marks, labels, rng)
+    motion = apply_motion(grid, labels, rng, config.motion_sd_mm)
+    water, fat = synthesise_signal(grid, labels, subject, config, rng_noise)
+    swap, swap_station = apply_swap(grid, labels, water, fat, rng, config.swap_fraction)
+    reference, outlier = simulate_reference(subject.pdff_pct, config, rng_reference)
+    volumes = measure_volumes(labels, grid, marks)
+    record = {
+        "subject_id": sid,
+        "split": split,
+        "sex": subject.sex,
+        "age": subject.age,
+        "height": subject.height_cm,
+        "weight": subject.weight_kg,
+        "bmi": subject.bmi,
+        "liver_pdff_pct": subject.pdff_pct,
+        "liver_body_ff_expected_pct": round(float(config.body_ff(subject.pdff_pct)), 4),
+        **volumes,
+        "reference_pdff_pct": reference,
+        "reference_outlier": int(outlier),
+        "water_fat_swap": int(swap),
+        "swap_station": swap_station,
+        "motion_offsets_mm": motion,
+        "diaphragm_z_mm": round(marks.diaphragm, 2),
+    }
+    return {"water": water, "fat": fat, "labels": labels}, record
+
+
+# The cohort ----------------------------------------------------------------------------------
+
+
+def assign_splits(n: int, seed: int, config: PhantomConfig) -> list[str]:
+    """Split A (reference), B (none) and C (a random subset of B), fixed by the seed."""
+    rng = np.random.default_rng([seed, 2**31 - 1])
+    order = rng.permutation(n)
+    n_a = int(round(config.fraction_a * n))
+    splits = np.array(["B"] * n, dtype=object)
+    splits[order[:n_a]] = "A"
+    rest = order[n_a:]
+    n_c = int(round(config.fraction_c_of_b * rest.size))
+    splits[rest[:n_c]] = "C"
+    return splits.tolist()
+
+
+def generate_cohort(
+    n: int,
+    out: str | os.PathLike[str],
+    *,
+    seed: int = 0,
+    scale: str = "quarter",
+    config: PhantomConfig | None = None,
+    executor: str = "processes",
+    n_workers: int | None = None,
+    progress: bool = True,
+) -> Path:
+    """Generate (or finish generating) a phantom cohort; return the dataset card path.
+
+    Subjects already written are kept (the command resumes). Output for one seed, scale and
+    configuration is byte-identical across runs.
+    """
+    if n < 1:
+        raise LiverfatError(f"--n must be at least 1, got {n}")
+    Grid.at_scale(scale)  # validates the scale
+    config = config or PhantomConfig()
+    out = Path(out)
+    card_path = out / "manifest.yaml"
+    _check_existing(card_path, n, seed, scale, config)
+    splits = assign_splits(n, seed, config)
+    jobs = [SubjectJob(i, seed, scale, str(out), config, splits[i]) for i in range(n)]
+    if executor == "processes" and (n_workers == 1 or n == 1):
+        executor = "serial"
+    records: dict[int, dict] = {}
+    errors = []
+    for outcome in map_subjects(
+        generate_subject,
+        jobs,
+        executor=executor,
+        n_workers=n_workers,
+        progress="phantom" if progress else None,
+    ):
+        if outcome.ok:
+            records[outcome.index] = outcome.value
+        else:
+            errors.append(f"{subject_id_for(outcome.index)}: {outcome.error}")
+    if errors:
+        raise LiverfatError(
+            f"phantom generation failed for {len(errors)} subject(s): {'; '.join(errors[:3])}"
+        )
+    ordered = [records[i] for i in range(n)]
+    _write_tables(out, ordered, seed, scale, config)
+    return card_path
+
+
+def _check_existing(card_path: Path, n: int, seed: int, scale: str, config: PhantomConfig) -> None:
+    """Refuse to mix subjects of different settings in one folder."""
+    settings_path = card_path.parent / "truth" / "settings.json"
+    settings = {"seed": seed, "scale": scale, "config": asdict(config)}
+    if settings_path.is_file():
+        previous = json.loads(settings_path.read_text(encoding="utf-8"))
+        if previous != json.loads(json.dumps(settings)):
+            raise LiverfatError(
+                f"{card_path.parent}: holds a phantom cohort with other settings "
+                f"(seed {previous.get('seed')}, scale {previous.get('scale')}); "
+                "choose another --out"
+            )
+    else:
+        write_json_atomic(settings_path, settings)
+
+
+def _write_tables(
+    out: Path, records: list[dict], seed: int, scale: str, config: PhantomConfig
+) -> None:
+    """The subject table, the truth tables and, last, the dataset card."""
+    write_subject_table(_subject_table(records), out / "subjects.csv")
+    _write_truth(out, records, seed, scale, config)
+    write_text_atomic(
+        out / "manifest.yaml", yaml.safe_dump(dataset_card(seed, scale, config), sort_keys=False)
+    )
+
+
+def _subject_table(records: list[dict]) -> pd.DataFrame:
+    """One row per subject: image paths, split, covariates, and references in split A only."""
+    rows = []
+    for r in records:
+        paths = image_paths(r["subject_id"])
+        has_reference = r["split"] == "A"
+        rows.append(
+            {
+                "subject_id": r["subject_id"],
+                "water": paths["water"],
+                "fat": paths["fat"],
+                "liver_mask": paths["liver_mask"],
+                "split": r["split"],
+                **{c: r[c] for c in COVARIATE_COLUMNS},
+                "liver_pdff_pct": r["reference_pdff_pct"] if has_reference else np.nan,
+                **{v: r[v] if has_reference else np.nan for v in VOLUMES},
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _write_truth(
+    out: Path, records: list[dict], seed: int, scale: str, config: PhantomConfig
+) -> None:
+    """``truth/truth.csv`` (every record) and the true targets as a predictions table."""
+    truth = pd.DataFrame(records)
+    truth["motion_offsets_mm"] = truth["motion_offsets_mm"].map(json.dumps)
+    truth["labels"] = [image_paths(r["subject_id"])["labels"] for r in records]
+    write_subject_table(truth, out / "truth" / "truth.csv")
+    truth_rows = [
+        prediction_row(r["subject_id"], "truth", target, r[target])
+        for r in records
+        for target in ("liver_pdff_pct", *VOLUMES)
+    ]
+    PredictionsTable.from_rows(
+        truth_rows,
+        run_info(
+            "truth",
+            configuration={"seed": seed, "scale": scale, **asdict(config)},
+            seed=seed,
+            timestamp=False,
+        ),
+    ).write(out / "truth" / "truth_predictions.csv")
+
+
+def dataset_card(seed: int, scale: str, config: PhantomConfig) -> dict[str, Any]:
+    """The dataset card of a phantom cohort (see ``data_manifests/phantom.yaml``)."""
+    grid = Grid.at_scale(scale)
+    return {
+        "name": "liverfat-phantom",
+        "description": (
+            "Synthetic two-point Dixon neck-to-knee body MRI with known liver fat, made by "
+            "`liverfat phantom`. Ground truth (true PDFF, label maps, swaps, reference outliers) "
+            "is in truth/, which no engine reads."
+        ),
+        "source": f"liverfat phantom, seed {seed}, scale {scale}",
+        "licence": "CC0-1.0",
+        "subjects": "subjects.csv",
+        "units": {
+            "fat_fraction": "%",
+            "signal": "arbitrary (x10 in the stored uint16)",
+            "length": "mm",
+            "volume": "mL",
+        },
+        "grid": {"size_xyz": list(grid.size), "spacing_mm": [round(s, 4) for s in grid.spacing]},
+        "targets": TARGETS,
+        "covariates": covariate_entries(
+            {"sex": {"coding": "0 female, 1 male (UK Biobank field 31)"}}
+        ),
+        "splits": split_entries(
+            "subjects with reference values (training and validation)",
+            "subjects without reference values",
+            "a random subset of B (the atlas-versus-network comparison set)",
+        ),
+        "phantom": {"seed": seed, "scale": scale, **asdict(config)},
+    }
