@@ -32,12 +32,11 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from liverfat.data.atomic import write_json_atomic, write_text_atomic
 from liverfat.data.fingerprint import fingerprint
 from liverfat.data.folds import subject_folds
-from liverfat.data.manifest import Manifest
+from liverfat.data.manifest import Manifest, read_yaml_mapping
 from liverfat.data.predictions import PredictionsTable, package_versions, prediction_row
 from liverfat.errors import LiverfatError
 from liverfat.parallel import dask_scheduler
@@ -93,12 +92,7 @@ class Study:
         path = Path(path)
         if not path.is_file():
             raise StudyError(f"{path}: study file not found")
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise StudyError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from exc
-        if not isinstance(raw, dict):
-            raise StudyError(f"{path}: a study file is a YAML mapping")
+        raw = read_yaml_mapping(path, "a study file", error=StudyError)
         return cls._from_mapping(raw, path, out)
 
     @classmethod

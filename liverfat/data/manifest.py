@@ -22,7 +22,7 @@ from liverfat.data.atomic import atomic_path, write_text_atomic
 from liverfat.data.dixon import fat_fraction_image, two_point_dixon_images
 from liverfat.data.geometry import check_same_geometry, geometry_mismatch, geometry_of
 from liverfat.data.io import read_header, read_volume
-from liverfat.errors import ImageError, ManifestError, one_line
+from liverfat.errors import ImageError, LiverfatError, ManifestError, one_line
 
 #: Columns holding image paths, relative to the manifest's data root.
 IMAGE_COLUMNS = (
@@ -67,6 +67,21 @@ class DixonImages:
     fat_fraction: sitk.Image
 
 
+def read_yaml_mapping(
+    path: str | os.PathLike[str], what: str, *, error: type[LiverfatError] = LiverfatError
+) -> dict:
+    """A YAML file holding a mapping, or ``error`` with one line naming the file and ``what``
+    it should be (e.g. "the card", "a study file")."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise error(f"{path}: not valid YAML for {what} ({one_line(exc)})") from exc
+    if not isinstance(data, dict):
+        raise error(f"{path}: {what} must be a YAML mapping")
+    return data
+
+
 @dataclass
 class Manifest:
     """A dataset card and its subject table.
@@ -105,12 +120,7 @@ class Manifest:
         With ``validate`` every problem is collected and raised together.
         """
         card_path = _card_path(Path(path))
-        try:
-            card = yaml.safe_load(card_path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise ManifestError(f"{card_path}: not valid YAML ({one_line(exc)})") from exc
-        if not isinstance(card, dict):
-            raise ManifestError(f"{card_path}: the card must be a YAML mapping")
+        card = read_yaml_mapping(card_path, "the card", error=ManifestError)
         missing = [k for k in REQUIRED_CARD_KEYS if k not in card]
         if missing:
             raise ManifestError(f"{card_path}: card lacks {', '.join(missing)}")

@@ -20,11 +20,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import SimpleITK as sitk
-import yaml
 
 from liverfat.data.atomic import atomic_path
 from liverfat.data.fingerprint import fingerprint, subject_files
-from liverfat.data.manifest import Manifest
+from liverfat.data.manifest import Manifest, read_yaml_mapping
 from liverfat.errors import ImageError, LiverfatError, subject_message
 from liverfat.radiomics.rois import (
     Roi,
@@ -46,11 +45,8 @@ KEY_COLUMNS = ["subject_id", "roi", "augmentation", "lobe"]
 def load_parameters(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Read a liverfat radiomics parameter file (default: the shipped ``liver_roi_v1.yaml``)."""
     path = Path(path) if path is not None else DEFAULT_PARAMS
-    try:
-        params = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise LiverfatError(f"{path}: cannot read radiomics parameters ({exc})") from exc
-    if not isinstance(params, dict) or "pyradiomics" not in params or "bin_width" not in params:
+    params = read_yaml_mapping(path, "radiomics parameters")
+    if "pyradiomics" not in params or "bin_width" not in params:
         raise LiverfatError(
             f"{path}: a radiomics parameter file needs 'pyradiomics' and 'bin_width'"
         )
