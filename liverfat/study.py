@@ -37,7 +37,7 @@ from liverfat.data.atomic import write_json_atomic, write_text_atomic
 from liverfat.data.fingerprint import fingerprint
 from liverfat.data.folds import subject_folds
 from liverfat.data.manifest import Manifest, read_yaml_mapping
-from liverfat.data.predictions import PredictionsTable, package_versions, prediction_row
+from liverfat.data.predictions import PredictionsTable, package_versions
 from liverfat.errors import LiverfatError
 from liverfat.parallel import dask_scheduler
 
@@ -341,9 +341,9 @@ def study_folds(study: Study, manifest: Manifest, folds: int) -> list[list[str]]
 
 def reference_table(manifest: Manifest, target: str) -> PredictionsTable:
     """The manifest's reference values of ``target`` as a predictions table (method reference)."""
-    values = manifest.target(target).dropna()
-    rows = [prediction_row(sid, REFERENCE, target, v) for sid, v in values.items()]
-    return PredictionsTable.from_rows(rows, {"method": REFERENCE, "source": str(manifest.path)})
+    from liverfat.evaluation.values import reference_table as manifest_reference
+
+    return manifest_reference(manifest, target, name=REFERENCE)
 
 
 def run_study(study: Study, *, log: Callable[[str], None] = print) -> Path:
@@ -398,11 +398,10 @@ def run_study(study: Study, *, log: Callable[[str], None] = print) -> Path:
 
 
 def outlier_review(study: Study, manifest: Manifest, values: pd.DataFrame, log) -> Any:
-    """Probable reference errors on the training split, with each subject's 2-D format."""
-    from matplotlib.figure import Figure
-
-    from liverfat.deep.formats import compute_format, decode_ff
-    from liverfat.evaluation.compare import probable_reference_errors
+    """Probable reference errors on the training split, with each subject's coronal slice."""
+    from liverfat.data.preview import coronal_slice
+    from liverfat.evaluation.outliers import probable_reference_errors
+    from liverfat.evaluation.plots import review_figure
     from liverfat.evaluation.report import ExtraSection, FigureItem
 
     a, b = study.review
@@ -412,23 +411,19 @@ def outlier_review(study: Study, manifest: Manifest, values: pd.DataFrame, log) 
     figures = []
     for sid in suspects.index[:12]:
         try:
-            image = decode_ff(compute_format(manifest, sid, "liverfat"))[0]
+            preview = coronal_slice(manifest, sid)
         except LiverfatError as exc:
-            log(f"[review] no format for {sid}: {exc}")
+            log(f"[review] no image for {sid}: {exc}")
             continue
-        figure = Figure(figsize=(6.0, 3.0))
-        axes = figure.add_subplot()
-        shown = axes.imshow(image, cmap="magma", vmin=0, vmax=50, origin="lower")
-        figure.colorbar(shown, ax=axes, label="fat fraction (%)")
-        axes.set_axis_off()
         row = suspects.loc[sid]
         caption = f"{sid}: reference {row[REFERENCE]:.1f} %, {a} {row[a]:.1f} %, {b} {row[b]:.1f} %"
+        figure = review_figure(preview.image_pct, pixel_mm=preview.pixel_mm)
         figures.append(FigureItem(f"review_{sid}", caption, figure))
     log(f"[review] {len(suspects)} probable reference error(s)")
     text = (
         f"Subjects of split {study.train_split} where {a} and {b} agree within 2 % but both "
         "differ from the reference by at least 4 % on the same side: probable reference errors. "
-        "Each is shown in the liver-fat format (coronal and sagittal fat-fraction slices)."
+        "Each is shown as the coronal fat-fraction slice through its liver (or body) centre."
     )
     return ExtraSection(
         f"Outlier review: {len(suspects)} probable reference errors",
@@ -470,9 +465,7 @@ def _planned_rows(table: pd.DataFrame, plan: list[tuple[str, str]]) -> pd.DataFr
 
 def _covariates(manifest: Manifest) -> pd.DataFrame | None:
     columns = [c for c in ("age", "sex", "bmi") if c in manifest.subjects.columns]
-    if not columns:
-        return None
-    return manifest.subjects.set_index("subject_id")[columns]
+    return manifest.covariates(columns) if columns else None
 
 
 def _outputs_readme() -> str:

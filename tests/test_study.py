@@ -13,7 +13,7 @@ import yaml
 from liverfat.cli import main
 from liverfat.data.manifest import Manifest
 from liverfat.data.predictions import PredictionsTable
-from liverfat.evaluation.compare import probable_reference_errors
+from liverfat.evaluation.outliers import probable_reference_errors
 from liverfat.study import Study, StudyError, run_study
 
 PAIRS = [

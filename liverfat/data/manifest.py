@@ -224,6 +224,22 @@ class Manifest:
             return pd.Series(np.nan, index=pd.Index(self.subject_ids, name="subject_id"), name=name)
         return self.subjects.set_index("subject_id")[name].astype(float)
 
+    def covariates(self, columns: Iterable[str] | None = None) -> pd.DataFrame:
+        """Covariate columns as written in the subject table (text, ``""`` where empty).
+
+        Indexed by subject_id; ``columns`` default to those of :data:`COVARIATE_COLUMNS` present.
+        The text is kept, so a column coded with words (``sex`` as F/M) survives; the numeric
+        view of the schema's covariates is in :attr:`subjects`.
+        """
+        if columns is None:
+            columns = [c for c in COVARIATE_COLUMNS if c in self.subjects.columns]
+        columns = list(columns)
+        missing = [c for c in columns if c not in self.subjects.columns]
+        if missing:
+            raise ManifestError(f"{self.table_path}: no covariate column {', '.join(missing)}")
+        raw = {c: self._raw_values.get(c, self.subjects[c]).to_numpy() for c in columns}
+        return pd.DataFrame(raw, index=pd.Index(self.subject_ids, name="subject_id"))
+
     def row(self, subject_id: str) -> pd.Series:
         rows = self.subjects[self.subjects["subject_id"] == str(subject_id)]
         if rows.empty:
@@ -418,6 +434,12 @@ class Manifest:
         write_subject_table(self.subjects, card_path.parent / subjects_name)
         write_text_atomic(card_path, yaml.safe_dump(card, sort_keys=False))
         return card_path
+
+
+def is_manifest_path(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` names a manifest (a YAML dataset card or a folder) rather than a table."""
+    path = Path(path)
+    return path.is_dir() or path.suffix.lower() in (".yaml", ".yml")
 
 
 def _card_path(path: Path) -> Path:

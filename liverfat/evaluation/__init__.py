@@ -10,8 +10,14 @@ engine wrote a table. Modules:
   sensitivity, specificity, accuracy, precision with seeded bootstrap intervals) and grading
   (confusion matrix, weighted kappa, one-vs-rest AUC).
 - :mod:`~liverfat.evaluation.segmentation`: Dice, Jaccard, volume difference, surface distances.
+- :mod:`~liverfat.evaluation.values`: predictions tables side by side (one column per method),
+  coverage, failures, the reference table from a manifest, pairs and subsets.
 - :mod:`~liverfat.evaluation.compare`: the comparison table per pair and subset, error
-  correlation, outliers, covariate correlations.
+  correlation, grading, and :func:`~liverfat.evaluation.compare.run_comparison` with its
+  :class:`~liverfat.evaluation.compare.ComparisonSettings`.
+- :mod:`~liverfat.evaluation.layouts`: the comparison table as text (published layout, Markdown,
+  LaTeX); :mod:`~liverfat.evaluation.covariates`: correlations with covariates;
+  :mod:`~liverfat.evaluation.outliers`: top outliers and probable reference errors.
 - :mod:`~liverfat.evaluation.plots` and :mod:`~liverfat.evaluation.report`: figures and one
   self-contained HTML report; :mod:`~liverfat.evaluation.cli`: ``liverfat compare``.
 """

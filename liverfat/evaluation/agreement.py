@@ -335,6 +335,8 @@ def pearson_interval(r: float, n: int, *, confidence: float = 0.95) -> tuple[flo
     return float(np.tanh(z - half)), float(np.tanh(z + half))
 
 
+#: Keys of :func:`correlations`' result, in order.
+CORRELATION_KEYS = ("r", "r_lower", "r_upper", "r_p", "rho", "rho_p")
 #: Columns of :func:`agreement`'s result, in order.
 AGREEMENT_KEYS = (
     "n",
@@ -351,12 +353,7 @@ AGREEMENT_KEYS = (
     "mae",
     "rmse",
     "r2",
-    "r",
-    "r_lower",
-    "r_upper",
-    "r_p",
-    "rho",
-    "rho_p",
+    *CORRELATION_KEYS,
     "icc",
     "icc_lower",
     "icc_upper",

@@ -16,18 +16,18 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import fields
 from pathlib import Path
 
-import pandas as pd
-
-from liverfat.data.manifest import COVARIATE_COLUMNS, Manifest
-from liverfat.data.predictions import PredictionsTable, prediction_row
-from liverfat.evaluation.classification import (
-    STEATOSIS_GRADE_THRESHOLDS_PCT,
-    STEATOSIS_THRESHOLD_PCT,
-)
-from liverfat.evaluation.compare import ComparisonError, parse_pair, run_comparison, to_markdown
+from liverfat.data.manifest import Manifest, is_manifest_path
+from liverfat.data.predictions import PredictionsTable
+from liverfat.evaluation.agreement import ICC_ALIASES, ICC_FORMS
+from liverfat.evaluation.compare import ComparisonSettings, run_comparison
+from liverfat.evaluation.layouts import to_markdown
 from liverfat.evaluation.report import comparison_figures, write_figures, write_report
+from liverfat.evaluation.values import ComparisonError, parse_pair, reference_table
+
+DEFAULTS = ComparisonSettings()
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -73,40 +73,59 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="manifest columns to correlate with (default: those of age, sex, height, weight, "
         "bmi present; give none to skip)",
     )
+    parser.add_argument("--no-report", action="store_true", help="tables only, no figures")
+    _add_settings(parser)
+    parser.set_defaults(func=main)
+
+
+def _add_settings(parser: argparse.ArgumentParser) -> None:
+    """The :class:`ComparisonSettings` options; each ``dest`` is the setting's field name."""
     parser.add_argument("--by", help="covariate to stratify correlations by (e.g. sex)")
     parser.add_argument(
         "--threshold",
         type=float,
-        default=STEATOSIS_THRESHOLD_PCT,
+        default=DEFAULTS.threshold,
         help="steatosis cut-off in the target unit (default %(default)s)",
     )
     parser.add_argument(
         "--grades",
+        dest="grade_thresholds",
         type=float,
         nargs="+",
-        default=list(STEATOSIS_GRADE_THRESHOLDS_PCT),
+        default=list(DEFAULTS.grade_thresholds),
         metavar="CUT",
         help="increasing cut-offs between steatosis grades (default %(default)s)",
     )
-    parser.add_argument("--icc-form", default="ICC(2,1)", help="ICC form (default %(default)s)")
+    parser.add_argument(
+        "--icc-form",
+        default=DEFAULTS.icc_form,
+        choices=(*ICC_FORMS, *ICC_ALIASES),
+        help="ICC form (default %(default)s)",
+    )
     parser.add_argument(
         "--mape-floor",
         type=float,
-        default=1.0,
+        default=DEFAULTS.mape_floor,
         help="skip |reference| below this in MAPE (default %(default)s)",
     )
-    parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap replicates")
-    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    parser.add_argument("--top", type=int, default=10, help="outliers listed per pair")
+    parser.add_argument(
+        "--bootstrap", dest="n_boot", type=int, default=DEFAULTS.n_boot, help="bootstrap replicates"
+    )
+    parser.add_argument("--seed", type=int, default=DEFAULTS.seed, help="bootstrap seed")
+    parser.add_argument(
+        "--top", dest="top_n", type=int, default=DEFAULTS.top_n, help="outliers listed per pair"
+    )
     parser.add_argument(
         "--include-flagged", action="store_true", help="also use rows with status 'flagged'"
     )
-    parser.add_argument("--no-report", action="store_true", help="tables only, no figures")
-    parser.set_defaults(func=main)
 
 
-def _is_manifest(path: Path) -> bool:
-    return path.is_dir() or path.suffix.lower() in (".yaml", ".yml")
+def _settings(args: argparse.Namespace) -> ComparisonSettings:
+    """The settings named on the command line (every field the parser has a ``dest`` for)."""
+    given = {
+        f.name: getattr(args, f.name) for f in fields(ComparisonSettings) if hasattr(args, f.name)
+    }
+    return ComparisonSettings(**given)
 
 
 def _pick_target(tables: list[PredictionsTable], target: str | None) -> str:
@@ -120,100 +139,49 @@ def _pick_target(tables: list[PredictionsTable], target: str | None) -> str:
     return targets[0]
 
 
-def _reference_from_manifest(manifest: Manifest, target: str, name: str) -> PredictionsTable:
-    values = manifest.target(target).dropna()
-    rows = [prediction_row(sid, name, target, float(v)) for sid, v in values.items()]
-    if not rows:
-        raise ComparisonError(f"{manifest.path}: no subject has a value for target {target}")
-    return PredictionsTable.from_rows(rows, {"method": name, "source": str(manifest.path)})
-
-
-def _covariates(manifest: Manifest, columns: list[str] | None) -> pd.DataFrame | None:
-    raw = pd.read_csv(manifest.table_path, dtype=str, keep_default_na=False)
-    raw["subject_id"] = raw["subject_id"].str.strip()
-    raw = raw.set_index("subject_id")
-    if columns is None:
-        columns = [c for c in COVARIATE_COLUMNS if c in raw.columns]
-    missing = [c for c in columns if c not in raw.columns]
-    if missing:
-        raise ComparisonError(f"{manifest.table_path}: no covariate column {', '.join(missing)}")
-    return raw[columns] if columns else None
-
-
 def main(args: argparse.Namespace) -> int:
     """Run the comparison and write tables, figures and the report under ``--out``."""
+    settings = _settings(args)
     tables = [PredictionsTable.read(p) for p in args.predictions]
-    reference_path = Path(args.reference)
+    target = _pick_target(tables, args.target)
     manifest = Manifest.load(args.manifest) if args.manifest else None
-    if _is_manifest(reference_path):
-        manifest = manifest or Manifest.load(reference_path)
-        target = _pick_target(tables, args.target)
-        name = args.reference_name or "reference"
-        reference = _reference_from_manifest(Manifest.load(reference_path), target, name)
+    if is_manifest_path(args.reference):
+        reference_manifest = Manifest.load(args.reference)
+        reference = reference_table(reference_manifest, target, name=args.reference_name)
+        manifest = manifest if manifest is not None else reference_manifest
     else:
-        reference = PredictionsTable.read(reference_path)
-        target = _pick_target([reference, *tables] if args.target else tables, args.target)
-        if args.reference_name:
-            name = args.reference_name
-        elif len(reference.methods) == 1:
-            name = reference.methods[0]
-        else:
-            raise ComparisonError(
-                f"{reference_path} holds methods {', '.join(reference.methods)}; "
-                "name the reference with --reference-name"
-            )
-        if name not in reference.methods:
-            raise ComparisonError(f"{reference_path}: no method {name!r}")
-        reference = PredictionsTable(reference.frame[reference.frame["method"] == name])
+        reference = reference_table(args.reference, target, name=args.reference_name)
+    name = reference.methods[0]
     if any(name in t.methods for t in tables):
         raise ComparisonError(f"method {name!r} is both the reference and among the predictions")
-    subsets = None
-    if args.subset:
-        if manifest is None:
-            raise ComparisonError("--subset needs a manifest (as --reference or --manifest)")
-        subsets = {
-            s: manifest.subjects.loc[manifest.in_split(s).to_numpy(), "subject_id"].tolist()
-            for s in args.subset
-        }
+    if args.subset and manifest is None:
+        raise ComparisonError("--subset needs a manifest (as --reference or --manifest)")
+    subsets = (
+        {s: manifest.select(split=s).subject_ids for s in args.subset} if args.subset else None
+    )
     covariates = None
     if manifest is not None and args.covariates != []:
-        covariates = _covariates(manifest, args.covariates)
-    if args.by and covariates is None:
+        covariates = manifest.covariates(args.covariates)
+    if args.by and (covariates is None or covariates.columns.empty):
         raise ComparisonError("--by needs covariates from a manifest")
-    pairs = [parse_pair(p) for p in args.pair] if args.pair else None
     comparison = run_comparison(
         [reference, *tables],
         target,
-        pairs=pairs,
+        pairs=[parse_pair(p) for p in args.pair] if args.pair else None,
         reference=name,
         subsets=subsets,
         covariates=covariates,
-        by=args.by,
-        include_flagged=args.include_flagged,
-        threshold=args.threshold,
-        grade_thresholds=args.grades,
-        icc_form=args.icc_form,
-        mape_floor=args.mape_floor,
-        n_boot=args.bootstrap,
-        seed=args.seed,
-        top_n=args.top,
+        settings=settings,
     )
     out = Path(args.out)
     written = comparison.write_tables(out)
     if not args.no_report:
         sections = comparison_figures(comparison)
         written += write_figures(sections, out / "figures")
-        sources = ", ".join([str(reference_path), *map(str, args.predictions)])
+        sources = ", ".join([str(args.reference), *map(str, args.predictions)])
         written.append(
             write_report(comparison, out / "report.html", sources=sources, sections=sections)
         )
     print(to_markdown(comparison.published()), end="")
     print(f"wrote {len(written)} files to {out}", file=sys.stderr)
     return 0
-
-
-def run(argv: list[str] | None = None) -> int:
-    """``liverfat compare`` as a function (for tests and scripts)."""
-    from liverfat.cli import main as liverfat_main
-
-    return liverfat_main(["compare", *(argv or [])])

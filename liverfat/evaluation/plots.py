@@ -202,6 +202,46 @@ def error_pair_plot(
     return ax.figure
 
 
+def review_figure(
+    image_pct: ArrayLike,
+    *,
+    title: str = "",
+    pixel_mm: Sequence[float] = (1.0, 1.0),
+    vmax_pct: float = 50.0,
+    ax: Axes | None = None,
+) -> Figure:
+    """A subject's fat-fraction slice (%) with a colour bar, for reviewing the subject by eye.
+
+    Parameters
+    ----------
+    image_pct:
+        2-D fat fraction in percent, rows top to bottom as shown (for a coronal slice of
+        :func:`liverfat.data.preview.coronal_slice`, superior at the top, patient right on the
+        left); NaN is drawn as background.
+    pixel_mm:
+        Row and column pixel size (mm), so the image keeps its physical aspect ratio.
+    vmax_pct:
+        Fat fraction (%) at the top of the colour scale (0 at the bottom).
+    """
+    image = np.asarray(image_pct, dtype=float)
+    if image.ndim != 2:
+        raise ValueError(f"a review image is 2-D, got shape {image.shape}")
+    ax = _axes(ax, 4.0, 4.5)
+    shown = ax.imshow(
+        image,
+        cmap="magma",
+        vmin=0.0,
+        vmax=vmax_pct,
+        aspect=float(pixel_mm[0]) / float(pixel_mm[1]),
+        interpolation="nearest",
+    )
+    ax.figure.colorbar(shown, ax=ax, label="fat fraction (%)")
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title, fontsize=9)
+    return ax.figure
+
+
 def figure_to_png(fig: Figure, *, dpi: int = 110) -> bytes:
     """The figure as PNG bytes."""
     buffer = io.BytesIO()

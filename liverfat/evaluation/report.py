@@ -34,6 +34,7 @@ from liverfat.evaluation.plots import (
     roc_plot,
     scatter_plot,
 )
+from liverfat.evaluation.values import compared_with_same
 
 
 @dataclass
@@ -64,26 +65,17 @@ def comparison_figures(comparison: Comparison, *, annotate: int = 5) -> dict[str
 
     Sections: ``pairs`` (Bland-Altman beside scatter, per subset and pair), ``roc`` (one per
     subset, every pair), ``grading`` (confusion matrices of grades) and ``errors`` (errors of
-    two methods against the same reference).
+    two methods against the same reference). A pair no subject of the subset has both values
+    of (e.g. a method never run there) gets no figure; :func:`pairs_without_subjects` lists them.
     """
     c = comparison
-    threshold = c.settings.get("threshold_pct")
     sections: dict[str, list[FigureItem]] = {"pairs": [], "roc": [], "grading": [], "errors": []}
     for subset, ids in c.subsets.items():
         sub = c.values.reindex(ids)
         for a, b in c.pairs:
-            fig = new_figure(10.0, 4.2, ncols=2)
-            bland_altman_plot(
-                sub[a], sub[b], names=(a, b), annotate=annotate, ax=fig.axes[0], unit=c.unit
-            )
-            scatter_plot(sub[a], sub[b], names=(a, b), ax=fig.axes[1], unit=c.unit,
-                         threshold=threshold)  # fmt: skip
-            fig.suptitle(f"{b} vs {a}, subset {subset}", fontsize=11)
-            sections["pairs"].append(
-                FigureItem(
-                    f"pair_{_slug(subset)}_{_slug(a)}_{_slug(b)}", f"{b} vs {a} ({subset})", fig
-                )
-            )
+            if c.n_paired(subset, a, b) == 0:
+                continue
+            sections["pairs"].append(_pair_figure(c, subset, a, b, annotate))
             confusion = c.confusions.get((subset, f"{a}:{b}"))
             if confusion is not None:
                 fig = confusion_plot(confusion, title=f"Grades: {b} vs {a} ({subset})")
@@ -96,22 +88,45 @@ def comparison_figures(comparison: Comparison, *, annotate: int = 5) -> dict[str
                 )
         rocs = {f"{p.replace(':', ' → ')}": roc for (s, p), roc in c.rocs.items() if s == subset}
         if rocs:
+            threshold = c.settings.threshold
             fig = roc_plot(rocs, title=f"ROC at {threshold:g} {c.unit} ({subset})")
             sections["roc"].append(FigureItem(f"roc_{_slug(subset)}", f"ROC ({subset})", fig))
-        for a in dict.fromkeys(p[0] for p in c.pairs):
-            compared = [b for x, b in c.pairs if x == a]
-            for m1, m2 in itertools.combinations(compared, 2):
-                fig = error_pair_plot(
-                    sub[m1] - sub[a], sub[m2] - sub[a], names=(m1, m2), unit=c.unit
+        for a, m1, m2 in compared_with_same(c.pairs):
+            if sub[[a, m1, m2]].dropna().empty:
+                continue
+            fig = error_pair_plot(sub[m1] - sub[a], sub[m2] - sub[a], names=(m1, m2), unit=c.unit)
+            sections["errors"].append(
+                FigureItem(
+                    f"errors_{_slug(subset)}_{_slug(m1)}_{_slug(m2)}",
+                    f"Errors of {m1} and {m2} against {a} ({subset})",
+                    fig,
                 )
-                sections["errors"].append(
-                    FigureItem(
-                        f"errors_{_slug(subset)}_{_slug(m1)}_{_slug(m2)}",
-                        f"Errors of {m1} and {m2} against {a} ({subset})",
-                        fig,
-                    )
-                )
+            )
     return sections
+
+
+def _pair_figure(c: Comparison, subset: str, a: str, b: str, annotate: int) -> FigureItem:
+    """Bland-Altman beside scatter of ``b`` against ``a`` on ``subset``."""
+    sub = c.values.reindex(c.subsets[subset])
+    fig = new_figure(10.0, 4.2, ncols=2)
+    bland_altman_plot(sub[a], sub[b], names=(a, b), annotate=annotate, ax=fig.axes[0], unit=c.unit)
+    scatter_plot(
+        sub[a], sub[b], names=(a, b), ax=fig.axes[1], unit=c.unit, threshold=c.settings.threshold
+    )
+    fig.suptitle(f"{b} vs {a}, subset {subset}", fontsize=11)
+    stem = f"pair_{_slug(subset)}_{_slug(a)}_{_slug(b)}"
+    return FigureItem(stem, f"{b} vs {a} ({subset})", fig)
+
+
+def pairs_without_subjects(comparison: Comparison) -> list[str]:
+    """``"b vs a (subset)"`` for every pair no subject of the subset has both values of."""
+    c = comparison
+    return [
+        f"{b} vs {a} ({subset})"
+        for subset in c.subsets
+        for a, b in c.pairs
+        if c.n_paired(subset, a, b) == 0
+    ]
 
 
 def write_figures(
@@ -194,6 +209,8 @@ of <i>b</i> predicting <i>a</i>; ROC-AUC, sensitivity and specificity at
 <div class="scroll">{{ failures }}</div></details>{% endif %}
 
 <h2>Agreement figures</h2>
+{% if without_subjects %}<p>No subjects with values of both methods, so no figure:
+{{ without_subjects }}.</p>{% endif %}
 {% for f in figures.pairs %}<figure><img alt="{{ f.caption }}" src="{{ f.uri }}">
 <figcaption>{{ f.caption }}</figcaption></figure>{% endfor %}
 
@@ -245,21 +262,17 @@ def render_report(
     """
     c = comparison
     sections = comparison_figures(c) if sections is None else sections
-    figures = {
-        name: [{"caption": f.caption, "uri": figure_to_data_uri(f.figure, dpi=dpi)} for f in items]
-        for name, items in sections.items()
-    }
     s = c.settings
     return _TEMPLATE.render(
         title=title,
         target=c.target,
         unit=c.unit,
-        reference=s.get("reference") or "first method of each pair",
-        threshold=f"{s.get('threshold_pct', float('nan')):g}",
-        grades=", ".join(f"{t:g}" for t in s.get("grade_thresholds_pct", [])),
-        icc_form=s.get("icc_form", ""),
-        n_boot=s.get("n_boot", 0),
-        seed=s.get("seed", 0),
+        reference=c.reference or "first method of each pair",
+        threshold=f"{s.threshold:g}",
+        grades=", ".join(f"{t:g}" for t in s.grade_thresholds),
+        icc_form=s.icc_form,
+        n_boot=s.n_boot,
+        seed=s.seed,
         created=time.strftime("%Y-%m-%d %H:%M"),
         version=__version__,
         python=platform.python_version(),
@@ -269,24 +282,27 @@ def render_report(
         coverage=html_table(c.coverage, index=True),
         failures=html_table(c.failures) if len(c.failures) else "",
         n_failures=len(c.failures),
+        without_subjects=", ".join(pairs_without_subjects(c)),
         grading=html_table(c.grading),
         errors=html_table(c.error_correlations) if len(c.error_correlations) else "",
         outliers=[(p, html_table(t)) for p, t in c.outliers.items()],
         covariates=html_table(c.covariates) if c.covariates is not None else "",
-        figures=figures,
+        figures={name: _embedded(items, dpi) for name, items in sections.items()},
         extra=[
             {
                 "title": x.title,
                 "text": x.text,
                 "table": html_table(x.table) if x.table is not None else "",
-                "images": [
-                    {"caption": f.caption, "uri": figure_to_data_uri(f.figure, dpi=dpi)}
-                    for f in x.figures
-                ],
+                "images": _embedded(x.figures, dpi),
             }
             for x in extra or []
         ],
     )
+
+
+def _embedded(items: list[FigureItem], dpi: int) -> list[dict[str, str]]:
+    """Caption and ``data:`` URI of each figure, for the template."""
+    return [{"caption": f.caption, "uri": figure_to_data_uri(f.figure, dpi=dpi)} for f in items]
 
 
 def write_report(

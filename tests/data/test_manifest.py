@@ -11,7 +11,7 @@ import pytest
 import SimpleITK as sitk
 
 from liverfat.cli import main
-from liverfat.data.manifest import Manifest
+from liverfat.data.manifest import Manifest, is_manifest_path
 from liverfat.errors import ImageError, ManifestError
 
 
@@ -116,6 +116,32 @@ def test_single_image_manifest_refused_for_dixon(tmp_path: Path) -> None:
     assert manifest.problems() == []
     with pytest.raises(ImageError, match="subject S1: no water/fat .* needs a Dixon scan"):
         manifest.dixon("S1")
+
+
+def test_covariates_keep_the_text_of_the_subject_table(tmp_path: Path) -> None:
+    (tmp_path / "subjects.csv").write_text(
+        "subject_id,image,split,age,sex,smoker\n"
+        " S2 ,b.nii.gz,all,61.5,M,no\n"
+        "S1,a.nii.gz,all,,F,yes\n",
+        encoding="utf-8",
+    )
+    (tmp_path / "manifest.yaml").write_text(
+        "name: t2\nsubjects: subjects.csv\ntargets: {}\nsplits: {all: {meaning: all}}\n",
+        encoding="utf-8",
+    )
+    manifest = Manifest.load(tmp_path)
+    assert manifest.subjects["sex"].isna().all()  # the numeric view cannot hold F/M
+    default = manifest.covariates()
+    assert list(default.columns) == ["age", "sex"] and default.index.name == "subject_id"
+    assert default.to_dict("index") == {
+        "S2": {"age": "61.5", "sex": "M"},
+        "S1": {"age": "", "sex": "F"},
+    }
+    assert manifest.select(subject_ids=["S1"]).covariates(["smoker"]).loc["S1", "smoker"] == "yes"
+    with pytest.raises(ManifestError, match="no covariate column bmi"):
+        manifest.covariates(["age", "bmi"])
+    assert is_manifest_path(tmp_path) and is_manifest_path(tmp_path / "manifest.yaml")
+    assert not is_manifest_path(tmp_path / "subjects.csv")
 
 
 def test_derived_manifest_written_elsewhere_keeps_paths(

@@ -9,45 +9,14 @@ from scipy import stats
 from sklearn.metrics import mean_absolute_error, r2_score, roc_auc_score
 
 from liverfat.evaluation.compare import (
-    PUBLISHED_COLUMNS,
-    ComparisonError,
+    ComparisonSettings,
     comparison_table,
-    covariate_correlations,
-    coverage,
-    default_pairs,
     error_correlation,
-    parse_pair,
-    published_layout,
     run_comparison,
-    to_latex,
-    to_markdown,
-    top_outliers,
-    value_table,
 )
+from liverfat.evaluation.layouts import published_layout
+from liverfat.evaluation.values import ComparisonError, value_table
 from tests.evaluation.conftest import TARGET
-
-
-def test_value_table_drops_failed_and_flagged(tables):
-    values = value_table(tables, TARGET)
-    assert list(values.columns) == ["atlas", "network", "reference"]
-    assert np.isnan(values.loc["sub005", "network"]) and np.isnan(values.loc["sub007", "network"])
-    assert np.isnan(values.loc["sub119", "atlas"])
-    with_flagged = value_table(tables, TARGET, include_flagged=True)
-    assert np.isfinite(with_flagged.loc["sub007", "network"])
-    with pytest.raises(ComparisonError, match="no predictions for target"):
-        value_table(tables, "spleen_volume_ml")
-
-
-def test_coverage_counts_every_status(tables):
-    cov = coverage(tables, TARGET)
-    assert cov.loc["network"].to_dict() == {
-        "n_subjects": 120,
-        "n_ok": 118,
-        "n_flagged": 1,
-        "n_failed": 1,
-        "n_missing": 0,
-    }
-    assert cov.loc["atlas", "n_missing"] == 3
 
 
 def test_comparison_table_matches_direct_computation(synthetic, tables):
@@ -71,35 +40,6 @@ def test_comparison_table_matches_direct_computation(synthetic, tables):
     assert row["auc"] == pytest.approx(roc_auc_score(a >= 5.5, b), abs=1e-12)
     sens = np.mean(b[a >= 5.5] >= 5.5)
     assert row["sensitivity"] == pytest.approx(sens, abs=1e-12)
-
-
-def test_published_layout_and_text_outputs(tables):
-    values = value_table(tables, TARGET)
-    table = comparison_table(values, default_pairs(list(values.columns), "reference"), n_boot=0)
-    layout = published_layout(table)
-    assert tuple(layout.columns) == PUBLISHED_COLUMNS
-    assert list(layout["Pair"]) == [
-        "reference vs atlas",
-        "reference vs network",
-        "atlas vs network",
-    ]
-    assert "±" in layout.loc[0, "LoA"]
-    md = to_markdown(layout)
-    assert md.splitlines()[0].startswith("| Subset | Pair | N | MAE | R² | LoA |")
-    assert len(md.splitlines()) == 2 + 3
-    tex = to_latex(layout, caption="PDFF (%)")
-    assert r"$\pm$" in tex and r"R$^2$" in tex and r"PDFF (\%)" in tex
-    assert tex.count(r"\\") == 4
-
-
-def test_pairs_are_checked():
-    assert parse_pair(" reference : atlas ") == ("reference", "atlas")
-    for bad in ("reference", "a:a", "a:b:c", ":b"):
-        with pytest.raises(ComparisonError):
-            parse_pair(bad)
-    values = pd.DataFrame({"reference": [1.0], "network": [1.0]})
-    with pytest.raises(ComparisonError, match="unknown method"):
-        comparison_table(values, [("reference", "cnn")])
 
 
 def test_tiny_subset_gives_nan_with_reason(tables):
@@ -126,45 +66,13 @@ def test_error_correlation_matches_scipy(tables):
     assert out["bias"] == pytest.approx(np.mean(e2 - e1), abs=1e-9)
 
 
-def test_top_outliers_show_every_method(tables):
-    values = value_table(tables, TARGET)
-    top = top_outliers(values, ("reference", "atlas"), n=5)
-    assert list(top.columns) == [
-        "rank",
-        "subject_id",
-        "difference",
-        "atlas",
-        "network",
-        "reference",
-    ]
-    diff = (values["atlas"] - values["reference"]).dropna()
-    assert top["difference"].abs().tolist() == pytest.approx(sorted(diff.abs(), reverse=True)[:5])
-
-
-def test_covariate_correlations_match_scipy(synthetic, tables):
-    values = value_table(tables, TARGET)
-    cov = synthetic["covariates"]
-    out = covariate_correlations(values, cov, methods=["reference"], by="sex")
-    assert set(out["stratum"]) == {"all", "sex=F", "sex=M"}
-    assert set(out["covariate"]) == {"age", "bmi"}
-    row = out[(out["covariate"] == "bmi") & (out["stratum"] == "sex=F")].iloc[0]
-    female = cov.index[cov["sex"] == "F"]
-    sr = stats.spearmanr(values.loc[female, "reference"], cov.loc[female, "bmi"])
-    assert row["rho"] == pytest.approx(sr.statistic, abs=1e-9)
-    assert row["p"] == pytest.approx(sr.pvalue, abs=1e-9)
-    graded = covariate_correlations(values, cov, quantity="grade")
-    sex = graded[(graded["covariate"] == "sex") & (graded["method"] == "network")].iloc[0]
-    assert sex["note"] == "F=0, M=1"
-    with pytest.raises(ComparisonError, match="stratify"):
-        covariate_correlations(values, cov, by="smoker")
-
-
 def test_run_comparison_bundles_everything(synthetic, tables, tmp_path):
     subsets = {"A": synthetic["ids"][:80], "C": synthetic["ids"][80:]}
     result = run_comparison(
         tables, TARGET, subsets=subsets, covariates=synthetic["covariates"], n_boot=50, top_n=3
     )
-    assert result.settings["reference"] == "reference"
+    assert result.reference == "reference"
+    assert result.settings == ComparisonSettings(n_boot=50, top_n=3)
     assert len(result.table) == 6 and len(result.grading) == 6
     assert len(result.error_correlations) == 2  # atlas vs network errors, subsets A and C
     assert set(result.outliers) == {"reference:atlas", "reference:network", "atlas:network"}
@@ -176,23 +84,32 @@ def test_run_comparison_bundles_everything(synthetic, tables, tmp_path):
     assert again["mae"].to_numpy() == pytest.approx(result.table["mae"].to_numpy(), rel=1e-5)
 
 
-def test_probable_reference_errors_are_agreeing_methods_against_reference() -> None:
-    from liverfat.evaluation.compare import probable_reference_errors
-
-    values = pd.DataFrame(
-        {
-            "reference": [2.0, 10.0, 3.0, 20.0, 5.0, 1.0],
-            "network": [2.5, 3.0, 3.2, 12.0, 12.0, 9.0],
-            "atlas": [2.2, 3.5, 2.9, 11.0, 6.0, 6.5],
-        },
-        index=pd.Index(["s1", "s2", "s3", "s4", "s5", "s6"], name="subject_id"),
+def test_settings_object_and_keywords_are_one_set_of_options(synthetic, tables):
+    subsets = {"A": synthetic["ids"][:80]}
+    settings = ComparisonSettings(n_boot=30, seed=4, threshold=10.0, grade_thresholds=[5, 15])
+    by_object = run_comparison(tables, TARGET, subsets=subsets, settings=settings)
+    by_keywords = run_comparison(
+        tables, TARGET, subsets=subsets, n_boot=30, seed=4, threshold=10.0, grade_thresholds=[5, 15]
     )
-    found = probable_reference_errors(values, "network", "atlas", "reference")
-    # s2 and s4: both methods agree and both miss the reference low by >= 4 %;
-    # s5: methods disagree (12 vs 6); s6: agree within 2.5 %, not 2 %.
-    assert found.index.tolist() == ["s4", "s2"]
-    assert found.loc["s2", "error_a"] == pytest.approx(-7.0)
-    assert found.loc["s4", "a_minus_b"] == pytest.approx(1.0)
-    assert probable_reference_errors(
-        values, "network", "atlas", "reference", agree_pct=3
-    ).index.tolist() == ["s4", "s2", "s6"]
+    pd.testing.assert_frame_equal(by_object.table, by_keywords.table)
+    pd.testing.assert_frame_equal(by_object.grading, by_keywords.grading)
+    assert by_object.settings == by_keywords.settings == settings
+    assert settings.grade_thresholds == (5.0, 15.0)
+    # A keyword overrides the object's field; the rest of the object stands.
+    again = run_comparison(tables, TARGET, subsets=subsets, settings=settings, seed=5)
+    assert again.settings.seed == 5 and again.settings.threshold == 10.0
+    assert not again.table.equals(by_object.table)  # other bootstrap draws
+
+
+def test_settings_are_validated_early():
+    for bad, message in (
+        ({"icc_form": "ICC(4,1)"}, "unknown ICC form"),
+        ({"grade_thresholds": [17.4, 6.4]}, "increase strictly"),
+        ({"n_boot": -1}, "counts"),
+        ({"confidence": 1.5}, "confidence"),
+    ):
+        with pytest.raises(ComparisonError, match=message):
+            ComparisonSettings(**bad)
+    assert ComparisonSettings(icc_form="ICC(A,1)").icc_form == "ICC(A,1)"
+    with pytest.raises(TypeError, match="no comparison setting"):
+        ComparisonSettings.of(None, bootstrap=10)

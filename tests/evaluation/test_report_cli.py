@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from liverfat.cli import main as liverfat_main
+from liverfat.data.predictions import PredictionsTable
 from liverfat.evaluation.compare import run_comparison
 from liverfat.evaluation.plots import figure_to_data_uri, figure_to_svg, new_figure
 from liverfat.evaluation.report import comparison_figures, render_report, write_figures
@@ -129,8 +130,54 @@ def test_cli_user_errors_are_one_line(files, tmp_path, capsys, extra, message):
     assert err.startswith("liverfat compare: error:")
 
 
+def test_cli_icc_form_choices_come_from_the_package(files, tmp_path, capsys):
+    argv = ["compare", "--reference", str(files["reference"]), "--predictions",
+            str(files["network"]), "--out", str(tmp_path / "o"),
+            "--icc-form", "ICC(4,1)"]  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        liverfat_main(argv)
+    assert exit_info.value.code == 2
+    assert "ICC(A,1)" in capsys.readouterr().err  # an alias of ICC(2,1) is one of the choices
+
+
 def test_cli_missing_file_is_a_user_error(tmp_path, capsys):
     argv = ["compare", "--reference", str(tmp_path / "nope.csv"), "--predictions",
             str(tmp_path / "x.csv"), "--out", str(tmp_path / "o")]  # fmt: skip
     assert liverfat_main(argv) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_pairs_without_subjects_get_no_empty_panels(synthetic, tables, files, tmp_path, capsys):
+    """Reference values only on A (as in UK Biobank): reference vs any method on C has N = 0."""
+    reference, network, atlas = tables
+    on_a = reference.frame["subject_id"].isin(synthetic["ids"][:80])
+    only_a = PredictionsTable(reference.frame[on_a], reference.run)
+    subsets = {"A": synthetic["ids"][:80], "C": synthetic["ids"][80:]}
+    pairs = [("reference", "network"), ("reference", "atlas"), ("atlas", "network")]
+    c = run_comparison([only_a, network, atlas], TARGET, pairs=pairs, subsets=subsets, n_boot=0)
+    assert c.n_paired("C", "reference", "atlas") == 0 < c.n_paired("C", "atlas", "network")
+    sections = comparison_figures(c)
+    stems = {f.stem for items in sections.values() for f in items}
+    assert "pair_C_atlas_network" in stems and "pair_A_reference_atlas" in stems
+    assert not {s for s in stems if s.startswith(("pair_C_reference", "grades_C_reference"))}
+    assert "errors_C_network_atlas" not in stems and "errors_A_network_atlas" in stems
+    page = render_report(c, sections=sections)
+    assert page.count("No subjects with values of both methods") == 1
+    assert "network vs reference (C), atlas vs reference (C)." in page
+    # The command line, with a manifest whose split C has no reference values.
+    subjects = pd.read_csv(files["manifest"].parent / "subjects.csv", dtype=str)
+    subjects.loc[subjects["split"] == "C", TARGET] = ""
+    cohort = tmp_path / "cohort"
+    cohort.mkdir()
+    subjects.to_csv(cohort / "subjects.csv", index=False)
+    (cohort / "manifest.yaml").write_text(files["manifest"].read_text(encoding="utf-8"))
+    out = tmp_path / "out"
+    argv = ["compare", "--reference", str(cohort), "--predictions", str(files["network"]),
+            str(files["atlas"]), "--subset", "A", "--subset", "C", "--bootstrap", "0",
+            "--out", str(out)]  # fmt: skip
+    assert liverfat_main(argv) == 0
+    capsys.readouterr()
+    drawn = {p.stem for p in (out / "figures").glob("*.png")}
+    assert "pair_C_atlas_network" in drawn
+    assert not {s for s in drawn if s.startswith("pair_C_reference")}
+    assert (out / "report.html").read_text(encoding="utf-8").count("No subjects with values") == 1
