@@ -190,10 +190,30 @@ def _as_matrix(ratings: ArrayLike | pd.DataFrame) -> np.ndarray:
     return matrix
 
 
+def _mean_squares(y: np.ndarray) -> tuple[np.float64, ...]:
+    """Two-way ANOVA mean squares of a complete subjects x raters table: rows (subjects),
+    columns (raters), error, and within subjects (one-way)."""
+    n, k = y.shape
+    grand = y.mean()
+    ss_total = float(((y - grand) ** 2).sum())
+    ss_rows = float(k * ((y.mean(axis=1) - grand) ** 2).sum())
+    ss_cols = float(n * ((y.mean(axis=0) - grand) ** 2).sum())
+    ss_err = ss_total - ss_rows - ss_cols
+    # numpy scalars, so identical raters (zero error) give inf/NaN under errstate, not an exception.
+    msr = np.float64(ss_rows) / (n - 1)
+    msc = np.float64(ss_cols) / (k - 1)
+    mse = np.float64(ss_err) / ((n - 1) * (k - 1))
+    msw = np.float64(ss_total - ss_rows) / (n * (k - 1))
+    return msr, msc, mse, msw
+
+
 def intraclass_correlations(
     ratings: ArrayLike | pd.DataFrame, *, confidence: float = 0.95
 ) -> pd.DataFrame:
     """All six ICC forms of Shrout & Fleiss (1979) from a subjects x raters table.
+
+    (Long on purpose: the six forms and their intervals stand together in the papers' notation,
+    so each line can be checked against McGraw & Wong's table.)
 
     Parameters
     ----------
@@ -212,17 +232,7 @@ def intraclass_correlations(
     """
     y = _as_matrix(ratings)
     n, k = y.shape
-    grand = y.mean()
-    ss_total = float(((y - grand) ** 2).sum())
-    ss_rows = float(k * ((y.mean(axis=1) - grand) ** 2).sum())
-    ss_cols = float(n * ((y.mean(axis=0) - grand) ** 2).sum())
-    ss_err = ss_total - ss_rows - ss_cols
-    # numpy scalars, so identical raters (zero error) give inf/NaN under errstate, not an exception.
-    msr = np.float64(ss_rows) / (n - 1)
-    msc = np.float64(ss_cols) / (k - 1)
-    mse = np.float64(ss_err) / ((n - 1) * (k - 1))
-    msw = np.float64(ss_total - ss_rows) / (n * (k - 1))
-
+    msr, msc, mse, msw = _mean_squares(y)
     alpha = 1.0 - confidence
     with np.errstate(divide="ignore", invalid="ignore"):
         icc1 = (msr - msw) / (msr + (k - 1) * msw)
@@ -427,21 +437,8 @@ def agreement(
         out["note"] = f"N = {n} < 3 pairs: no agreement statistics"
         return out
     diff = y - x
-    ba = bland_altman(y, x, confidence=confidence)
-    out.update(
-        bias=ba.bias,
-        bias_lower=ba.bias_lower,
-        bias_upper=ba.bias_upper,
-        sd_diff=ba.sd,
-        loa_lower=ba.loa_lower,
-        loa_upper=ba.loa_upper,
-        loa_lower_ci_low=ba.loa_lower_ci[0],
-        loa_lower_ci_high=ba.loa_lower_ci[1],
-        loa_upper_ci_low=ba.loa_upper_ci[0],
-        loa_upper_ci_high=ba.loa_upper_ci[1],
-        mae=float(np.abs(diff).mean()),
-        rmse=float(np.sqrt((diff**2).mean())),
-    )
+    out.update(_limits(bland_altman(y, x, confidence=confidence)))
+    out.update(mae=float(np.abs(diff).mean()), rmse=float(np.sqrt((diff**2).mean())))
     ss_tot = float(((x - x.mean()) ** 2).sum())
     if ss_tot > 0:
         out["r2"] = float(1.0 - (diff**2).sum() / ss_tot)
@@ -455,14 +452,37 @@ def agreement(
     if not np.isfinite(value):
         notes.append("no between-subject variance: ICC undefined")
     out.update(icc=value, icc_lower=lo, icc_upper=hi, ccc=concordance_correlation(x, y))
-    keep = np.abs(x) >= mape_floor
-    out["mape_n"] = int(keep.sum())
-    out["mape_excluded"] = int(n - keep.sum())
-    if keep.any():
-        out["mape"] = float(100.0 * np.mean(np.abs(diff[keep]) / np.abs(x[keep])))
+    out.update(_mape(x, diff, mape_floor))
     if out["mape_excluded"]:
         notes.append(
             f"MAPE skips {out['mape_excluded']} reference value(s) with |value| < {mape_floor:g}"
         )
     out["note"] = "; ".join(notes)
+    return out
+
+
+def _limits(ba: BlandAltman) -> dict[str, float]:
+    """The Bland-Altman keys of :data:`AGREEMENT_KEYS` (bias, SD, limits, their intervals)."""
+    return {
+        "bias": ba.bias,
+        "bias_lower": ba.bias_lower,
+        "bias_upper": ba.bias_upper,
+        "sd_diff": ba.sd,
+        "loa_lower": ba.loa_lower,
+        "loa_upper": ba.loa_upper,
+        "loa_lower_ci_low": ba.loa_lower_ci[0],
+        "loa_lower_ci_high": ba.loa_lower_ci[1],
+        "loa_upper_ci_low": ba.loa_upper_ci[0],
+        "loa_upper_ci_high": ba.loa_upper_ci[1],
+    }
+
+
+def _mape(x: np.ndarray, diff: np.ndarray, floor: float) -> dict[str, float | int]:
+    """``mape`` (%) of ``diff`` relative to references ``|x| >= floor``, ``mape_n`` and
+    ``mape_excluded`` (how many references fell below the floor)."""
+    keep = np.abs(x) >= floor
+    out: dict[str, float | int] = {"mape_n": int(keep.sum()), "mape_excluded": int((~keep).sum())}
+    out["mape"] = (
+        float(100.0 * np.mean(np.abs(diff[keep]) / np.abs(x[keep]))) if keep.any() else float("nan")
+    )
     return out

@@ -477,18 +477,26 @@ def classification_metrics(
     if not called.any():
         notes.append("no positive calls: precision undefined")
     if n_boot > 0:
-        rng = np.random.default_rng(seed)
-        chunks = []
-        for start in range(0, n_boot, 200):
-            size = min(200, n_boot - start)
-            counts = rng.multinomial(n, np.full(n, 1.0 / n), size=size)
-            chunks.append(_bootstrap_stats(counts, positive, called, p))
+        replicates = _bootstrap_replicates(positive, called, p, n_boot=n_boot, seed=seed)
         alpha = (1.0 - confidence) / 2.0
         for key in BOOTSTRAP_KEYS:
-            values = np.concatenate([c[key] for c in chunks])
-            values = values[np.isfinite(values)]
+            values = replicates[key][np.isfinite(replicates[key])]
             if np.isfinite(out[key]) and values.size:
                 low, high = np.quantile(values, [alpha, 1.0 - alpha])
                 out[f"{key}_lower"], out[f"{key}_upper"] = float(low), float(high)
     out["note"] = "; ".join(notes)
     return out
+
+
+def _bootstrap_replicates(
+    positive: np.ndarray, called: np.ndarray, score: np.ndarray, *, n_boot: int, seed: int
+) -> dict[str, np.ndarray]:
+    """:data:`BOOTSTRAP_KEYS` over ``n_boot`` subject resamples (seeded; drawn 200 at a time)."""
+    n = positive.size
+    rng = np.random.default_rng(seed)
+    chunks = []
+    for start in range(0, n_boot, 200):
+        size = min(200, n_boot - start)
+        counts = rng.multinomial(n, np.full(n, 1.0 / n), size=size)
+        chunks.append(_bootstrap_stats(counts, positive, called, score))
+    return {key: np.concatenate([c[key] for c in chunks]) for key in BOOTSTRAP_KEYS}
