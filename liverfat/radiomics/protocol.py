@@ -2,96 +2,34 @@
 95% CIs on the training and test sets; regression MAE / R^2; Spearman correlation of grade with
 covariates, overall and by sex.
 
-AUC: binary schemes use the probability of the higher grade; multi-grade schemes the macro mean
-of one-vs-rest AUCs over grades present with both classes. Its 95% CI is a seeded percentile
-bootstrap over subjects; accuracy's is the Wilson score interval.
+The numbers come from :mod:`liverfat.evaluation`: AUC and accuracy with their intervals from
+:func:`~liverfat.evaluation.grader.grade_probability_metrics` (binary schemes use the probability
+of the higher grade, multi-grade schemes the macro mean of one-vs-rest AUCs over grades present
+with both classes; a seeded percentile bootstrap over subjects for the AUC, Wilson for accuracy),
+MAE and R^2 from :func:`~liverfat.evaluation.agreement.agreement` (NaN below 3 subjects), Spearman
+from :func:`~liverfat.evaluation.compare.covariate_correlations`.
 """
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from liverfat.data.manifest import Manifest
+from liverfat.data.predictions import PredictionsTable
 from liverfat.errors import LiverfatError
-from liverfat.evaluation.classification import wilson_interval
+from liverfat.evaluation.agreement import agreement
+from liverfat.evaluation.compare import covariate_correlations
+from liverfat.evaluation.grader import grade_probability_metrics
 from liverfat.radiomics.engine import RadiomicsEngine
 from liverfat.radiomics.models import MODELS
-
-
-def grade_auc(grades: np.ndarray, probabilities: np.ndarray) -> float:
-    """Binary AUC (two grades) or macro one-vs-rest AUC over grades with both classes present."""
-    from sklearn.metrics import roc_auc_score
-
-    grades = np.asarray(grades, int)
-    if probabilities.shape[1] == 2:
-        if np.unique(grades).size < 2:
-            return float("nan")
-        return float(roc_auc_score(grades, probabilities[:, 1]))
-    aucs = [
-        roc_auc_score(grades == g, probabilities[:, g])
-        for g in range(probabilities.shape[1])
-        if 0 < (grades == g).sum() < grades.size
-    ]
-    return float(np.mean(aucs)) if aucs else float("nan")
-
-
-def bootstrap_interval(
-    metric, *arrays: np.ndarray, n_boot: int = 1000, seed: int = 0, confidence: float = 0.95
-) -> tuple[float, float]:
-    """Percentile bootstrap interval of ``metric(*arrays)`` resampling subjects (rows)."""
-    rng = np.random.default_rng(seed)
-    n = len(arrays[0])
-    values = []
-    for _ in range(n_boot):
-        index = rng.integers(0, n, n)
-        value = metric(*(a[index] for a in arrays))
-        if np.isfinite(value):
-            values.append(value)
-    if not values:
-        return float("nan"), float("nan")
-    alpha = (1 - confidence) / 2
-    return float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha))
-
-
-def classification_metrics(
-    grades: np.ndarray, probabilities: np.ndarray, *, n_boot: int = 1000, seed: int = 0
-) -> dict[str, float]:
-    """``n, auc, auc_lower, auc_upper, accuracy, accuracy_lower, accuracy_upper``."""
-    grades = np.asarray(grades, int)
-    predicted = probabilities.argmax(axis=1)
-    correct = int((predicted == grades).sum())
-    auc = grade_auc(grades, probabilities)
-    low, high = bootstrap_interval(grade_auc, grades, probabilities, n_boot=n_boot, seed=seed)
-    acc_low, acc_high = wilson_interval(correct, grades.size)
-    return {
-        "n": int(grades.size),
-        "auc": auc,
-        "auc_lower": low,
-        "auc_upper": high,
-        "accuracy": correct / grades.size if grades.size else float("nan"),
-        "accuracy_lower": acc_low,
-        "accuracy_upper": acc_high,
-    }
-
-
-def regression_metrics(reference: pd.Series, predicted: pd.Series) -> dict[str, float]:
-    """``n``, mean absolute error (values' unit) and R^2 of ``predicted`` vs ``reference``."""
-    from sklearn.metrics import mean_absolute_error, r2_score
-
-    both = pd.concat([reference.rename("r"), predicted.rename("p")], axis=1).dropna()
-    if len(both) < 2:
-        return {"n": len(both), "mae": float("nan"), "r2": float("nan")}
-    return {
-        "n": len(both),
-        "mae": float(mean_absolute_error(both["r"], both["p"])),
-        "r2": float(r2_score(both["r"], both["p"])),
-    }
 
 
 def train_test_subjects(
@@ -116,32 +54,28 @@ def covariate_spearman(
 ) -> pd.DataFrame:
     """Spearman rho (and p) of grade with each covariate, over all subjects and by sex.
 
-    Sex is coded 0 female, 1 male; within a sex group the sex column itself is skipped.
+    The published layout of :func:`liverfat.evaluation.compare.covariate_correlations`: columns
+    ``group`` (``all``, ``female``, ``male``), ``covariate``, ``n``, ``rho``, ``p``. Sex is coded
+    0 female, 1 male; within a sex group the sex column itself is skipped; a group or covariate
+    without data gives a row with n = 0 and NaN.
     """
-    data = covariates.join(grades.rename("grade"), how="inner")
-    groups = [("all", data)]
-    if "sex" in data.columns:
-        groups += [("female", data[data["sex"] == 0]), ("male", data[data["sex"] == 1])]
-    rows = []
-    for group, frame in groups:
-        for column in columns:
-            if column not in frame.columns or (group != "all" and column == "sex"):
-                continue
-            pair = frame[["grade", column]].dropna()
-            if len(pair) < 3 or pair.nunique().min() < 2:
-                rho, p = float("nan"), float("nan")
-            else:
-                rho, p = stats.spearmanr(pair["grade"], pair[column])
-            rows.append(
-                {
-                    "group": group,
-                    "covariate": column,
-                    "n": len(pair),
-                    "rho": float(rho),
-                    "p": float(p),
-                }
-            )
-    return pd.DataFrame(rows)
+    present = [c for c in columns if c in covariates.columns]
+    if not present:
+        return pd.DataFrame(columns=["group", "covariate", "n", "rho", "p"])
+    values = pd.DataFrame({"grade": np.asarray(grades, float)}, index=grades.index.astype(str))
+    frames = [covariate_correlations(values, covariates[present]).assign(group="all")]
+    groups = [("all", c) for c in present]
+    if "sex" in present:
+        known = covariates[present].dropna(subset=["sex"])  # strata need a sex; "all" is above
+        by_sex = covariate_correlations(values, known, by="sex")
+        code = pd.to_numeric(by_sex["stratum"].str.removeprefix("sex="), errors="coerce")
+        for number, group in ((0, "female"), (1, "male")):
+            frames.append(by_sex[code == number].assign(group=group))
+            groups += [(group, c) for c in present if c != "sex"]
+    table = pd.concat(frames).set_index(["group", "covariate"])
+    table = table.reindex(pd.MultiIndex.from_tuples(groups, names=["group", "covariate"]))
+    table["n"] = table["n"].fillna(0).astype(int)
+    return table[["n", "rho", "p"]].astype({"rho": float, "p": float}).reset_index()
 
 
 @dataclass
@@ -196,41 +130,80 @@ def run_protocol(
     scheme = probe.scheme
     grades = pd.Series(scheme.grade(reference.to_numpy()), index=reference.index)
     train, test = train_test_subjects(reference, grades.to_numpy(), test_fraction, seed)
-    train_m, test_m = manifest.select(subject_ids=train), manifest.select(subject_ids=test)
+    parts = {"train": manifest.select(subject_ids=train), "test": manifest.select(subject_ids=test)}
+    references = {"reference": reference, "truth": truth}
     class_rows, reg_rows = [], []
     for model in models:
-        for task in ("classification", "regression"):
-            engine = RadiomicsEngine(
-                **{**engine_settings, "model": model, "task": task, "seed": seed}
-            )
-            engine.fit(train_m)
-            for split, part in (("train", train_m), ("test", test_m)):
-                scores, _ = engine.predict_scores(part)
-                if task == "classification":
-                    p = scores[[f"p_grade{k}" for k in range(scheme.n_grades)]].to_numpy()
-                    g = grades.loc[scores.index].to_numpy()
-                    class_rows.append(
-                        {
-                            "model": model,
-                            "set": split,
-                            **classification_metrics(g, p, n_boot=n_boot, seed=seed),
-                        }
-                    )
-                else:
-                    row = {"model": model, "set": split}
-                    for name, ref in (("reference", reference), ("truth", truth)):
-                        if ref is not None:
-                            m = regression_metrics(ref, scores["value"])
-                            row.update(
-                                {
-                                    f"n_{name}": m["n"],
-                                    f"mae_vs_{name}": m["mae"],
-                                    f"r2_vs_{name}": m["r2"],
-                                }
-                            )
-                    reg_rows.append(row)
-    covariates = manifest.subjects.set_index("subject_id")
-    spearman = covariate_spearman(
-        grades, covariates[[c for c in ("age", "sex", "bmi") if c in covariates.columns]]
-    )
+        settings = {**engine_settings, "model": model, "seed": seed}
+        grader = RadiomicsEngine(**{**settings, "task": "classification"}).fit(parts["train"])
+        regressor = RadiomicsEngine(**{**settings, "task": "regression"}).fit(parts["train"])
+        for split, part in parts.items():
+            scores, _ = grader.predict_scores(part)
+            p = scores[[f"p_grade{k}" for k in range(scheme.n_grades)]].to_numpy()
+            g = grades.loc[scores.index].to_numpy()
+            metrics = grade_probability_metrics(g, p, n_boot=n_boot, seed=seed)
+            class_rows.append({"model": model, "set": split, **metrics})
+            scores, _ = regressor.predict_scores(part)
+            reg_rows.append({"model": model, "set": split, **_regression(references, scores)})
+    spearman = covariate_spearman(grades, manifest.subjects.set_index("subject_id"))
     return ProtocolResult(pd.DataFrame(class_rows), pd.DataFrame(reg_rows), spearman, train, test)
+
+
+def _regression(references: dict[str, pd.Series | None], scores: pd.DataFrame) -> dict[str, float]:
+    """``n_<name>``, ``mae_vs_<name>`` (%) and ``r2_vs_<name>`` of the predicted ``value`` against
+    each given reference (:func:`liverfat.evaluation.agreement.agreement`)."""
+    row = {}
+    for name, ref in references.items():
+        if ref is not None:
+            m = agreement(ref, scores["value"])
+            row.update({f"n_{name}": m["n"], f"mae_vs_{name}": m["mae"], f"r2_vs_{name}": m["r2"]})
+    return row
+
+
+def run_cv_protocol(
+    manifest: Manifest,
+    folder: str | os.PathLike[str],
+    *,
+    folds: int = 5,
+    models: Sequence[str] = MODELS,
+    test_fraction: float = 0.3,
+    seed: int = 0,
+    truth: pd.Series | None = None,
+    n_boot: int = 1000,
+    **engine_settings: Any,
+) -> tuple[ProtocolResult, PredictionsTable]:
+    """``liverfat radiomics cv``: :func:`run_protocol`, then out-of-fold predictions of the engine
+    of ``engine_settings``; both written into ``folder``.
+
+    Writes ``classification.csv``, ``regression.csv``, ``split.json`` (the protocol's subjects),
+    ``cv_predictions.csv`` (``folds``-fold, seeded by ``seed``) and ``spearman.csv``: the
+    protocol's Spearman table of reference grades (``grade_from = reference``) and, for a
+    classification engine, the same of its out-of-fold grades (``cv_prediction``). Returns the
+    protocol's tables and the out-of-fold predictions.
+    """
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    result = run_protocol(
+        manifest,
+        models=models,
+        test_fraction=test_fraction,
+        seed=seed,
+        truth=truth,
+        n_boot=n_boot,
+        **engine_settings,
+    )
+    result.classification.to_csv(out / "classification.csv", index=False, float_format="%.4f")
+    result.regression.to_csv(out / "regression.csv", index=False, float_format="%.4f")
+    engine = RadiomicsEngine(**{**engine_settings, "seed": seed})
+    oof = engine.cross_validate(manifest, folds=folds, seed=seed)
+    oof.write(out / "cv_predictions.csv")
+    spearman = [result.spearman.assign(grade_from="reference")]
+    if engine.task == "classification":
+        predicted = oof.frame.set_index("subject_id")["value"]
+        subjects = manifest.subjects.set_index("subject_id")
+        spearman.append(covariate_spearman(predicted, subjects).assign(grade_from="cv_prediction"))
+    pd.concat(spearman).to_csv(out / "spearman.csv", index=False, float_format="%.4g")
+    pd.Series({"train": result.train_subjects, "test": result.test_subjects}).to_json(
+        out / "split.json"
+    )
+    return result, oof

@@ -11,16 +11,11 @@ from scipy import stats
 
 from liverfat.cli import main as cli_main
 from liverfat.errors import LiverfatError
-from liverfat.evaluation.classification import wilson_interval
+from liverfat.evaluation import grader
+from liverfat.evaluation.agreement import agreement
+from liverfat.radiomics import models
 from liverfat.radiomics.engine import RadiomicsEngine
-from liverfat.radiomics.models import grading_scheme
-from liverfat.radiomics.protocol import (
-    bootstrap_interval,
-    classification_metrics,
-    covariate_spearman,
-    grade_auc,
-    regression_metrics,
-)
+from liverfat.radiomics.protocol import covariate_spearman
 from liverfat.testing import check_engine
 
 #: Fast settings for the quarter-scale phantom (8.9 mm pixels: 4-pixel ROIs fit its livers).
@@ -80,55 +75,18 @@ def test_regression_learns_fat_fraction(phantom_manifest, cache):
     oof = engine.cross_validate(train, folds=3, seed=0)
     predicted = oof.values("radiomics", "liver_pdff_pct")
     reference = train.target("liver_pdff_pct")
-    mae = regression_metrics(reference, predicted)["mae"]
+    mae = agreement(reference, predicted)["mae"]
     spread = (reference - reference.median()).abs().mean()
     assert mae < 0.6 * spread, (mae, spread)
 
 
-def test_grading_schemes():
-    assert grading_scheme("histology").grade([4.9, 5.0, 32.9, 33, 66, 80]).tolist() == [
-        0,
-        1,
-        1,
-        2,
-        3,
-        3,
-    ]
-    assert grading_scheme("mri_pdff").grade([6.3, 6.4, 17.4, 22.0, 22.1]).tolist() == [
-        0,
-        1,
-        2,
-        2,
-        3,
-    ]
-    assert grading_scheme("binary").grade([5.4, 5.5]).tolist() == [0, 1]
-    assert grading_scheme([10, 20]).grade([5, 15, 25]).tolist() == [0, 1, 2]
-    with pytest.raises(LiverfatError):
-        grading_scheme([20, 10])
-
-
-def test_metrics_against_independent_implementations():
-    from sklearn.metrics import roc_auc_score
-    from statsmodels.stats.proportion import proportion_confint
-
-    assert wilson_interval(37, 50) == pytest.approx(proportion_confint(37, 50, method="wilson"))
-    rng = np.random.default_rng(0)
-    grades = rng.integers(0, 3, 200)
-    probabilities = rng.dirichlet([1, 1, 1], 200)
-    probabilities[np.arange(200), grades] += 0.5
-    probabilities /= probabilities.sum(axis=1, keepdims=True)
-    assert grade_auc(grades, probabilities) == pytest.approx(
-        roc_auc_score(grades, probabilities, multi_class="ovr", average="macro")
-    )
-    metrics = classification_metrics(grades, probabilities, n_boot=100)
-    assert metrics["auc_lower"] < metrics["auc"] < metrics["auc_upper"]
-    assert metrics["accuracy"] == pytest.approx((probabilities.argmax(1) == grades).mean())
-    # the percentile bootstrap of a mean approaches the normal-theory interval
-    x = rng.normal(10, 2, 400)
-    low, high = bootstrap_interval(np.mean, x, n_boot=2000)
-    half = 1.96 * x.std(ddof=1) / np.sqrt(x.size)
-    assert low == pytest.approx(x.mean() - half, abs=0.05)
-    assert high == pytest.approx(x.mean() + half, abs=0.05)
+def test_grading_schemes_are_the_evaluations():
+    """One definition of the schemes (tested in tests/evaluation/test_grader.py)."""
+    assert models.grading_scheme is grader.grading_scheme
+    assert models.GRADING_SCHEMES is grader.GRADING_SCHEMES
+    engine = RadiomicsEngine(grading="mri_pdff", task="classification")
+    assert engine.scheme.cuts_pct == (6.4, 17.4, 22.1)
+    assert RadiomicsEngine(grading=[10, 20]).scheme.grade([5, 15, 25]).tolist() == [0, 1, 2]
 
 
 def test_covariate_spearman_overall_and_by_sex():
@@ -149,6 +107,37 @@ def test_covariate_spearman_overall_and_by_sex():
     assert table.loc[("male", "age"), "rho"] == pytest.approx(rho_m)
     assert ("male", "sex") not in table.index
     assert table.loc[("all", "bmi"), "rho"] > 0.5
+    assert table.loc[("all", "bmi"), "p"] == pytest.approx(p)
+    female = covariates["sex"] == 0
+    rho_f, p_f = stats.spearmanr(grades[female], covariates.loc[female, "bmi"])
+    assert table.loc[("female", "bmi"), ["rho", "p"]].tolist() == pytest.approx([rho_f, p_f])
+    assert table.loc[("female", "bmi"), "n"] == female.sum()
+    assert list(table.index) == [
+        ("all", "age"), ("all", "sex"), ("all", "bmi"),
+        ("female", "age"), ("female", "bmi"), ("male", "age"), ("male", "bmi"),
+    ]  # fmt: skip
+
+
+def test_covariate_spearman_missing_values_and_empty_groups():
+    """A subject without sex counts in "all" only; a group without subjects is n = 0, NaN."""
+    rng = np.random.default_rng(2)
+    n = 40
+    covariates = pd.DataFrame(
+        {"age": rng.uniform(30, 80, n), "sex": np.ones(n), "bmi": rng.normal(27, 4, n)},
+        index=[f"S{i}" for i in range(n)],
+    )
+    covariates.loc["S0", "sex"] = np.nan
+    covariates.loc["S1", "bmi"] = np.nan
+    grades = pd.Series(np.digitize(covariates["age"], [45, 60]), index=covariates.index)
+    table = covariate_spearman(grades, covariates).set_index(["group", "covariate"])
+    assert table.loc[("all", "age"), "n"] == n
+    assert table.loc[("all", "bmi"), "n"] == n - 1
+    assert table.loc[("male", "age"), "n"] == n - 1
+    rho, _ = stats.spearmanr(grades.drop("S0"), covariates["age"].drop("S0"))
+    assert table.loc[("male", "age"), "rho"] == pytest.approx(rho)
+    assert table.loc[("female", "age"), "n"] == 0
+    assert np.isnan(table.loc[("female", "age"), "rho"])
+    assert np.isnan(table.loc[("all", "sex"), "rho"])  # sex is constant among the known
 
 
 def test_cli_fit_predict_rois_features(phantom_dir, tmp_path, cache):
@@ -277,7 +266,28 @@ def test_cli_cv_protocol_table(phantom_dir, tmp_path, cache):
     assert {"mae_vs_reference", "r2_vs_truth"} <= set(regression.columns)
     split = json.loads((out / "split.json").read_text(encoding="utf-8"))
     assert not set(split["train"]) & set(split["test"])
-    assert (out / "cv_predictions.csv").is_file() and (out / "spearman.csv").is_file()
+    assert (out / "cv_predictions.csv").is_file()
+    # the numbers, recomputed independently
+    from statsmodels.stats.proportion import proportion_confint
+
+    from liverfat.data.manifest import Manifest
+
+    manifest = Manifest.load(phantom_dir / "manifest.yaml")
+    reference = manifest.target("liver_pdff_pct").dropna()
+    assert sorted(split["train"] + split["test"]) == sorted(reference.index)
+    sizes = {"train": len(split["train"]), "test": len(split["test"])}
+    assert (classification["n"] == classification["set"].map(sizes)).all()
+    assert (regression["n_reference"] == regression["set"].map(sizes)).all()
+    for row in classification.itertuples():
+        correct = round(row.accuracy * row.n)
+        low, high = proportion_confint(correct, row.n, method="wilson")
+        assert (row.accuracy_lower, row.accuracy_upper) == pytest.approx((low, high), abs=1e-4)
+    spearman = pd.read_csv(out / "spearman.csv").set_index(["grade_from", "group", "covariate"])
+    assert set(spearman.index.get_level_values("grade_from")) == {"reference"}  # a regression
+    grades = (reference >= 5.5).astype(int)  # the binary scheme
+    bmi = manifest.subjects.set_index("subject_id").loc[grades.index, "bmi"]
+    rho = stats.spearmanr(grades, bmi).statistic
+    assert spearman.loc[("reference", "all", "bmi"), "rho"] == pytest.approx(rho, rel=1e-3)
 
 
 def test_chaos_manifest_rois_cli(shared_data, tmp_path):

@@ -1,0 +1,113 @@
+"""Argument helpers shared by the subcommands' parsers (``liverfat/<package>/cli.py``).
+
+A floor below every command line: it knows manifests and executors, never an engine. Each helper
+stands alone: the common ``manifest`` / ``--split`` / ``--data-root`` arguments and their loading
+(a bad manifest raises :class:`~liverfat.errors.ManifestError`, which ``liverfat`` prints as one
+line), the common ``--executor`` / ``--workers`` / ``--scheduler`` options and the keyword
+arguments they give, and choices read from a package constant only when first needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+from liverfat.data.manifest import Manifest
+from liverfat.parallel import EXECUTORS
+
+#: Help of the positional ``manifest`` argument.
+MANIFEST_HELP = "dataset card (YAML) or a folder holding manifest.yaml"
+
+
+def add_manifest_args(
+    parser: argparse.ArgumentParser,
+    *,
+    help: str = MANIFEST_HELP,
+    split: bool = False,
+    data_root: bool = False,
+) -> None:
+    """The positional ``manifest``, and ``--split`` / ``--data-root`` where asked for."""
+    parser.add_argument("manifest", help=help)
+    if split:
+        parser.add_argument("--split", help="use only this split (e.g. A)")
+    if data_root:
+        parser.add_argument("--data-root", help="folder image paths are relative to")
+
+
+def load_manifest(args: argparse.Namespace) -> Manifest:
+    """The manifest of :func:`add_manifest_args`' arguments, restricted to ``--split`` if given."""
+    manifest = Manifest.load(args.manifest, data_root=getattr(args, "data_root", None))
+    split = getattr(args, "split", None)
+    return manifest.select(split=split) if split else manifest
+
+
+def add_executor_args(
+    parser: argparse.ArgumentParser,
+    *,
+    default: str | None = "processes",
+    workers: int | None = None,
+    scheduler: bool = False,
+) -> None:
+    """``--executor`` (one of :data:`liverfat.parallel.EXECUTORS`), ``--workers`` and, with
+    ``scheduler``, ``--scheduler``.
+
+    ``default=None`` leaves both unset (for commands that keep a saved engine's executor unless
+    told otherwise); ``workers=None`` means all cores.
+    """
+    saved = "default: as saved"
+    parser.add_argument(
+        "--executor",
+        choices=EXECUTORS,
+        default=default,
+        help=f"how subjects are mapped ({saved if default is None else 'default %(default)s'})",
+    )
+    if default is None:
+        workers_help = f"worker processes ({saved})"
+    elif workers is None:
+        workers_help = "worker processes (default: all cores)"
+    else:
+        workers_help = "worker processes (default %(default)s)"
+    parser.add_argument("--workers", type=int, default=workers, help=workers_help)
+    if scheduler:
+        parser.add_argument("--scheduler", help="Dask scheduler address (with --executor dask)")
+
+
+def executor_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """``executor``, ``n_workers`` (and ``scheduler``) keyword arguments of
+    :func:`add_executor_args`' options, as engines and batch functions take them."""
+    settings = {"executor": args.executor, "n_workers": args.workers}
+    if hasattr(args, "scheduler"):
+        settings["scheduler"] = args.scheduler
+    return settings
+
+
+class LazyChoices(Sequence[str]):
+    """``choices=`` read from a package constant when argparse first needs them.
+
+    For names whose module is slow to import (torch): building ``liverfat``'s parser then costs
+    nothing, and the names are read when a value is checked or help is shown. Give the argument
+    a ``metavar`` (argparse would otherwise list the choices while the parser is built) and write
+    ``%(choices)s`` in its help to show them.
+    """
+
+    def __init__(self, names: Callable[[], Iterable[str]]) -> None:
+        self._names = names
+        self._cache: tuple[str, ...] | None = None
+
+    def _values(self) -> tuple[str, ...]:
+        if self._cache is None:
+            self._cache = tuple(self._names())
+        return self._cache
+
+    def __getitem__(self, index: int) -> str:  # type: ignore[override]
+        return self._values()[index]
+
+    def __len__(self) -> int:
+        return len(self._values())
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values())
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._values()
