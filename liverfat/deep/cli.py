@@ -3,24 +3,54 @@
 from __future__ import annotations
 
 import argparse
+from importlib import import_module
 from pathlib import Path
+from typing import Any
 
-import numpy as np
+from liverfat.cli_common import (
+    LazyChoices,
+    add_executor_args,
+    add_manifest_args,
+    executor_settings,
+    load_manifest,
+)
+from liverfat.deep.formats import format_names
 
-from liverfat.data.atomic import write_json_atomic
-from liverfat.data.manifest import Manifest
-from liverfat.errors import LiverfatError
-from liverfat.parallel import EXECUTORS
+# Read when parsing or showing help, so that building ``liverfat``'s parser imports no torch.
+HEAD_CHOICES = LazyChoices(lambda: import_module("liverfat.deep.training").HEADS)
+PROFILE_CHOICES = LazyChoices(lambda: ("auto", *import_module("liverfat.deep.engine").PROFILES))
+MODEL_CHOICES = LazyChoices(lambda: import_module("liverfat.nn.registry").model_names())
+
+
+def _format_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--format", choices=format_names(), default="liverfat", help="2D format")
 
 
 def _engine_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("manifest", help="dataset card (YAML) or a folder holding manifest.yaml")
-    parser.add_argument("--split", help="use only this split (e.g. A)")
+    add_manifest_args(parser, split=True)
     parser.add_argument("--targets", nargs="+", default=["liver_pdff_pct"])
-    parser.add_argument("--format", default="liverfat", help="registered 2D format")
-    parser.add_argument("--model", default="resnet50", help="registered model (plug-ins too)")
-    parser.add_argument("--head", choices=("mean_variance", "mse"), default="mean_variance")
-    parser.add_argument("--profile", choices=("auto", "paper", "quick"), default="auto")
+    _format_arg(parser)
+    parser.add_argument(
+        "--model",
+        choices=MODEL_CHOICES,
+        default="resnet50",
+        metavar="MODEL",
+        help="registered model, plug-ins too: %(choices)s (default %(default)s)",
+    )
+    parser.add_argument(
+        "--head",
+        choices=HEAD_CHOICES,
+        default="mean_variance",
+        metavar="HEAD",
+        help="%(choices)s (default %(default)s)",
+    )
+    parser.add_argument(
+        "--profile",
+        choices=PROFILE_CHOICES,
+        default="auto",
+        metavar="PROFILE",
+        help="%(choices)s (default %(default)s: paper on a GPU, else quick)",
+    )
     parser.add_argument("--iterations", type=int)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--input-scale", type=float, help="resize formats before the network")
@@ -31,10 +61,15 @@ def _engine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cache", help="working folder: formats, finished folds (default: <out>/work)"
     )
-    parser.add_argument("--executor", choices=EXECUTORS, default="serial")
-    parser.add_argument("--workers", type=int)
+    add_executor_args(parser, default="serial")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--out", required=True, help="output folder")
+
+
+def _saved_engine_options(parser: argparse.ArgumentParser, out: str) -> None:
+    add_manifest_args(parser, split=True)
+    parser.add_argument("--engine", required=True, help="folder written by `deep fit`")
+    parser.add_argument("--out", required=True, help=out)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -42,12 +77,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     sub = deep.add_subparsers(dest="deep_command", metavar="ACTION", required=True)
 
     fmt = sub.add_parser("format", help="compute and cache 2D formats (resumable)")
-    fmt.add_argument("manifest")
-    fmt.add_argument("--format", default="liverfat")
+    add_manifest_args(fmt)
+    _format_arg(fmt)
     fmt.add_argument("--out", required=True, help="cache folder")
     fmt.add_argument("--png", action="store_true", help="also write one PNG per subject")
-    fmt.add_argument("--executor", choices=EXECUTORS, default="processes")
-    fmt.add_argument("--workers", type=int)
+    add_executor_args(fmt)
     fmt.set_defaults(func=format_main)
 
     cv = sub.add_parser("cv", help="k-fold cross-validation: out-of-fold predictions + metrics")
@@ -63,28 +97,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     fit.set_defaults(func=fit_main)
 
     predict = sub.add_parser("predict", help="predict with a saved engine")
-    predict.add_argument("manifest")
-    predict.add_argument("--engine", required=True, help="folder written by `deep fit`")
-    predict.add_argument("--split")
-    predict.add_argument("--out", required=True, help="predictions CSV")
+    _saved_engine_options(predict, "predictions CSV")
     predict.set_defaults(func=predict_main)
 
     saliency = sub.add_parser("saliency", help="Grad-CAM maps per subject and cohort mean (PNG)")
-    saliency.add_argument("manifest")
-    saliency.add_argument("--engine", required=True)
-    saliency.add_argument("--split")
+    _saved_engine_options(saliency, "output folder")
     saliency.add_argument("--target")
-    saliency.add_argument("--out", required=True, help="output folder")
     saliency.add_argument("--per-subject", action="store_true", help="one PNG per subject too")
     saliency.set_defaults(func=saliency_main)
 
 
-def _manifest(args: argparse.Namespace) -> Manifest:
-    manifest = Manifest.load(args.manifest)
-    return manifest.select(split=args.split) if getattr(args, "split", None) else manifest
-
-
-def _engine(args: argparse.Namespace):
+def _engine(args: argparse.Namespace) -> Any:
     from liverfat.deep.engine import DeepEngine
 
     if args.threads:
@@ -105,31 +128,23 @@ def _engine(args: argparse.Namespace):
         seed=args.seed,
         device=args.device,
         work_dir=args.cache or str(Path(args.out) / "work"),
-        executor=args.executor,
-        n_workers=args.workers,
+        **executor_settings(args),
         progress=True,
     )
 
 
 def format_main(args: argparse.Namespace) -> int:
     from liverfat.deep.engine import DeepEngine
+    from liverfat.deep.formats import write_format_pngs
 
-    manifest = Manifest.load(args.manifest)
     engine = DeepEngine(
-        format=args.format,
-        work_dir=args.out,
-        executor=args.executor,
-        n_workers=args.workers,
-        progress=True,
+        format=args.format, work_dir=args.out, **executor_settings(args), progress=True
     )
-    arrays, errors = engine.load_formats(manifest)
+    arrays, errors = engine.load_formats(load_manifest(args))
     for message in errors.values():
         print(message)
     if args.png:
-        import matplotlib.pyplot as plt
-
-        for sid, array in arrays.items():
-            plt.imsave(Path(args.out) / f"{sid}.{args.format}.png", array[-1], cmap="gray")
+        write_format_pngs(arrays, args.out, args.format)
     print(f"{len(arrays)} formats in {args.out}, {len(errors)} failed")
     return 1 if errors and not arrays else 0
 
@@ -138,7 +153,7 @@ def cv_main(args: argparse.Namespace) -> int:
     from liverfat.baseline import LinearBaseline
     from liverfat.deep.metrics import summary_table
 
-    manifest = _manifest(args)
+    manifest = load_manifest(args)
     engine = _engine(args)
     out = Path(args.out)
     oof = engine.cross_validate(manifest, folds=args.folds, seed=args.fold_seed)
@@ -158,15 +173,11 @@ def cv_main(args: argparse.Namespace) -> int:
 
 
 def fit_main(args: argparse.Namespace) -> int:
-    from liverfat.data.predictions import PredictionsTable
+    from liverfat.deep.uncertainty import saved_variance_scale
 
-    manifest = _manifest(args)
-    engine = _engine(args).fit(manifest)
+    engine = _engine(args).fit(load_manifest(args))
     if args.calibration:
-        scale = PredictionsTable.read(args.calibration).run.get("variance_scale")
-        if not scale:
-            raise LiverfatError(f"{args.calibration}: its run.json holds no variance_scale")
-        engine.set_calibration(scale)
+        engine.set_calibration(saved_variance_scale(args.calibration))
     engine.save(Path(args.out))
     print(f"engine saved in {args.out} ({len(engine.training_subjects_)} training subjects)")
     for message in engine.training_failures_.values():
@@ -178,7 +189,7 @@ def predict_main(args: argparse.Namespace) -> int:
     from liverfat.deep.engine import DeepEngine
 
     engine = DeepEngine.load(args.engine)
-    table = engine.predict(_manifest(args))
+    table = engine.predict(load_manifest(args))
     table.write(args.out)
     failed = int((table.frame["status"] == "failed").sum())
     print(f"{len(table.frame)} rows in {args.out}, {failed} failed")
@@ -187,28 +198,17 @@ def predict_main(args: argparse.Namespace) -> int:
 
 def saliency_main(args: argparse.Namespace) -> int:
     from liverfat.deep.engine import DeepEngine
-    from liverfat.deep.saliency import aligned_stack, cohort_saliency, save_overlay
+    from liverfat.deep.saliency import write_cohort_saliency
 
-    engine = DeepEngine.load(args.engine)
-    manifest = _manifest(args)
-    result = cohort_saliency(engine, manifest, target=args.target)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    ids = list(result.maps)
-    water = aligned_stack(manifest, engine.format, "water", ids)
-    background = water.mean(axis=0)
-    for name, image, title in (
-        ("mean", result.mean, "mean Grad-CAM"),
-        ("deviation", result.deviation, "cohort deviation of signed Grad-CAM"),
-        ("sensitivity", result.sensitivity_mean, "mean pixel sensitivity (squared input gradient)"),
-    ):
-        np.save(out / f"saliency_{name}.npy", image.astype(np.float32))
-        save_overlay(out / f"saliency_{name}.png", image, background, title=title)
-    if args.per_subject:
-        for sid, own in zip(ids, water, strict=True):
-            save_overlay(out / f"{sid}.png", result.maps[sid], own, title=sid)
-    write_json_atomic(out / "saliency.json", {"subjects": ids, "failed": result.errors})
+    result = write_cohort_saliency(
+        DeepEngine.load(args.engine),
+        load_manifest(args),
+        out,
+        target=args.target,
+        per_subject=args.per_subject,
+    )
     for message in result.errors.values():
         print(f"skipped: {message}")
-    print(f"mean Grad-CAM of {len(ids)} subjects: {out / 'saliency_mean.png'}")
+    print(f"mean Grad-CAM of {len(result.maps)} subjects: {out / 'saliency_mean.png'}")
     return 0

@@ -352,6 +352,19 @@ def cache_path(cache_dir: str | os.PathLike[str], subject_id: str, key: str) -> 
     return Path(cache_dir) / f"{subject_id}.{key}.npy"
 
 
+def write_format_pngs(
+    arrays: dict[str, np.ndarray], folder: str | os.PathLike[str], format_name: str
+) -> list[Path]:
+    """One greyscale PNG of each subject's last format channel, ``<subject>.<format>.png``."""
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for sid, array in arrays.items():
+        paths.append(Path(folder) / f"{sid}.{format_name}.png")
+        plt.imsave(paths[-1], array[-1], cmap="gray")
+    return paths
+
+
 def load_or_compute(
     manifest: Manifest, subject_id: str, format_name: str, cache_dir: str | os.PathLike[str] | None
 ) -> np.ndarray:

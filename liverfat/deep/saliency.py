@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from liverfat.data.atomic import atomic_path
+from liverfat.data.atomic import atomic_path, write_json_atomic
 from liverfat.data.manifest import Manifest
 from liverfat.deep.engine import DeepEngine
 from liverfat.deep.formats import get_format
@@ -233,3 +233,42 @@ def save_overlay(
         figure.savefig(tmp, format="png")
     plt.close(figure)
     return Path(path)
+
+
+#: The cohort maps :func:`write_cohort_saliency` writes: file stem, result attribute, title.
+COHORT_MAPS = (
+    ("mean", "mean", "mean Grad-CAM"),
+    ("deviation", "deviation", "cohort deviation of signed Grad-CAM"),
+    ("sensitivity", "sensitivity_mean", "mean pixel sensitivity (squared input gradient)"),
+)
+
+
+def write_cohort_saliency(
+    engine: DeepEngine,
+    manifest: Manifest,
+    folder: str | os.PathLike[str],
+    *,
+    target: str | None = None,
+    per_subject: bool = False,
+) -> SaliencyResult:
+    """:func:`cohort_saliency` of ``manifest``, written into ``folder`` (``deep saliency``).
+
+    Each map of :data:`COHORT_MAPS` as ``saliency_<name>.npy`` (float32) and ``.png`` over the
+    cohort's mean water image; with ``per_subject`` one ``<subject>.png`` of each subject's
+    Grad-CAM over its own water image; ``saliency.json`` lists the subjects and the failures.
+    """
+    result = cohort_saliency(engine, manifest, target=target)
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    ids = list(result.maps)
+    water = aligned_stack(manifest, engine.format, "water", ids)
+    background = water.mean(axis=0)
+    for name, attribute, title in COHORT_MAPS:
+        image = getattr(result, attribute)
+        np.save(out / f"saliency_{name}.npy", image.astype(np.float32))
+        save_overlay(out / f"saliency_{name}.png", image, background, title=title)
+    if per_subject:
+        for sid, own in zip(ids, water, strict=True):
+            save_overlay(out / f"{sid}.png", result.maps[sid], own, title=sid)
+    write_json_atomic(out / "saliency.json", {"subjects": ids, "failed": result.errors})
+    return result

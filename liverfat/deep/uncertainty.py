@@ -8,9 +8,12 @@ rescaled so that the standardised errors have unit mean square, and intervals be
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pandas as pd
+
+from liverfat.errors import LiverfatError
 
 #: Two-sided 95 % normal quantile, for the intervals of a mean-variance head.
 Z95 = 1.959963984540054
@@ -41,3 +44,14 @@ def apply_variance_scale(frame: pd.DataFrame, scales: dict[str, float]) -> pd.Da
         frame.loc[rows, "lower"] = frame.loc[rows, "value"] - Z95 * frame.loc[rows, "std"]
         frame.loc[rows, "upper"] = frame.loc[rows, "value"] + Z95 * frame.loc[rows, "std"]
     return frame
+
+
+def saved_variance_scale(path: str | os.PathLike[str]) -> dict[str, float]:
+    """The per-target variance scale in the ``run.json`` of an out-of-fold predictions table
+    (``oof.csv`` of ``liverfat deep cv``); a clear error when it holds none."""
+    from liverfat.data.predictions import PredictionsTable
+
+    scale = PredictionsTable.read(path).run.get("variance_scale")
+    if not scale:
+        raise LiverfatError(f"{path}: its run.json holds no variance_scale")
+    return scale

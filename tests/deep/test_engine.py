@@ -123,10 +123,12 @@ def test_cli_cv_fit_predict_saliency(phantom_dir, tmp_path, capsys):
                 str(tmp_path / "cache"),
                 "--executor",
                 "serial",
+                "--png",
             ]
         )
         == 0
     )
+    assert len(list((tmp_path / "cache").glob("*.liverfat.png"))) == 20
     assert (
         cli_main(
             [
@@ -201,6 +203,23 @@ def test_cli_cv_fit_predict_saliency(phantom_dir, tmp_path, capsys):
     subjects = json.loads((tmp_path / "s" / "saliency.json").read_text(encoding="utf-8"))
     assert subjects["subjects"]
     assert all((tmp_path / "s" / f"{sid}.png").is_file() for sid in subjects["subjects"])
+    # the written numbers are the engine's: calibration from the cv table, saliency of split C
+    from liverfat.data.manifest import Manifest
+    from liverfat.data.predictions import PredictionsTable
+    from liverfat.deep.saliency import cohort_saliency
+
+    engine = DeepEngine.load(tmp_path / "e")
+    scale = PredictionsTable.read(tmp_path / "cv" / "oof.csv").run["variance_scale"]
+    assert engine.variance_scale_.tolist() == pytest.approx([scale["liver_pdff_pct"]])
+    assert scale["liver_pdff_pct"] != pytest.approx(1.0)
+    expected = cohort_saliency(engine, Manifest.load(phantom_dir).select(split="C"))
+    assert subjects["subjects"] == list(expected.maps)
+    for name, attribute in (("mean", "mean"), ("sensitivity", "sensitivity_mean")):
+        written = np.load(tmp_path / "s" / f"saliency_{name}.npy")
+        assert written == pytest.approx(getattr(expected, attribute).astype(np.float32), abs=1e-5)
+    assert written.max() > 0  # the sensitivity map, non-zero even after 3 iterations
+    mean = np.load(tmp_path / "s" / "saliency_mean.npy")
+    assert mean.min() >= 0 and mean.max() <= 1
     assert (
         cli_main(
             [
