@@ -32,7 +32,9 @@ def add_manifest_args(
     if split:
         parser.add_argument("--split", help="use only this split (e.g. A)")
     if data_root:
-        parser.add_argument("--data-root", help="folder image paths are relative to")
+        parser.add_argument(
+            "--data-root", help="folder image paths are relative to (overrides the card)"
+        )
 
 
 def load_manifest(args: argparse.Namespace) -> Manifest:

@@ -8,6 +8,9 @@ registration of A and C, radiomics cross-validation, comparison and report) fini
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 PAIRS = [
@@ -97,3 +100,30 @@ def demo_study(
         "comparison": {"pairs": PAIRS, "review": ["network", "atlas"]},
     }
     return n or settings["n"], settings["scale"], study
+
+
+def write_demo_study(
+    out: str | os.PathLike[str],
+    profile: str = "quick",
+    *,
+    n: int | None = None,
+    seed: int = 0,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Generate the phantom cohort in ``out/phantom`` and write ``out/study.yaml`` for it.
+
+    Returns the study file, for :func:`liverfat.study.run_study` (``liverfat demo``). The
+    phantom resumes when it exists; ``n`` overrides the profile's number of subjects.
+    """
+    import yaml
+
+    from liverfat.data.atomic import write_text_atomic
+    from liverfat.data.phantom import generate_cohort
+
+    out = Path(out).resolve()
+    n_subjects, scale, study_mapping = demo_study(profile, n=n, seed=seed)
+    log(f"[phantom] {n_subjects} subjects at {scale} scale -> {out / 'phantom'}")
+    generate_cohort(n_subjects, out / "phantom", seed=seed, scale=scale, executor="processes")
+    study_path = out / "study.yaml"
+    write_text_atomic(study_path, yaml.safe_dump(study_mapping, sort_keys=False))
+    return study_path

@@ -6,9 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-import yaml
-
-from liverfat.data.atomic import write_text_atomic
+from liverfat.demo import PROFILES
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -24,7 +22,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     demo.add_argument("--out", default="demo_output", help="output folder (default demo_output)")
     demo.add_argument(
         "--profile",
-        choices=("quick", "paper"),
+        choices=tuple(PROFILES),
         default="quick",
         help="quick: 2-core CPU in minutes; paper: the published settings (GPU)",
     )
@@ -54,13 +52,7 @@ def run_main(args: argparse.Namespace) -> int:
 
 
 def demo_main(args: argparse.Namespace) -> int:
-    from liverfat.data.phantom import generate_cohort
-    from liverfat.demo import demo_study
+    from liverfat.demo import write_demo_study
 
-    out = Path(args.out).resolve()
-    n, scale, study_mapping = demo_study(args.profile, n=args.n, seed=args.seed)
-    _log(f"[phantom] {n} subjects at {scale} scale -> {out / 'phantom'}")
-    generate_cohort(n, out / "phantom", seed=args.seed, scale=scale, executor="processes")
-    study_path = out / "study.yaml"
-    write_text_atomic(study_path, yaml.safe_dump(study_mapping, sort_keys=False))
+    study_path = write_demo_study(args.out, args.profile, n=args.n, seed=args.seed, log=_log)
     return _run(study_path, None, args.scheduler)

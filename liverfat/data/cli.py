@@ -5,8 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from liverfat.data.manifest import Manifest
-from liverfat.parallel import EXECUTORS
+from liverfat.cli_common import (
+    add_executor_args,
+    add_manifest_args,
+    executor_settings,
+    load_manifest,
+)
+from liverfat.data.phantom import SCALES
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -17,15 +22,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     phantom.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     phantom.add_argument(
         "--scale",
-        choices=("full", "half", "quarter"),
+        choices=tuple(SCALES),
         default="quarter",
         help="grid: full 224x174x370 voxels of 2.23x2.23x3 mm; half; quarter",
     )
     phantom.add_argument("--out", required=True, help="output folder (resumes if it exists)")
-    phantom.add_argument("--executor", choices=EXECUTORS, default="processes")
-    phantom.add_argument(
-        "--workers", type=int, default=None, help="worker processes (default: all cores)"
-    )
+    add_executor_args(phantom)
     phantom.add_argument(
         "--swap-fraction", type=float, help="fraction of subjects with a water-fat swap"
     )
@@ -41,16 +43,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     manifest = subparsers.add_parser("manifest", help="validate a manifest")
     manifest_sub = manifest.add_subparsers(dest="manifest_command", metavar="ACTION", required=True)
     check = manifest_sub.add_parser("check", help="list every problem of a manifest, one per line")
-    check.add_argument("path", help="dataset card (YAML) or a folder holding manifest.yaml")
-    check.add_argument(
-        "--data-root", help="folder image paths are relative to (overrides the card)"
-    )
+    add_manifest_args(check, data_root=True)
     check.add_argument("--no-geometry", action="store_true", help="skip image-geometry comparison")
     check.set_defaults(func=manifest_check)
 
 
 def manifest_check(args: argparse.Namespace) -> int:
-    manifest = Manifest.load(args.path, data_root=args.data_root)
+    manifest = load_manifest(args)
     problems = manifest.problems(check_geometry=not args.no_geometry)
     for line in problems:
         print(line, file=sys.stderr)
@@ -80,8 +79,7 @@ def phantom_main(args: argparse.Namespace) -> int:
         seed=args.seed,
         scale=args.scale,
         config=config,
-        executor=args.executor,
-        n_workers=args.workers,
+        **executor_settings(args),
     )
     print(f"phantom cohort of {args.n} subjects: {card}")
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from liverfat.parallel import EXECUTORS
+from liverfat.cli_common import add_executor_args, executor_settings
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -42,8 +42,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=TRIM_SLICES,
         help=f"slices dropped at each end of every station (default {TRIM_SLICES})",
     )
-    ukb.add_argument("--executor", choices=EXECUTORS, default="processes")
-    ukb.add_argument("--workers", type=int, help="worker processes (default: all cores)")
+    add_executor_args(ukb)
     ukb.add_argument("--quiet", action="store_true", help="no progress bar")
     ukb.set_defaults(func=ukb_main)
 
@@ -58,8 +57,7 @@ def ukb_main(args: argparse.Namespace) -> int:
         fields=args.fields,
         spacing_mm=args.spacing_mm,
         trim_slices=args.trim_slices,
-        executor=args.executor,
-        n_workers=args.workers,
+        **executor_settings(args),
         progress=not args.quiet,
     )
     for _, row in result.status[result.status["status"] == "failed"].iterrows():
