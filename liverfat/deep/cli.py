@@ -21,6 +21,22 @@ HEAD_CHOICES = LazyChoices(lambda: import_module("liverfat.deep.training").HEADS
 PROFILE_CHOICES = LazyChoices(lambda: ("auto", *import_module("liverfat.deep.engine").PROFILES))
 MODEL_CHOICES = LazyChoices(lambda: import_module("liverfat.nn.registry").model_names())
 
+#: Options of :func:`_engine_options` passed to the DeepEngine under their own names.
+ENGINE_OPTIONS = (
+    "targets",
+    "format",
+    "model",
+    "head",
+    "profile",
+    "iterations",
+    "batch_size",
+    "input_scale",
+    "learning_rate",
+    "pretrained",
+    "seed",
+    "device",
+)
+
 
 def _format_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=format_names(), default="liverfat", help="2D format")
@@ -114,19 +130,9 @@ def _engine(args: argparse.Namespace) -> Any:
         from liverfat.nn.device import set_torch_threads
 
         set_torch_threads(args.threads)
+    options = {name: getattr(args, name) for name in ENGINE_OPTIONS}
     return DeepEngine(
-        targets=args.targets,
-        format=args.format,
-        model=args.model,
-        head=args.head,
-        profile=args.profile,
-        iterations=args.iterations,
-        batch_size=args.batch_size,
-        input_scale=args.input_scale,
-        learning_rate=args.learning_rate,
-        pretrained=args.pretrained,
-        seed=args.seed,
-        device=args.device,
+        **options,
         work_dir=args.cache or str(Path(args.out) / "work"),
         **executor_settings(args),
         progress=True,

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,7 +98,7 @@ def run_protocol(
     seed: int = 0,
     truth: pd.Series | None = None,
     n_boot: int = 1000,
-    **engine_settings,
+    **engine_settings: Any,
 ) -> ProtocolResult:
     """Train/test evaluation of every model as grader and as fat-fraction regressor.
 
@@ -110,17 +111,31 @@ def run_protocol(
     engine_settings:
         Passed to :class:`RadiomicsEngine` (``target``, ``grading``, ROI, augmentation, boosting).
     """
-    if not engine_settings.get("work_dir"):  # features are shared by the six fits via a cache
-        with tempfile.TemporaryDirectory(prefix="liverfat-radiomics-") as cache:
-            return run_protocol(
-                manifest,
-                models=models,
-                test_fraction=test_fraction,
-                seed=seed,
-                truth=truth,
-                n_boot=n_boot,
-                **{**engine_settings, "work_dir": cache},
-            )
+    with _shared_work_dir(engine_settings) as settings:
+        return _protocol(manifest, models, test_fraction, seed, truth, n_boot, settings)
+
+
+@contextmanager
+def _shared_work_dir(engine_settings: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The settings with a ``work_dir``: features are shared by the six fits via its cache (a
+    temporary folder when none is given)."""
+    if engine_settings.get("work_dir"):
+        yield engine_settings
+        return
+    with tempfile.TemporaryDirectory(prefix="liverfat-radiomics-") as cache:
+        yield {**engine_settings, "work_dir": cache}
+
+
+def _protocol(
+    manifest: Manifest,
+    models: Sequence[str],
+    test_fraction: float,
+    seed: int,
+    truth: pd.Series | None,
+    n_boot: int,
+    engine_settings: dict[str, Any],
+) -> ProtocolResult:
+    """:func:`run_protocol` with settings that hold a ``work_dir``."""
     probe = RadiomicsEngine(**engine_settings)
     reference = manifest.target(probe.target).dropna()
     if len(reference) < 10:
