@@ -11,7 +11,7 @@ from liverfat.cli_common import (
     executor_settings,
     load_manifest,
 )
-from liverfat.data.phantom import SCALES
+from liverfat.data.phantom.grid import SCALES
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

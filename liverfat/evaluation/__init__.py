@@ -9,6 +9,8 @@ engine wrote a table. Modules:
 - :mod:`~liverfat.evaluation.classification`: steatosis detection at a threshold (ROC-AUC,
   sensitivity, specificity, accuracy, precision with seeded bootstrap intervals) and grading
   (confusion matrix, weighted kappa, one-vs-rest AUC).
+- :mod:`~liverfat.evaluation.grader`: the grading schemes (on classification's thresholds) and
+  the metrics of a grader's class probabilities (AUC, accuracy, bootstrap and Wilson intervals).
 - :mod:`~liverfat.evaluation.segmentation`: Dice, Jaccard, volume difference, surface distances.
 - :mod:`~liverfat.evaluation.values`: predictions tables side by side (one column per method),
   coverage, failures, the reference table from a manifest, pairs and subsets.

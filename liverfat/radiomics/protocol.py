@@ -7,7 +7,7 @@ The numbers come from :mod:`liverfat.evaluation`: AUC and accuracy with their in
 of the higher grade, multi-grade schemes the macro mean of one-vs-rest AUCs over grades present
 with both classes; a seeded percentile bootstrap over subjects for the AUC, Wilson for accuracy),
 MAE and R^2 from :func:`~liverfat.evaluation.agreement.agreement` (NaN below 3 subjects), Spearman
-from :func:`~liverfat.evaluation.compare.covariate_correlations`.
+from :func:`~liverfat.evaluation.covariates.covariate_correlations`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from liverfat.data.manifest import Manifest
 from liverfat.data.predictions import PredictionsTable
 from liverfat.errors import LiverfatError
 from liverfat.evaluation.agreement import agreement
-from liverfat.evaluation.compare import covariate_correlations
+from liverfat.evaluation.covariates import covariate_correlations
 from liverfat.evaluation.grader import grade_probability_metrics
 from liverfat.radiomics.engine import RadiomicsEngine
 from liverfat.radiomics.models import MODELS
@@ -55,7 +55,7 @@ def covariate_spearman(
 ) -> pd.DataFrame:
     """Spearman rho (and p) of grade with each covariate, over all subjects and by sex.
 
-    The published layout of :func:`liverfat.evaluation.compare.covariate_correlations`: columns
+    The published layout of :func:`liverfat.evaluation.covariates.covariate_correlations`: columns
     ``group`` (``all``, ``female``, ``male``), ``covariate``, ``n``, ``rho``, ``p``. Sex is coded
     0 female, 1 male; within a sex group the sex column itself is skipped; a group or covariate
     without data gives a row with n = 0 and NaN.
