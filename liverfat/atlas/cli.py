@@ -148,10 +148,9 @@ def calibrate_main(args: argparse.Namespace) -> int:
 def predict_main(args: argparse.Namespace) -> int:
     from liverfat.atlas.engine import AtlasEngine
 
+    given = {**executor_settings(args), "work_dir": args.work_dir}
     engine = AtlasEngine.load(args.engine)
-    for name, value in {**executor_settings(args), "work_dir": args.work_dir}.items():
-        if value:  # given on the command line: overrides the saved engine's
-            setattr(engine, name, value)
+    engine.set_params(**{name: value for name, value in given.items() if value})  # else as saved
     table = engine.predict(load_manifest(args), raw=args.raw)
     table.write(args.out)
     counts = table.frame["status"].value_counts().to_dict()

@@ -163,6 +163,7 @@ def features_main(args: argparse.Namespace) -> int:
     """Extract ROI features of every subject (cached)."""
     from liverfat.data.atomic import atomic_path
     from liverfat.radiomics.engine import RadiomicsEngine
+    from liverfat.radiomics.features import KEY_COLUMNS
 
     out = Path(args.out)
     engine = RadiomicsEngine(**_engine_settings(args, out.parent))
@@ -172,9 +173,7 @@ def features_main(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
         rows.to_csv(tmp, index=False, float_format="%.10g")
-    n_features = len(
-        [c for c in rows.columns if c not in ("subject_id", "roi", "augmentation", "lobe")]
-    )
+    n_features = len([c for c in rows.columns if c not in KEY_COLUMNS])
     print(
         f"{len(rows)} ROIs x {n_features} features of "
         f"{rows['subject_id'].nunique() if len(rows) else 0} "
@@ -203,10 +202,9 @@ def predict_main(args: argparse.Namespace) -> int:
     """Predict every subject with a saved engine."""
     from liverfat.radiomics.engine import RadiomicsEngine
 
-    engine = RadiomicsEngine.load(args.model)
-    engine.executor, engine.n_workers = args.executor, args.workers
+    engine = RadiomicsEngine.load(args.model).set_params(**executor_settings(args))
     if args.cache:
-        engine.work_dir = args.cache
+        engine.set_params(work_dir=args.cache)
     table = engine.predict(load_manifest(args))
     path = table.write(args.out)
     failed = int((table.frame["status"] == "failed").sum())

@@ -145,6 +145,10 @@ def test_cli_templates_calibrate_predict(phantom_dir, tmp_path):
                 str(engine_dir),
                 "--out",
                 str(out),
+                "--workers",
+                "1",
+                "--work-dir",
+                str(tmp_path / "predict_work"),
             ]
         )
         == 0
@@ -153,6 +157,7 @@ def test_cli_templates_calibrate_predict(phantom_dir, tmp_path):
 
     table = PredictionsTable.read(out)
     assert len(table.frame) == 4 and table.methods == ["atlas-torch"]
+    assert len(list((tmp_path / "predict_work").glob("*.json"))) == 4  # --work-dir was used
     assert (
         main(["atlas", "predict", card, "--engine", str(tmp_path / "missing"), "--out", str(out)])
         == 2
