@@ -25,6 +25,7 @@ SUBCOMMAND_MODULES = (
     "liverfat.radiomics.cli",
     "liverfat.deep.cli",
     "liverfat.atlas.cli",
+    "liverfat.baseline.cli",
 )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 import statsmodels.api as sm
 
 from liverfat.baseline import LinearBaseline
@@ -55,3 +56,29 @@ def test_baseline_cv_save_load_and_missing_covariate(phantom_manifest, tmp_path)
     broken.subjects.loc[0, "age"] = np.nan
     rows = model.predict(broken).frame
     assert rows.loc[0, "status"] == "failed" and "age" in rows.loc[0, "message"]
+
+
+def test_cli_cv_scores_deep_cv_folds_and_fit_predict(phantom_dir, tmp_path):
+    from liverfat.cli import main
+    from liverfat.data.folds import subject_folds
+    from liverfat.data.manifest import Manifest
+    from liverfat.data.predictions import PredictionsTable
+
+    out = tmp_path / "cv"
+    args = ["baseline", "cv", str(phantom_dir), "--split", "A", "--folds", "3"]
+    assert main([*args, "--fold-seed", "4", "--out", str(out)]) == 0
+    oof = PredictionsTable.read(out / "oof.csv")
+    reference = Manifest.load(phantom_dir).select(split="A").target("liver_pdff_pct").dropna()
+    assert oof.run["folds"] == subject_folds(list(reference.index), 3, 4)  # as `deep cv` draws
+    metrics = pd.read_csv(out / "metrics.csv")
+    errors = oof.values("linear_baseline", "liver_pdff_pct") - reference
+    assert metrics.loc[0, "mae"] == pytest.approx(errors.abs().mean(), rel=1e-3)
+    model = tmp_path / "model"
+    assert main(["baseline", "fit", str(phantom_dir), "--split", "A", "--out", str(model)]) == 0
+    assert main(["baseline", "predict", str(phantom_dir), "--model", str(model), "--out",
+                 str(tmp_path / "p.csv")]) == 0  # fmt: skip
+    predicted = PredictionsTable.read(tmp_path / "p.csv")
+    expected = LinearBaseline().fit(Manifest.load(phantom_dir).select(split="A"))
+    pd.testing.assert_frame_equal(
+        predicted.frame, expected.predict(Manifest.load(phantom_dir)).frame
+    )

@@ -104,7 +104,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     _engine_options(cv)
     cv.add_argument("--folds", type=int, default=10)
     cv.add_argument("--fold-seed", type=int, default=0)
-    cv.add_argument("--baseline", action="store_true", help="also the linear baseline")
     cv.set_defaults(func=cv_main)
 
     fit = sub.add_parser("fit", help="train on all subjects with a reference; save the engine")
@@ -156,22 +155,14 @@ def format_main(args: argparse.Namespace) -> int:
 
 
 def cv_main(args: argparse.Namespace) -> int:
-    from liverfat.baseline import LinearBaseline
-    from liverfat.deep.metrics import summary_table
+    from liverfat.evaluation.summary import summary_table
 
     manifest = load_manifest(args)
     engine = _engine(args)
     out = Path(args.out)
     oof = engine.cross_validate(manifest, folds=args.folds, seed=args.fold_seed)
     oof.write(out / "oof.csv")
-    tables = {engine.method: oof}
-    if args.baseline:
-        baseline = LinearBaseline(targets=args.targets).cross_validate(
-            manifest, folds=args.folds, seed=args.fold_seed
-        )
-        baseline.write(out / "baseline_oof.csv")
-        tables[baseline.run["method"]] = baseline
-    summary = summary_table(tables, {t: manifest.target(t) for t in args.targets})
+    summary = summary_table({engine.method: oof}, {t: manifest.target(t) for t in args.targets})
     summary.to_csv(out / "metrics.csv", index=False, float_format="%.4g")
     print(summary.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
     print(f"out-of-fold predictions: {out / 'oof.csv'}")

@@ -139,7 +139,6 @@ def test_cli_cv_fit_predict_saliency(phantom_dir, tmp_path, capsys):
                 "A",
                 "--folds",
                 "2",
-                "--baseline",
                 "--out",
                 str(tmp_path / "cv"),
                 *common,
@@ -148,7 +147,7 @@ def test_cli_cv_fit_predict_saliency(phantom_dir, tmp_path, capsys):
         == 0
     )
     metrics = pd.read_csv(tmp_path / "cv" / "metrics.csv")
-    assert set(metrics["method"]) == {"deep_small_cnn", "linear_baseline"}
+    assert set(metrics["method"]) == {"deep_small_cnn"}
     assert (
         cli_main(
             [

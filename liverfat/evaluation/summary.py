@@ -1,4 +1,5 @@
-"""Per-target summary of out-of-fold predictions for the ``deep cv`` report.
+"""Per-target summary of out-of-fold predictions: an engine command's quick read-out
+(``liverfat deep cv``, ``liverfat baseline cv``).
 
 MAE, R^2, Bland-Altman bias and 95 % limits of agreement and, for liver fat, ROC-AUC for
 reference >= 5.5 %, all from :mod:`liverfat.evaluation`; plus the share of references inside the
