@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from liverfat import __version__
-from liverfat.errors import LiverfatError
+from liverfat.errors import LiverfatError, one_line
 
 #: Modules that each provide ``add_parser(subparsers)``; one line per command group.
 SUBCOMMAND_MODULES = (
@@ -50,12 +50,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except LiverfatError as exc:
-        print(
-            f"liverfat {args.command}: error: {' '.join(str(exc).split(chr(10))[0].split())}",
-            file=sys.stderr,
-        )
-        for extra in str(exc).splitlines()[1:]:
-            print(extra, file=sys.stderr)
+        first, *extra = str(exc).splitlines() or [""]
+        print(f"liverfat {args.command}: error: {one_line(first or exc)}", file=sys.stderr)
+        for line in extra:  # a problem list (e.g. manifest check) keeps one line per problem
+            print(line, file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("liverfat: interrupted; rerun the same command to resume", file=sys.stderr)

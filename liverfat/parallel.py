@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from tqdm.auto import tqdm
 
-from liverfat.errors import LiverfatError
+from liverfat.errors import LiverfatError, one_line
 
 Executor = Literal["serial", "processes", "dask"]
 EXECUTORS = ("serial", "processes", "dask")
@@ -90,8 +90,8 @@ def limit_threads(n_threads: int) -> None:
 
 
 def _describe(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    text = one_line(exc)
+    return text if text == type(exc).__name__ else f"{type(exc).__name__}: {text}"
 
 
 def _call(fn: Callable[[Any], Any], item: Any, n_threads: int) -> Any:

@@ -36,7 +36,7 @@ import pandas as pd
 from liverfat.data.atomic import write_json_atomic, write_text_atomic
 from liverfat.data.fingerprint import fingerprint
 from liverfat.data.folds import subject_folds
-from liverfat.data.manifest import Manifest, read_yaml_mapping
+from liverfat.data.manifest import REPORTED_COVARIATES, Manifest, read_yaml_mapping
 from liverfat.data.predictions import PredictionsTable, package_versions
 from liverfat.errors import LiverfatError
 from liverfat.parallel import dask_scheduler
@@ -464,7 +464,7 @@ def _planned_rows(table: pd.DataFrame, plan: list[tuple[str, str]]) -> pd.DataFr
 
 
 def _covariates(manifest: Manifest) -> pd.DataFrame | None:
-    columns = [c for c in ("age", "sex", "bmi") if c in manifest.subjects.columns]
+    columns = [c for c in REPORTED_COVARIATES if c in manifest.subjects.columns]
     return manifest.covariates(columns) if columns else None
 
 

@@ -1,7 +1,8 @@
 """The trivial-information baseline: ordinary least squares on age, sex, height and weight.
 
-Every target gets it through the same engine interface as the network, so a method must beat
-what the covariates alone predict. Intervals are the normal-theory 95 % prediction intervals
+Every target gets it through the same engine interface as the network (the engine contract of
+docs/design.md, "Engines"), so a method must beat what the covariates alone predict. Intervals
+are the normal-theory 95 % prediction intervals
 ``value +- t(0.975, n - p) * s * sqrt(1 + x0' (X'X)^-1 x0)``.
 """
 

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from liverfat.data.manifest import Manifest
+from liverfat.data.manifest import REPORTED_COVARIATES, Manifest
 from liverfat.data.predictions import PredictionsTable
 from liverfat.errors import LiverfatError
 from liverfat.evaluation.agreement import agreement
@@ -51,7 +51,7 @@ def train_test_subjects(
 def covariate_spearman(
     grades: pd.Series,
     covariates: pd.DataFrame,
-    columns: Sequence[str] = ("age", "sex", "bmi"),
+    columns: Sequence[str] = REPORTED_COVARIATES,
 ) -> pd.DataFrame:
     """Spearman rho (and p) of grade with each covariate, over all subjects and by sex.
 
