@@ -8,7 +8,6 @@ tables compare directly (``liverfat compare`` takes both ``oof.csv`` tables for 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from liverfat.cli_common import add_manifest_args, load_manifest
 from liverfat.data.manifest import BASELINE_COVARIATES
@@ -48,16 +47,11 @@ def _baseline(args: argparse.Namespace):
 
 
 def cv_main(args: argparse.Namespace) -> int:
-    from liverfat.evaluation.summary import summary_table
+    from liverfat.evaluation.summary import write_cv_summary
 
     manifest = load_manifest(args)
-    out = Path(args.out)
     oof = _baseline(args).cross_validate(manifest, folds=args.folds, seed=args.fold_seed)
-    oof.write(out / "oof.csv")
-    summary = summary_table({oof.run["method"]: oof}, {t: manifest.target(t) for t in args.targets})
-    summary.to_csv(out / "metrics.csv", index=False, float_format="%.4g")
-    print(summary.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
-    print(f"out-of-fold predictions: {out / 'oof.csv'}")
+    print(write_cv_summary(oof, {t: manifest.target(t) for t in args.targets}, args.out))
     return 0
 
 

@@ -155,17 +155,11 @@ def format_main(args: argparse.Namespace) -> int:
 
 
 def cv_main(args: argparse.Namespace) -> int:
-    from liverfat.evaluation.summary import summary_table
+    from liverfat.evaluation.summary import write_cv_summary
 
     manifest = load_manifest(args)
-    engine = _engine(args)
-    out = Path(args.out)
-    oof = engine.cross_validate(manifest, folds=args.folds, seed=args.fold_seed)
-    oof.write(out / "oof.csv")
-    summary = summary_table({engine.method: oof}, {t: manifest.target(t) for t in args.targets})
-    summary.to_csv(out / "metrics.csv", index=False, float_format="%.4g")
-    print(summary.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
-    print(f"out-of-fold predictions: {out / 'oof.csv'}")
+    oof = _engine(args).cross_validate(manifest, folds=args.folds, seed=args.fold_seed)
+    print(write_cv_summary(oof, {t: manifest.target(t) for t in args.targets}, args.out))
     return 0
 
 

@@ -9,7 +9,9 @@ the engine's own quick read-out.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -45,3 +47,16 @@ def summary_table(
             row["coverage95"] = float(inside.mean()) if np.isfinite(lower).all() else np.nan
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def write_cv_summary(
+    oof: PredictionsTable, references: Mapping[str, pd.Series], out: str | os.PathLike[str]
+) -> str:
+    """Write ``oof.csv`` (the out-of-fold table) and ``metrics.csv`` (:func:`summary_table`)
+    into ``out``; return the summary as text for the terminal."""
+    out = Path(out)
+    oof.write(out / "oof.csv")
+    summary = summary_table({oof.run["method"]: oof}, references)
+    summary.to_csv(out / "metrics.csv", index=False, float_format="%.4g")
+    text = summary.to_string(index=False, float_format=lambda v: f"{v:.3g}")
+    return f"{text}\nout-of-fold predictions: {out / 'oof.csv'}"
