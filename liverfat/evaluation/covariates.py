@@ -113,7 +113,8 @@ def _strata(covariates: pd.DataFrame, by: str | None) -> list[tuple[str, pd.Inde
         raise ComparisonError(f"no covariate {by!r} to stratify by (have {', '.join(covariates)})")
     levels = covariates[by].astype("string").str.strip().replace("", pd.NA)
     for level in sorted(levels.dropna().unique()):
-        strata.append((f"{by}={level}", covariates.index[(levels == level).to_numpy()]))
+        members = (levels == level).fillna(False).to_numpy(bool)  # a missing level is no member
+        strata.append((f"{by}={level}", covariates.index[members]))
     return strata
 
 

@@ -67,8 +67,7 @@ def covariate_spearman(
     frames = [covariate_correlations(values, covariates[present]).assign(group="all")]
     groups = [("all", c) for c in present]
     if "sex" in present:
-        known = covariates[present].dropna(subset=["sex"])  # strata need a sex; "all" is above
-        by_sex = covariate_correlations(values, known, by="sex")
+        by_sex = covariate_correlations(values, covariates[present], by="sex")
         code = pd.to_numeric(by_sex["stratum"].str.removeprefix("sex="), errors="coerce")
         for number, group in ((0, "female"), (1, "male")):
             frames.append(by_sex[code == number].assign(group=group))
