@@ -32,6 +32,8 @@ ENGINE_OPTIONS = (
     "batch_size",
     "input_scale",
     "learning_rate",
+    "nll_beta",
+    "balance_bins",
     "pretrained",
     "seed",
     "device",
@@ -65,12 +67,16 @@ def _engine_options(parser: argparse.ArgumentParser) -> None:
         choices=PROFILE_CHOICES,
         default="auto",
         metavar="PROFILE",
-        help="%(choices)s (default %(default)s: paper on a GPU, else quick)",
+        help="%(choices)s (default %(default)s: paper on a GPU, else cpu)",
     )
     parser.add_argument("--iterations", type=int)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--input-scale", type=float, help="resize formats before the network")
-    parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--learning-rate", type=float, help="Adam (default: the profile's)")
+    parser.add_argument("--nll-beta", type=float, help="beta-NLL weight (default: the profile's)")
+    parser.add_argument(
+        "--balance-bins", type=int, help="balanced batches over N bins (default: the profile's)"
+    )
     parser.add_argument("--pretrained", help="local weights file (safetensors / state dict)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")

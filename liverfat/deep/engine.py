@@ -7,9 +7,20 @@ Follows the engine contract of docs/design.md ("Engines")::
     engine.fit(manifest.select(split="A")).set_calibration(oof.run["variance_scale"])
     table = engine.predict(manifest.select(split="B"))
 
-Profiles: ``paper`` (6000 iterations, batch 32, full-size formats: the published setting, the
-default on CUDA) and ``quick`` (400 iterations, batch 16, formats at half size: feasible on a CPU,
-the default there). Explicit ``iterations``, ``batch_size`` or ``input_scale`` override a profile.
+Profiles (:data:`PROFILES`) set the model and the optimisation; an explicit constructor value
+overrides its profile's:
+
+``paper``
+    The published setting: ResNet50, 6000 iterations of batch 32 at lr 1e-4 on full-size
+    formats, the plain Gaussian NLL. The default on CUDA (about half an hour per split there).
+``cpu``
+    The best accuracy a 2-core CPU trains in minutes, the default there: the attention-readout
+    network (:class:`liverfat.nn.architectures.AttentionReadout`) on quarter-size formats, 1500
+    iterations of batch 16 at lr 2e-3, beta-NLL with beta 0.5 and batches balanced over the
+    target's range (why: docs/deep.md).
+``quick``
+    ResNet50 for 400 iterations of batch 16 on half-size formats: a smoke test of the paper
+    network on a CPU, not a result.
 """
 
 from __future__ import annotations
@@ -54,9 +65,36 @@ from liverfat.nn.weights import load_pretrained
 from liverfat.parallel import EXECUTORS, map_subjects
 
 PROFILES: dict[str, dict[str, Any]] = {
-    "paper": {"iterations": 6000, "batch_size": 32, "input_scale": 1.0},
-    "quick": {"iterations": 400, "batch_size": 16, "input_scale": 0.5},
+    "paper": {
+        "model": "resnet50",
+        "iterations": 6000,
+        "batch_size": 32,
+        "input_scale": 1.0,
+        "learning_rate": 1e-4,
+        "nll_beta": 0.0,
+        "balance_bins": 0,
+    },
+    "cpu": {
+        "model": "attention_readout",
+        "iterations": 1500,
+        "batch_size": 16,
+        "input_scale": 0.25,
+        "learning_rate": 2e-3,
+        "nll_beta": 0.5,
+        "balance_bins": 5,
+    },
+    "quick": {
+        "model": "resnet50",
+        "iterations": 400,
+        "batch_size": 16,
+        "input_scale": 0.5,
+        "learning_rate": 1e-4,
+        "nll_beta": 0.0,
+        "balance_bins": 0,
+    },
 }
+#: Constructor arguments a profile sets when they are left at None.
+PROFILE_KEYS = tuple(PROFILES["paper"])
 
 
 def _format_item(item: tuple) -> np.ndarray:
@@ -74,16 +112,27 @@ class DeepEngine(Engine):
     format:
         A registered format (:func:`liverfat.deep.formats.format_names`).
     model:
-        A registered model (:func:`liverfat.nn.registry.model_names`), plug-ins included.
+        A registered model (:func:`liverfat.nn.registry.model_names`), plug-ins included;
+        None: the profile's.
     head:
         ``mean_variance`` (mean and log-variance, Gaussian NLL: gives std and 95 % intervals) or
         ``mse`` (means only).
     profile:
-        ``paper``, ``quick`` or ``auto`` (paper on CUDA, quick on CPU); see the module docstring.
+        ``paper``, ``cpu``, ``quick`` or ``auto`` (paper on CUDA, cpu otherwise); see the module
+        docstring. ``model``, ``iterations``, ``batch_size``, ``input_scale``,
+        ``learning_rate``, ``nll_beta`` and ``balance_bins`` left at None come from it.
     iterations, batch_size, input_scale:
-        Override the profile (``input_scale`` resizes formats before the network).
+        Training iterations, batch size, and the factor formats are resized by before the
+        network.
     learning_rate:
         Adam learning rate, reduced tenfold for the last sixth of the iterations.
+    nll_beta:
+        Weight of the mean-variance loss by the predicted variance to this power (beta-NLL;
+        0 is the plain Gaussian NLL, 1 gives the mean the MSE's gradient): see
+        :func:`liverfat.deep.training.masked_loss`.
+    balance_bins:
+        With N > 0, batches are drawn balanced over N equal-width bins of the first target
+        (:func:`liverfat.deep.training.balanced_weights`); 0 draws epochs in random order.
     max_shift_px:
         Largest random translation (pixels of the full-size format), edges replicated.
     pretrained:
@@ -106,13 +155,15 @@ class DeepEngine(Engine):
         *,
         targets: Sequence[str] = ("liver_pdff_pct",),
         format: str = "liverfat",
-        model: str = "resnet50",
+        model: str | None = None,
         head: str = "mean_variance",
         profile: str = "auto",
         iterations: int | None = None,
         batch_size: int | None = None,
         input_scale: float | None = None,
-        learning_rate: float = 1e-4,
+        learning_rate: float | None = None,
+        nll_beta: float | None = None,
+        balance_bins: int | None = None,
         max_shift_px: int = 16,
         pretrained: str | None = None,
         seed: int = 0,
@@ -131,6 +182,8 @@ class DeepEngine(Engine):
         self.batch_size = batch_size
         self.input_scale = input_scale
         self.learning_rate = learning_rate
+        self.nll_beta = nll_beta
+        self.balance_bins = balance_bins
         self.max_shift_px = max_shift_px
         self.pretrained = pretrained
         self.seed = seed
@@ -145,14 +198,16 @@ class DeepEngine(Engine):
         if isinstance(self.targets, str) or not list(self.targets):
             raise LiverfatError("targets must be a non-empty list of target names")
         get_format(self.format)
-        if self.model not in model_names():
+        if self.model is not None and self.model not in model_names():
             raise LiverfatError(
                 f"unknown model {self.model!r}; available: {', '.join(model_names())}"
             )
         if self.head not in HEADS:
             raise LiverfatError(f"unknown head {self.head!r}; choose one of {', '.join(HEADS)}")
         if self.profile not in ("auto", *PROFILES):
-            raise LiverfatError(f"unknown profile {self.profile!r}; choose auto, paper or quick")
+            raise LiverfatError(
+                f"unknown profile {self.profile!r}; choose auto, {', '.join(PROFILES)}"
+            )
         if self.executor not in EXECUTORS:
             raise LiverfatError(f"unknown executor {self.executor!r}")
         for name in ("iterations", "batch_size"):
@@ -167,23 +222,36 @@ class DeepEngine(Engine):
     # Settings ---------------------------------------------------------------------------------
     @property
     def method(self) -> str:
-        return f"deep_{self.model}"
+        return f"deep_{self.model_name}"
+
+    @property
+    def model_name(self) -> str:
+        """The network: the fitted one, else ``model``, else the profile's."""
+        return getattr(self, "model_", None) or self.profile_settings()["model"]
+
+    def profile_settings(self) -> dict[str, Any]:
+        """:data:`PROFILE_KEYS` after the profile (``auto``: paper on CUDA, cpu otherwise),
+        with every explicitly given constructor value kept."""
+        profile = self.profile
+        if profile == "auto":
+            profile = "paper" if pick_device(self.device).type == "cuda" else "cpu"
+        explicit = {k: getattr(self, k) for k in PROFILE_KEYS if getattr(self, k) is not None}
+        return {**PROFILES[profile], **explicit, "profile": profile}
 
     def resolved(self) -> tuple[TrainSettings, float, torch.device]:
         """Training settings, input scale and device after applying the profile."""
         device = pick_device(self.device)
-        profile = self.profile
-        if profile == "auto":
-            profile = "paper" if device.type == "cuda" else "quick"
-        base = PROFILES[profile]
-        scale = float(self.input_scale if self.input_scale is not None else base["input_scale"])
+        base = self.profile_settings()
+        scale = float(base["input_scale"])
         settings = TrainSettings(
-            iterations=int(self.iterations or base["iterations"]),
-            batch_size=int(self.batch_size or base["batch_size"]),
-            learning_rate=float(self.learning_rate),
+            iterations=int(base["iterations"]),
+            batch_size=int(base["batch_size"]),
+            learning_rate=float(base["learning_rate"]),
             max_shift_px=int(round(self.max_shift_px * scale)),
             head=self.head,
             seed=int(self.seed),
+            nll_beta=float(base["nll_beta"]),
+            balance_bins=int(base["balance_bins"]),
         )
         return settings, scale, device
 
@@ -191,7 +259,13 @@ class DeepEngine(Engine):
         settings, scale, device = self.resolved()
         return {
             **self.params_json(),
-            "resolved": {**vars(settings), "input_scale": scale, "device": str(device)},
+            "resolved": {
+                **vars(settings),
+                "model": self.model_name,
+                "profile": self.profile_settings()["profile"],
+                "input_scale": scale,
+                "device": str(device),
+            },
         }
 
     # Formats ------------------------------------------------------------------------------------
@@ -250,7 +324,8 @@ class DeepEngine(Engine):
         standardised = (targets - mean) / std
         n_out = len(self.targets) * (2 if self.head == "mean_variance" else 1)
         torch.manual_seed(settings.seed)
-        network = build_model(self.model, formats.shape[1], n_out)
+        model = self.profile_settings()["model"]
+        network = build_model(model, formats.shape[1], n_out)
         if self.pretrained:
             self.pretrained_skipped_ = load_pretrained(network, self.pretrained)
         start = time.perf_counter()
@@ -263,6 +338,7 @@ class DeepEngine(Engine):
             progress=self.progress,
         )
         self.network_ = network.cpu()
+        self.model_ = model
         self.in_channels_ = int(formats.shape[1])
         self.target_mean_ = mean.astype(float)
         self.target_std_ = std.astype(float)
@@ -422,6 +498,7 @@ class DeepEngine(Engine):
             save_file(state, str(tmp))
         fitted = {
             "in_channels": self.in_channels_,
+            "model": self.model_,
             "target_mean": self.target_mean_.tolist(),
             "target_std": self.target_std_.tolist(),
             "variance_scale": self.variance_scale_.tolist(),
@@ -449,9 +526,11 @@ class DeepEngine(Engine):
         engine = cls(**params)
         fitted = meta["fitted"]
         n_out = len(engine.targets) * (2 if engine.head == "mean_variance" else 1)
-        network = build_model(engine.model, int(fitted["in_channels"]), n_out)
+        model = fitted.get("model") or engine.profile_settings()["model"]
+        network = build_model(model, int(fitted["in_channels"]), n_out)
         network.load_state_dict(load_file(str(directory / "network.safetensors")))
         engine.network_ = network.eval()
+        engine.model_ = model
         engine.in_channels_ = int(fitted["in_channels"])
         engine.target_mean_ = np.array(fitted["target_mean"], float)
         engine.target_std_ = np.array(fitted["target_std"], float)

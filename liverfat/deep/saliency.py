@@ -66,7 +66,7 @@ def gradcam_maps(
     index = _target_index(engine, target)
     _, scale, _ = engine.resolved()
     network = engine.network_.cpu().eval()
-    cam = GradCAM(nn_module=network, target_layers=gradcam_layer(engine.model, network))
+    cam = GradCAM(nn_module=network, target_layers=gradcam_layer(engine.model_name, network))
     height, width = formats.shape[2:]
     maps = []
     for start in range(0, formats.shape[0], batch_size):
@@ -92,7 +92,7 @@ def contribution_maps(
     index = _target_index(engine, target)
     _, scale, _ = engine.resolved()
     network = engine.network_.cpu().eval()
-    layer = dict(network.named_modules())[gradcam_layer(engine.model, network)]
+    layer = dict(network.named_modules())[gradcam_layer(engine.model_name, network)]
     store: dict[str, torch.Tensor] = {}
     hook = layer.register_forward_hook(lambda module, args, output: store.update(a=output))
     height, width = formats.shape[2:]

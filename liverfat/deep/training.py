@@ -28,7 +28,9 @@ LOG_VARIANCE_RANGE = (-12.0, 8.0)
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """Optimisation settings. ``max_shift_px`` is in pixels of the (scaled) network input."""
+    """Optimisation settings. ``max_shift_px`` is in pixels of the (scaled) network input;
+    ``nll_beta`` weights the mean-variance loss (see :func:`masked_loss`); ``balance_bins`` > 0
+    draws batches balanced over the first target's range (see :func:`balanced_weights`)."""
 
     iterations: int = 6000
     batch_size: int = 32
@@ -36,6 +38,8 @@ class TrainSettings:
     max_shift_px: int = 16
     head: str = "mean_variance"
     seed: int = 0
+    nll_beta: float = 0.0
+    balance_bins: int = 0
 
 
 def to_input(formats: np.ndarray, input_scale: float) -> torch.Tensor:
@@ -62,8 +66,33 @@ def translate(batch: torch.Tensor, max_shift: int, generator: torch.Generator) -
     )
 
 
-def masked_loss(output: torch.Tensor, target: torch.Tensor, head: str) -> torch.Tensor:
-    """MSE or Gaussian NLL over the observed (non-NaN) targets of a batch."""
+def balanced_weights(target: np.ndarray, bins: int) -> torch.Tensor:
+    """Sampling weight per subject: 1 / sqrt(subjects in its bin), with ``bins`` equal-width
+    bins over the range of ``target`` (missing values count as the median).
+
+    Rare values (the few subjects with high liver fat) are drawn more often, but, through the
+    square root, not as often as the bulk: full inverse-frequency weights would show the
+    network a handful of subjects over and over.
+    """
+    values = np.asarray(target, float)
+    values = np.where(np.isfinite(values), values, np.nanmedian(values))
+    edges = np.linspace(values.min(), values.max(), bins + 1)[1:-1]
+    index = np.searchsorted(edges, values, side="right")
+    counts = np.bincount(index, minlength=bins)
+    return torch.from_numpy(1.0 / np.sqrt(counts[index]))
+
+
+def masked_loss(
+    output: torch.Tensor, target: torch.Tensor, head: str, nll_beta: float = 0.0
+) -> torch.Tensor:
+    """MSE or Gaussian NLL over the observed (non-NaN) targets of a batch.
+
+    ``nll_beta`` > 0 gives the beta-NLL of Seitzer et al. (ICLR 2022): each value's NLL is
+    weighted by its predicted variance to the power beta, held constant in the gradient. The
+    plain NLL (beta 0) lets the network explain a hard subject by a large variance instead of
+    moving its mean, which under-predicts the rare high values; beta 1 gives the mean the
+    gradient of the MSE while the variance is still learned.
+    """
     n_targets = target.shape[1]
     observed = ~torch.isnan(target)
     y = torch.nan_to_num(target)
@@ -73,6 +102,8 @@ def masked_loss(output: torch.Tensor, target: torch.Tensor, head: str) -> torch.
     else:
         log_var = output[:, n_targets:].float().clamp(*LOG_VARIANCE_RANGE)
         per_value = 0.5 * (log_var + (mean - y) ** 2 * torch.exp(-log_var))
+        if nll_beta:
+            per_value = per_value * torch.exp(nll_beta * log_var).detach()
     return (per_value * observed).sum() / observed.sum().clamp(min=1)
 
 
@@ -104,22 +135,28 @@ def train_network(
     n = inputs.shape[0]
     order = torch.randperm(n, generator=generator)
     cursor = 0
+    weights = (
+        balanced_weights(targets[:, 0], settings.balance_bins) if settings.balance_bins else None
+    )
     losses = []
     bar = tqdm(range(settings.iterations), desc="training", disable=not progress, unit="it")
     for iteration in bar:
         if iteration == decay_at:
             for group in optimiser.param_groups:
                 group["lr"] = settings.learning_rate / 10
-        if cursor + settings.batch_size > n:
-            order, cursor = torch.randperm(n, generator=generator), 0
-        index = order[cursor : cursor + settings.batch_size]
-        cursor += settings.batch_size
+        if weights is not None:
+            index = torch.multinomial(weights, settings.batch_size, True, generator=generator)
+        else:
+            if cursor + settings.batch_size > n:
+                order, cursor = torch.randperm(n, generator=generator), 0
+            index = order[cursor : cursor + settings.batch_size]
+            cursor += settings.batch_size
         x = translate(inputs[index], settings.max_shift_px, generator).to(device)
         if cuda:
             x = channels_last(x)
         y = y_all[index].to(device)
         with mixed_precision(device):
-            loss = masked_loss(model(x), y, settings.head)
+            loss = masked_loss(model(x), y, settings.head, settings.nll_beta)
         optimiser.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimiser)

@@ -79,3 +79,52 @@ class SmallCNN(nn.Module):
 def small_cnn(in_channels: int, out_channels: int) -> nn.Module:
     """:class:`SmallCNN` with its default width (16 channels in the first stage)."""
     return SmallCNN(in_channels, out_channels)
+
+
+class AttentionReadout(nn.Module):
+    """Locate, then read: an attention-pooled readout of the input's first channel.
+
+    For formats whose first channel is a quantitative map (the fat fraction of the liver-fat
+    format, 0-1 for 0-50 %), the quantity of an organ is a weighted mean of that map where the
+    organ lies. A small CNN (three conv-norm-ReLU stages, two 2x2 poolings) scores every cell of
+    its 4 x 4-pixel grid; each output ``k`` is ``alpha_k * sum(softmax(score_k) * value) +
+    beta_k`` plus a linear term of the globally pooled features, where ``value`` is the input's
+    first channel averaged over each cell. Outputs that are not a quantity of the map (a
+    log-variance) learn to use the pooled features instead. ``alpha`` starts at 5: a readout
+    of 0-1 (0-50 %) against a target standardised with an SD of about 10 percentage points.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, width: int = 16) -> None:
+        super().__init__()
+        layers, channels = [], in_channels
+        for stage, out in enumerate((width, 2 * width, 4 * width)):
+            layers += [
+                nn.Conv2d(channels, out, 3, padding=1, bias=False),
+                nn.BatchNorm2d(out),
+                nn.ReLU(inplace=True),
+            ]
+            if stage < 2:
+                layers.append(nn.MaxPool2d(2))
+            channels = out
+        self.features = nn.Sequential(*layers)
+        self.score = nn.Conv2d(channels, out_channels, 1)
+        self.alpha = nn.Parameter(torch.full((out_channels,), 5.0))
+        self.beta = nn.Parameter(torch.zeros(out_channels))
+        self.context = nn.Linear(channels, out_channels)
+        nn.init.zeros_(self.context.weight)
+        nn.init.zeros_(self.context.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.features(x)
+        weights = torch.softmax(self.score(features).flatten(2), dim=2)  # (batch, out, cells)
+        # the value on the score grid (4 x 4 pixel means): on the phantom this reads better than
+        # scores interpolated to every pixel (out-of-fold R² 0.84 vs 0.78, docs/deep.md)
+        value = nn.functional.avg_pool2d(x[:, :1], 4)[..., : features.shape[2], : features.shape[3]]
+        readout = (weights * value.flatten(2)).sum(dim=2)
+        context = self.context(features.mean(dim=(2, 3)))
+        return self.alpha * readout + self.beta + context
+
+
+def attention_readout(in_channels: int, out_channels: int) -> nn.Module:
+    """:class:`AttentionReadout` with 16 channels in its first stage."""
+    return AttentionReadout(in_channels, out_channels)

@@ -56,6 +56,7 @@ _REGISTERED: dict[str, dict[str, ModelSpec]] = {
         "resnet18": ModelSpec(architectures.resnet18, "layer4"),
         "densenet121": ModelSpec(architectures.densenet121, "features.denseblock4"),
         "small_cnn": ModelSpec(architectures.small_cnn, "features.3"),
+        "attention_readout": ModelSpec(architectures.attention_readout, "features"),
     },
     "segmentation": {},
 }

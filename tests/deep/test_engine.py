@@ -35,13 +35,20 @@ def test_validation_is_early_and_clear():
         DeepEngine(format="axial")
     settings, scale, _ = DeepEngine(profile="paper").resolved()
     assert (settings.iterations, settings.batch_size, scale) == (6000, 32, 1.0)
+    assert DeepEngine(profile="paper").model_name == "resnet50"
     settings, scale, _ = DeepEngine(profile="quick", iterations=7).resolved()
     assert settings.iterations == 7 and scale == 0.5 and settings.max_shift_px == 8
-    # auto: the paper profile on a CUDA GPU, the quick one elsewhere
-    auto_settings, _, auto_device = DeepEngine().resolved()
-    expected = PROFILES["paper" if auto_device.type == "cuda" else "quick"]["iterations"]
-    assert auto_settings.iterations == expected
-    assert PROFILES["paper"]["iterations"] != PROFILES["quick"]["iterations"]
+    cpu = DeepEngine(profile="cpu", model="small_cnn", nll_beta=0.0)
+    settings, scale, _ = cpu.resolved()
+    assert cpu.model_name == "small_cnn" and settings.nll_beta == 0.0  # explicit values win
+    assert settings.balance_bins == PROFILES["cpu"]["balance_bins"] and scale == 0.25
+    # auto: the paper profile on a CUDA GPU, the cpu one elsewhere
+    auto = DeepEngine()
+    auto_settings, _, auto_device = auto.resolved()
+    expected = "paper" if auto_device.type == "cuda" else "cpu"
+    assert auto_settings.iterations == PROFILES[expected]["iterations"]
+    assert auto.model_name == PROFILES[expected]["model"]
+    assert PROFILES["paper"]["iterations"] != PROFILES["cpu"]["iterations"]
 
 
 def test_multi_target_with_missing_values(phantom_manifest, tmp_path):

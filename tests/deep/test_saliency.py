@@ -51,6 +51,8 @@ def test_cohort_saliency_sits_on_the_liver(tmp_path):
         batch_size=16,
         input_scale=0.25,
         learning_rate=2e-3,
+        nll_beta=0.0,
+        balance_bins=0,
         work_dir=str(tmp_path / "work"),
     ).fit(manifest.select(split="A"))
     held_out = manifest.select(split="B")

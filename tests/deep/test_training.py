@@ -10,6 +10,7 @@ import torch
 
 from liverfat.deep.training import (
     TrainSettings,
+    balanced_weights,
     masked_loss,
     predict_network,
     to_input,
@@ -85,3 +86,19 @@ def test_cuda_mixed_precision_channels_last():
         model, to_input(images, 1.0), 1, "mean_variance", device=torch.device("cuda")
     )
     assert mean.shape == (8, 1) and np.isfinite(var).all()
+
+
+def test_beta_nll_weights_each_value_by_its_variance_by_hand():
+    out = torch.tensor([[0.0, math.log(4.0)]], requires_grad=True)
+    y = torch.tensor([[2.0]])
+    nll = 0.5 * (math.log(4.0) + 4.0 / 4.0)
+    assert masked_loss(out, y, "mean_variance", nll_beta=1.0).item() == pytest.approx(4.0 * nll)
+    masked_loss(out, y, "mean_variance", nll_beta=1.0).backward()
+    assert out.grad[0, 0].item() == pytest.approx(-2.0)  # the MSE gradient (0.5 * 2 * error)
+
+
+def test_balanced_weights_by_hand():
+    weights = balanced_weights(np.array([0.0, 0.0, 0.0, 0.0, 10.0, np.nan]), bins=2)
+    # bins [0, 5) holds 4 values plus the missing one (counted as the median, 0): 1 / sqrt(5);
+    # bin [5, 10] holds one: 1
+    assert weights.tolist() == pytest.approx([5**-0.5] * 4 + [1.0] + [5**-0.5])

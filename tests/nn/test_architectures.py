@@ -31,3 +31,18 @@ def test_factories_are_usable_without_the_registry():
     net = architectures.resnet18(2, 3)
     assert net(torch.rand(2, 2, 64, 64)).shape == (2, 3)
     assert isinstance(architectures.small_cnn(1, 1), architectures.SmallCNN)
+
+
+def test_attention_readout_reads_the_mean_of_the_attended_cells():
+    net = build_model("attention_readout", 1, 2).eval()
+    x = torch.rand(3, 1, 45, 94)
+    # uniform scores: each output is alpha * (mean of the 4 x 4 cell means) + beta + context 0
+    torch.nn.init.zeros_(net.score.weight)
+    torch.nn.init.zeros_(net.score.bias)
+    with torch.no_grad():
+        out = net(x)
+    cells = torch.nn.functional.avg_pool2d(x, 4)  # 11 x 23 cells, the score grid
+    expected = 5.0 * cells.mean(dim=(1, 2, 3))
+    assert torch.allclose(out, expected[:, None].expand(3, 2), atol=1e-5)
+    with torch.no_grad():
+        assert net.features(x).shape[2:] == cells.shape[2:]  # one score per cell
