@@ -51,9 +51,8 @@ def _engine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         choices=MODEL_CHOICES,
-        default="resnet50",
         metavar="MODEL",
-        help="registered model, plug-ins too: %(choices)s (default %(default)s)",
+        help="registered model, plug-ins too: %(choices)s (default: the profile's)",
     )
     parser.add_argument(
         "--head",

@@ -15,9 +15,9 @@ overrides its profile's:
     formats, the plain Gaussian NLL. The default on CUDA (about half an hour per split there).
 ``cpu``
     The best accuracy a 2-core CPU trains in minutes, the default there: the attention-readout
-    network (:class:`liverfat.nn.architectures.AttentionReadout`) on quarter-size formats, 1500
+    network (:class:`liverfat.nn.architectures.AttentionReadout`) on quarter-size formats, 6000
     iterations of batch 16 at lr 2e-3, beta-NLL with beta 0.5 and batches balanced over the
-    target's range (why: docs/deep.md).
+    target's range (why: docs/deep.md); about 100 s per training on 2 cores.
 ``quick``
     ResNet50 for 400 iterations of batch 16 on half-size formats: a smoke test of the paper
     network on a CPU, not a result.
@@ -76,7 +76,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     },
     "cpu": {
         "model": "attention_readout",
-        "iterations": 1500,
+        "iterations": 6000,
         "batch_size": 16,
         "input_scale": 0.25,
         "learning_rate": 2e-3,
