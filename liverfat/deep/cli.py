@@ -18,7 +18,7 @@ from liverfat.deep.formats import format_names
 
 # Read when parsing or showing help, so that building ``liverfat``'s parser imports no torch.
 HEAD_CHOICES = LazyChoices(lambda: import_module("liverfat.deep.training").HEADS)
-PROFILE_CHOICES = LazyChoices(lambda: ("auto", *import_module("liverfat.deep.engine").PROFILES))
+PROFILE_CHOICES = LazyChoices(lambda: ("auto", *import_module("liverfat.deep.profiles").PROFILES))
 MODEL_CHOICES = LazyChoices(lambda: import_module("liverfat.nn.registry").model_names())
 
 #: Options of :func:`_engine_options` passed to the DeepEngine under their own names.

@@ -7,20 +7,8 @@ Follows the engine contract of docs/design.md ("Engines")::
     engine.fit(manifest.select(split="A")).set_calibration(oof.run["variance_scale"])
     table = engine.predict(manifest.select(split="B"))
 
-Profiles (:data:`PROFILES`) set the model and the optimisation; an explicit constructor value
-overrides its profile's:
-
-``paper``
-    The published setting: ResNet50, 6000 iterations of batch 32 at lr 1e-4 on full-size
-    formats, the plain Gaussian NLL. The default on CUDA (about half an hour per split there).
-``cpu``
-    The best accuracy a 2-core CPU trains in minutes, the default there: the attention-readout
-    network (:class:`liverfat.nn.architectures.AttentionReadout`) on quarter-size formats, 6000
-    iterations of batch 16 at lr 2e-3, beta-NLL with beta 0.5 and batches balanced over the
-    target's range (why: docs/deep.md); about 100 s per training on 2 cores.
-``quick``
-    ResNet50 for 400 iterations of batch 16 on half-size formats: a smoke test of the paper
-    network on a CPU, not a result.
+Profiles (``paper``, ``cpu``, ``quick``: :mod:`liverfat.deep.profiles`) set the model and the
+optimisation; an explicit constructor value overrides its profile's.
 """
 
 from __future__ import annotations
@@ -49,6 +37,7 @@ from liverfat.data.predictions import (
     run_info,
 )
 from liverfat.deep.formats import get_format, load_or_compute
+from liverfat.deep.profiles import PROFILE_KEYS, PROFILES, resolve_profile
 from liverfat.deep.training import (
     HEADS,
     TrainSettings,
@@ -63,38 +52,6 @@ from liverfat.nn.device import pick_device
 from liverfat.nn.registry import build_model, model_names
 from liverfat.nn.weights import load_pretrained
 from liverfat.parallel import EXECUTORS, map_subjects
-
-PROFILES: dict[str, dict[str, Any]] = {
-    "paper": {
-        "model": "resnet50",
-        "iterations": 6000,
-        "batch_size": 32,
-        "input_scale": 1.0,
-        "learning_rate": 1e-4,
-        "nll_beta": 0.0,
-        "balance_bins": 0,
-    },
-    "cpu": {
-        "model": "attention_readout",
-        "iterations": 6000,
-        "batch_size": 16,
-        "input_scale": 0.25,
-        "learning_rate": 2e-3,
-        "nll_beta": 0.5,
-        "balance_bins": 5,
-    },
-    "quick": {
-        "model": "resnet50",
-        "iterations": 400,
-        "batch_size": 16,
-        "input_scale": 0.5,
-        "learning_rate": 1e-4,
-        "nll_beta": 0.0,
-        "balance_bins": 0,
-    },
-}
-#: Constructor arguments a profile sets when they are left at None.
-PROFILE_KEYS = tuple(PROFILES["paper"])
 
 
 def _format_item(item: tuple) -> np.ndarray:
@@ -229,19 +186,17 @@ class DeepEngine(Engine):
         """The network: the fitted one, else ``model``, else the profile's."""
         return getattr(self, "model_", None) or self.profile_settings()["model"]
 
-    def profile_settings(self) -> dict[str, Any]:
-        """:data:`PROFILE_KEYS` after the profile (``auto``: paper on CUDA, cpu otherwise),
-        with every explicitly given constructor value kept."""
-        profile = self.profile
-        if profile == "auto":
-            profile = "paper" if pick_device(self.device).type == "cuda" else "cpu"
-        explicit = {k: getattr(self, k) for k in PROFILE_KEYS if getattr(self, k) is not None}
-        return {**PROFILES[profile], **explicit, "profile": profile}
+    def profile_settings(self, device: torch.device | None = None) -> dict[str, Any]:
+        """The profile's settings (:func:`liverfat.deep.profiles.resolve_profile`) on ``device``
+        (default: the engine's), with every explicitly given constructor value kept."""
+        device = device or pick_device(self.device)
+        explicit = {k: getattr(self, k) for k in PROFILE_KEYS}
+        return resolve_profile(self.profile, device.type, explicit)
 
     def resolved(self) -> tuple[TrainSettings, float, torch.device]:
         """Training settings, input scale and device after applying the profile."""
         device = pick_device(self.device)
-        base = self.profile_settings()
+        base = self.profile_settings(device)
         scale = float(base["input_scale"])
         settings = TrainSettings(
             iterations=int(base["iterations"]),
@@ -257,12 +212,13 @@ class DeepEngine(Engine):
 
     def configuration(self) -> dict[str, Any]:
         settings, scale, device = self.resolved()
+        profile = self.profile_settings(device)
         return {
             **self.params_json(),
             "resolved": {
                 **vars(settings),
-                "model": self.model_name,
-                "profile": self.profile_settings()["profile"],
+                "model": getattr(self, "model_", None) or profile["model"],
+                "profile": profile["profile"],
                 "input_scale": scale,
                 "device": str(device),
             },

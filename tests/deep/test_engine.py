@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from liverfat.cli import main as cli_main
-from liverfat.deep.engine import PROFILES, DeepEngine
+from liverfat.deep.engine import DeepEngine
+from liverfat.deep.profiles import PROFILES
 from liverfat.deep.uncertainty import apply_variance_scale, variance_scale_from
 from liverfat.errors import LiverfatError
 from liverfat.testing import check_engine

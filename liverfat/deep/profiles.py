@@ -1,0 +1,64 @@
+"""The deep engine's profiles: the model and optimisation settings it trains with.
+
+A profile sets every :data:`PROFILE_KEYS` constructor argument of
+:class:`~liverfat.deep.engine.DeepEngine` left at None; explicit values win. ``auto`` is
+``paper`` on CUDA and ``cpu`` elsewhere.
+
+``paper``
+    The published setting: ResNet50, 6000 iterations of batch 32 at lr 1e-4 on full-size
+    formats, the plain Gaussian NLL. The default on CUDA (about half an hour per split there).
+``cpu``
+    The best accuracy a 2-core CPU trains in minutes, the default there: the attention-readout
+    network (:class:`liverfat.nn.architectures.AttentionReadout`) on quarter-size formats, 6000
+    iterations of batch 16 at lr 2e-3, beta-NLL with beta 0.5 and batches balanced over the
+    target's range (why: docs/deep.md); about 100 s per training on 2 cores.
+``quick``
+    ResNet50 for 400 iterations of batch 16 on half-size formats: a smoke test of the paper
+    network on a CPU, not a result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+PROFILES: dict[str, dict[str, Any]] = {
+    "paper": {
+        "model": "resnet50",
+        "iterations": 6000,
+        "batch_size": 32,
+        "input_scale": 1.0,
+        "learning_rate": 1e-4,
+        "nll_beta": 0.0,
+        "balance_bins": 0,
+    },
+    "cpu": {
+        "model": "attention_readout",
+        "iterations": 6000,
+        "batch_size": 16,
+        "input_scale": 0.25,
+        "learning_rate": 2e-3,
+        "nll_beta": 0.5,
+        "balance_bins": 5,
+    },
+    "quick": {
+        "model": "resnet50",
+        "iterations": 400,
+        "batch_size": 16,
+        "input_scale": 0.5,
+        "learning_rate": 1e-4,
+        "nll_beta": 0.0,
+        "balance_bins": 0,
+    },
+}
+#: Constructor arguments a profile sets when they are left at None.
+PROFILE_KEYS = tuple(PROFILES["paper"])
+
+
+def resolve_profile(profile: str, device_type: str, explicit: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings of ``profile`` (``auto`` resolved for ``device_type``, e.g. ``"cuda"``),
+    overridden by the non-None values of ``explicit``, plus the resolved ``profile`` name."""
+    if profile == "auto":
+        profile = "paper" if device_type == "cuda" else "cpu"
+    given = {k: v for k, v in explicit.items() if v is not None}
+    return {**PROFILES[profile], **given, "profile": profile}
