@@ -183,12 +183,18 @@ class DeepEngine(Engine):
 
     @property
     def model_name(self) -> str:
-        """The network: the fitted one, else ``model``, else the profile's."""
-        return getattr(self, "model_", None) or self.profile_settings()["model"]
+        """The network: ``model``, else the profile's (the fitted one once fitted)."""
+        return self.profile_settings()["model"]
 
     def profile_settings(self, device: torch.device | None = None) -> dict[str, Any]:
         """The profile's settings (:func:`liverfat.deep.profiles.resolve_profile`) on ``device``
-        (default: the engine's), with every explicitly given constructor value kept."""
+        (default: the engine's), with every explicitly given constructor value kept.
+
+        A fitted engine keeps the settings it was trained with (``profile_settings_``), so a
+        network trained on a GPU (``auto`` = ``paper``) predicts at its own input scale on a CPU.
+        """
+        if hasattr(self, "profile_settings_"):
+            return dict(self.profile_settings_)
         device = device or pick_device(self.device)
         explicit = {k: getattr(self, k) for k in PROFILE_KEYS}
         return resolve_profile(self.profile, device.type, explicit)
@@ -217,7 +223,7 @@ class DeepEngine(Engine):
             **self.params_json(),
             "resolved": {
                 **vars(settings),
-                "model": getattr(self, "model_", None) or profile["model"],
+                "model": profile["model"],
                 "profile": profile["profile"],
                 "input_scale": scale,
                 "device": str(device),
@@ -280,7 +286,8 @@ class DeepEngine(Engine):
         standardised = (targets - mean) / std
         n_out = len(self.targets) * (2 if self.head == "mean_variance" else 1)
         torch.manual_seed(settings.seed)
-        model = self.profile_settings()["model"]
+        profile = self.profile_settings(device)
+        model = profile["model"]
         network = build_model(model, formats.shape[1], n_out)
         if self.pretrained:
             self.pretrained_skipped_ = load_pretrained(network, self.pretrained)
@@ -294,7 +301,7 @@ class DeepEngine(Engine):
             progress=self.progress,
         )
         self.network_ = network.cpu()
-        self.model_ = model
+        self.profile_settings_ = profile
         self.in_channels_ = int(formats.shape[1])
         self.target_mean_ = mean.astype(float)
         self.target_std_ = std.astype(float)
@@ -419,7 +426,9 @@ class DeepEngine(Engine):
 
     def _cv_key(self, parts: list[list[str]]) -> str:
         params = {k: v for k, v in self.get_params().items() if k not in _NOT_IN_RESULT}
-        return fingerprint({"params": params, "folds": parts})
+        # the resolved profile too: ``auto`` trains differently on a GPU and on a CPU
+        profile = self.profile_settings()
+        return fingerprint({"params": params, "profile": profile, "folds": parts})
 
     def _run_fold(
         self,
@@ -454,7 +463,7 @@ class DeepEngine(Engine):
             save_file(state, str(tmp))
         fitted = {
             "in_channels": self.in_channels_,
-            "model": self.model_,
+            "profile_settings": self.profile_settings_,
             "target_mean": self.target_mean_.tolist(),
             "target_std": self.target_std_.tolist(),
             "variance_scale": self.variance_scale_.tolist(),
@@ -482,11 +491,14 @@ class DeepEngine(Engine):
         engine = cls(**params)
         fitted = meta["fitted"]
         n_out = len(engine.targets) * (2 if engine.head == "mean_variance" else 1)
-        model = fitted.get("model") or engine.profile_settings()["model"]
-        network = build_model(model, int(fitted["in_channels"]), n_out)
+        if "profile_settings" not in fitted:
+            raise LiverfatError(
+                f"{directory}: saved by an older liverfat (no profile settings); fit again"
+            )
+        engine.profile_settings_ = dict(fitted["profile_settings"])
+        network = build_model(engine.model_name, int(fitted["in_channels"]), n_out)
         network.load_state_dict(load_file(str(directory / "network.safetensors")))
         engine.network_ = network.eval()
-        engine.model_ = model
         engine.in_channels_ = int(fitted["in_channels"])
         engine.target_mean_ = np.array(fitted["target_mean"], float)
         engine.target_std_ = np.array(fitted["target_std"], float)

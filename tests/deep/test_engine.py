@@ -242,3 +242,25 @@ def test_cli_cv_fit_predict_saliency(phantom_dir, tmp_path, capsys):
         == 2
     )
     assert "no engine.json" in capsys.readouterr().err
+
+
+def test_a_loaded_engine_keeps_the_profile_it_was_trained_with(
+    phantom_manifest, tmp_path, monkeypatch
+):
+    """Trained where ``auto`` means ``cpu`` (quarter-size input), loaded where it would mean
+    ``paper`` (full size): the loaded engine still predicts at the scale it was trained at."""
+    import liverfat.deep.engine as deep_engine
+
+    train = phantom_manifest.select(split="A")
+    engine = DeepEngine(model="small_cnn", iterations=3, batch_size=4, work_dir=str(tmp_path / "w"))
+    expected = engine.fit(train).predict(phantom_manifest).frame
+    engine.save(tmp_path / "saved")
+    real = deep_engine.resolve_profile
+    monkeypatch.setattr(deep_engine, "resolve_profile", lambda p, _d, e: real(p, "cuda", e))
+    assert DeepEngine(model="small_cnn").resolved()[1] == 1.0  # a fresh engine would go full size
+    loaded = DeepEngine.load(tmp_path / "saved")
+    assert loaded.resolved()[1] == 0.25
+    again = loaded.predict(phantom_manifest).frame
+    pd.testing.assert_frame_equal(
+        expected[["subject_id", "value", "std"]], again[["subject_id", "value", "std"]]
+    )
