@@ -39,6 +39,7 @@ from liverfat.data.folds import subject_folds
 from liverfat.data.manifest import REPORTED_COVARIATES, Manifest, read_yaml_mapping
 from liverfat.data.predictions import PredictionsTable, package_versions
 from liverfat.errors import LiverfatError
+from liverfat.evaluation.values import REFERENCE, reference_table
 from liverfat.parallel import dask_scheduler
 
 #: Engine aliases; any ``package.module:Class`` path also works (user engines).
@@ -49,7 +50,6 @@ ENGINES = {
     "radiomics": "liverfat.radiomics.engine:RadiomicsEngine",
 }
 EXECUTOR_KINDS = ("serial", "processes", "dask")
-REFERENCE = "reference"
 TRUTH = "truth"
 
 
@@ -337,13 +337,6 @@ def study_folds(study: Study, manifest: Manifest, folds: int) -> list[list[str]]
     if recorded.get(str(folds)) != partition:
         write_json_atomic(path, {**recorded, str(folds): partition})
     return partition
-
-
-def reference_table(manifest: Manifest, target: str) -> PredictionsTable:
-    """The manifest's reference values of ``target`` as a predictions table (method reference)."""
-    from liverfat.evaluation.values import reference_table as manifest_reference
-
-    return manifest_reference(manifest, target, name=REFERENCE)
 
 
 def run_study(study: Study, *, log: Callable[[str], None] = print) -> Path:

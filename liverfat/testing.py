@@ -110,12 +110,18 @@ def _check_broken_subject(engine: object, broken: Manifest) -> None:
     assert np.isfinite(good.loc[good["status"] == "ok", "value"]).all()
 
 
-def _check_constructor(engine: object) -> None:
+def _constructor_names(engine: object) -> list[str]:
+    """The constructor's named parameters (``self`` and ``**kwargs`` left out)."""
     signature = inspect.signature(type(engine).__init__)
-    for name, parameter in signature.parameters.items():
-        if name == "self" or parameter.kind is inspect.Parameter.VAR_KEYWORD:
-            continue
-        assert parameter.kind is inspect.Parameter.KEYWORD_ONLY, f"{name} must be keyword-only"
+    skip = (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
+    return [n for n, p in signature.parameters.items() if n != "self" and p.kind not in skip]
+
+
+def _check_constructor(engine: object) -> None:
+    parameters = inspect.signature(type(engine).__init__).parameters
+    for name in _constructor_names(engine):
+        kind = parameters[name].kind
+        assert kind is inspect.Parameter.KEYWORD_ONLY, f"{name} must be keyword-only"
         assert hasattr(engine, name), f"constructor must store {name} unchanged"
 
 
@@ -130,8 +136,9 @@ def _params_equal(a: dict, b: dict) -> bool:
 def _check_params(engine: object) -> None:
     """get_params names the constructor's arguments; set_params and clone round-trip them."""
     params = engine.get_params()
-    names = [n for n in inspect.signature(type(engine).__init__).parameters if n != "self"]
-    assert sorted(params) == sorted(names), "get_params must return every constructor argument"
+    assert sorted(params) == sorted(_constructor_names(engine)), (
+        "get_params must return every constructor argument"
+    )
     rebuilt = type(engine)(**params)
     assert _params_equal(rebuilt.get_params(), params), "type(e)(**e.get_params()) differs"
     clone = engine.clone()

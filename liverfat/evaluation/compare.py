@@ -49,6 +49,7 @@ from liverfat.evaluation.outliers import top_outliers
 from liverfat.evaluation.values import (
     REFERENCE,
     ComparisonError,
+    as_table,
     check_pairs,
     compared_with_same,
     coverage,
@@ -405,6 +406,7 @@ def run_comparison(
         (e.g. ``seed=3``).
     """
     s = ComparisonSettings.of(settings, **options)
+    tables = as_table(tables)  # combined once for the value, coverage and failure tables
     values = value_table(tables, target, include_flagged=s.include_flagged)
     methods = list(values.columns)
     if reference is None:

@@ -195,7 +195,7 @@ class RadiomicsEngine(Engine):
                 rois=self._roi_settings(),
                 augment=self._augment_settings(),
                 seed=self.seed,
-                cache_dir=_str_or_none(self.work_path("features")),
+                cache_dir=self.work_path("features"),
                 roi_dir=self.roi_dir,
             )
             for sid in manifest.subject_ids
@@ -479,7 +479,3 @@ class RadiomicsEngine(Engine):
         engine._train_x, engine._train_y = arrays["x"], arrays["y"]
         engine._fit_estimator()
         return engine
-
-
-def _str_or_none(path: Path | None) -> str | None:
-    return None if path is None else str(path)

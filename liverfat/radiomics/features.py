@@ -157,7 +157,7 @@ class ExtractionJob:
     rois: RoiSettings = field(default_factory=RoiSettings)
     augment: AugmentSettings | None = None
     seed: int = 0
-    cache_dir: str | None = None
+    cache_dir: str | os.PathLike[str] | None = None
     roi_dir: str | None = None
 
     @property
