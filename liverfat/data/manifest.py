@@ -46,8 +46,8 @@ BASELINE_COVARIATES = ("age", "sex", "height", "weight")
 REPORTED_COVARIATES = ("age", "sex", "bmi")
 REQUIRED_CARD_KEYS = ("name", "subjects", "targets", "splits")
 CARD_NAMES = ("manifest.yaml", "manifest.yml", "card.yaml")
-#: Unit (or coding) and plausible range of each covariate, as a dataset card records them; the
-#: ranges are what :meth:`Manifest.problems` checks values against.
+#: Unit (or coding) and plausible range of each covariate, as the cards liverfat writes record
+#: them (:meth:`Manifest.problems` checks values against the ranges a card gives).
 COVARIATE_ENTRIES: dict[str, dict[str, Any]] = {
     "age": {"unit": "years", "range": [18, 100]},
     "sex": {"coding": "0 female, 1 male", "range": [0, 1]},
