@@ -42,7 +42,6 @@ from liverfat.deep.training import (
     HEADS,
     TrainSettings,
     predict_network,
-    to_input,
     train_network,
 )
 from liverfat.deep.uncertainty import Z95, apply_variance_scale, variance_scale_from
@@ -292,11 +291,12 @@ class DeepEngine(Engine):
         if self.pretrained:
             self.pretrained_skipped_ = load_pretrained(network, self.pretrained)
         start = time.perf_counter()
-        losses = train_network(
+        log = train_network(
             network,
-            to_input(formats, scale),
+            formats,
             standardised,
             settings,
+            input_scale=scale,
             device=device,
             progress=self.progress,
         )
@@ -306,7 +306,12 @@ class DeepEngine(Engine):
         self.target_mean_ = mean.astype(float)
         self.target_std_ = std.astype(float)
         self.variance_scale_ = np.ones(len(self.targets))
-        self.losses_ = [float(v) for v in losses]
+        self.losses_ = log.losses
+        self.training_steps_ = {
+            "precision": log.precision,
+            "skipped_steps": log.skipped_steps,
+            "nonfinite_losses": log.nonfinite_losses,
+        }
         self.train_time_s_ = time.perf_counter() - start
 
     def set_calibration(self, variance_scale: dict[str, float]) -> DeepEngine:
@@ -339,7 +344,7 @@ class DeepEngine(Engine):
         self._check_fitted()
         _, scale, device = self.resolved()
         mean, var = predict_network(
-            self.network_, to_input(formats, scale), len(self.targets), self.head, device=device
+            self.network_, formats, len(self.targets), self.head, input_scale=scale, device=device
         )
         values = mean * self.target_std_ + self.target_mean_
         std = np.sqrt(var * self.variance_scale_) * self.target_std_
@@ -469,6 +474,7 @@ class DeepEngine(Engine):
             "variance_scale": self.variance_scale_.tolist(),
             "training_subjects": getattr(self, "training_subjects_", []),
             "train_time_s": self.train_time_s_,
+            "training_steps": getattr(self, "training_steps_", {}),
         }
         write_json_atomic(
             directory / "engine.json",
@@ -505,6 +511,7 @@ class DeepEngine(Engine):
         engine.variance_scale_ = np.array(fitted["variance_scale"], float)
         engine.training_subjects_ = list(fitted.get("training_subjects", []))
         engine.train_time_s_ = float(fitted.get("train_time_s", math.nan))
+        engine.training_steps_ = dict(fitted.get("training_steps", {}))
         return engine
 
 

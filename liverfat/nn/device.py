@@ -1,12 +1,15 @@
 """Where torch runs and how: device choice, mixed precision, channels-last memory, threads.
 
 One home for these choices, shared by the network engines and the atlas engine's torch
-backend. Mixed precision is float16 autocast with a gradient scaler, on CUDA only; elsewhere the
-same calls are disabled no-ops, so callers need no branch of their own.
+backend. Mixed precision is on CUDA only: bfloat16 autocast where the device supports it (no loss
+scaling needed: bfloat16 has float32's range), float16 with a gradient scaler on older devices;
+elsewhere the same calls are disabled no-ops, so callers need no branch of their own.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import TypeVar
 
 import torch
@@ -26,15 +29,65 @@ def pick_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The mixed-precision type on ``device``: bfloat16 on a CUDA device that has it natively
+    (Ampere and later), float16 on older CUDA devices, None (full float32) elsewhere."""
+    if device.type != "cuda":
+        return None
+    return (
+        torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
+    )
+
+
 def mixed_precision(device: torch.device) -> torch.autocast:
-    """An autocast context: float16 on CUDA, disabled (full float32) on any other device."""
-    return torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda")
+    """An autocast context in :func:`autocast_dtype`; disabled (full float32) off CUDA."""
+    dtype = autocast_dtype(device)
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
 def grad_scaler(device: torch.device) -> torch.amp.GradScaler:
-    """The loss scaler that goes with :func:`mixed_precision`: enabled on CUDA only (elsewhere
-    ``scale`` returns the loss unchanged and ``step`` is a plain optimiser step)."""
-    return torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
+    """The loss scaler that goes with :func:`mixed_precision`: enabled for float16 only
+    (elsewhere ``scale`` returns the loss unchanged and ``step`` is a plain optimiser step)."""
+    return torch.amp.GradScaler("cuda", enabled=autocast_dtype(device) == torch.float16)
+
+
+@contextlib.contextmanager
+def float32_head(model: nn.Module) -> Iterator[nn.Module]:
+    """Run ``model``'s last linear layer (the regression or classification head) outside autocast,
+    in float32, while the context lasts.
+
+    bfloat16 keeps three significant digits: a head output of 4 standard deviations would be
+    rounded by 0.03 of one, visible in a liver-fat value. The layer's forward is patched on the
+    instance and restored on exit, so the state dict and copies of the model are untouched. A
+    model without a linear layer runs as it is.
+    """
+    heads = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not heads:
+        yield model
+        return
+    head, forward = heads[-1], heads[-1].forward
+
+    def run_in_float32(x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return forward(x.float())
+
+    head.forward = run_in_float32
+    try:
+        yield model
+    finally:
+        del head.forward  # the class's forward again
+
+
+@contextlib.contextmanager
+def tuned_convolutions(device: torch.device) -> Iterator[None]:
+    """On CUDA, let cuDNN time its convolution algorithms once per input shape (training uses
+    one fixed shape, so the search pays for itself within a few steps); restored on exit."""
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = previous or device.type == "cuda"
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = previous
 
 
 def channels_last(value: ModuleOrBatch) -> ModuleOrBatch:

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from liverfat.deep.training import (
+    TrainingBatches,
     TrainSettings,
     balanced_weights,
     masked_loss,
@@ -42,6 +43,61 @@ def test_translation_replicates_edges():
     assert any(not torch.equal(s, image[0]) for s in shifted)
 
 
+def _pad_and_slice(batch: torch.Tensor, max_shift: int, generator: torch.Generator):
+    """The former per-sample translation: replicate padding, then one slice per image."""
+    padded = torch.nn.functional.pad(batch, (max_shift,) * 4, mode="replicate")
+    height, width = batch.shape[2:]
+    offsets = torch.randint(0, 2 * max_shift + 1, (batch.shape[0], 2), generator=generator)
+    return torch.stack(
+        [padded[i, :, dy : dy + height, dx : dx + width] for i, (dy, dx) in enumerate(offsets)]
+    )
+
+
+@pytest.mark.parametrize("balance_bins", [0, 3])
+def test_training_batches_match_index_pad_and_slice(balance_bins):
+    """The one-gather batches on a device equal indexing the float set, padding and slicing
+    each image, with the same generator draws (so CPU training is unchanged by the rewrite)."""
+    rng = np.random.default_rng(1)
+    formats = rng.integers(0, 256, (10, 2, 12, 20), dtype=np.uint8)
+    targets = rng.normal(size=(10, 1))
+    settings = TrainSettings(batch_size=4, max_shift_px=3, seed=5, balance_bins=balance_bins)
+    batches = TrainingBatches(formats, targets, settings, 1.0, torch.device("cpu"))
+    inputs, generator = to_input(formats, 1.0), torch.Generator().manual_seed(5)
+    order, cursor = torch.randperm(10, generator=generator), 0
+    for _ in range(6):  # past the end of the first epoch
+        if balance_bins:
+            weights = balanced_weights(targets[:, 0], balance_bins)
+            index = torch.multinomial(weights, 4, True, generator=generator)
+        else:
+            if cursor + 4 > 10:
+                order, cursor = torch.randperm(10, generator=generator), 0
+            index, cursor = order[cursor : cursor + 4], cursor + 4
+        expected = _pad_and_slice(inputs[index], 3, generator)
+        x, y = batches.next()
+        assert torch.equal(x, expected)
+        assert torch.equal(y, torch.from_numpy(targets[index.numpy()].astype(np.float32)))
+
+
+def test_training_batches_resize_once_like_to_input():
+    formats = np.random.default_rng(2).integers(0, 256, (6, 1, 16, 24), dtype=np.uint8)
+    settings = TrainSettings(batch_size=6, max_shift_px=0)
+    batches = TrainingBatches(formats, np.zeros((6, 1)), settings, 0.5, torch.device("cpu"))
+    assert batches.images.shape == (6, 1, 8, 12) and batches.images.dtype == torch.float32
+    x, _ = batches.next()
+    order = torch.randperm(6, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(x, to_input(formats, 0.5)[order])
+
+
+def test_diverging_training_counts_nonfinite_losses():
+    images = np.random.default_rng(3).integers(0, 256, (16, 1, 16, 16), dtype=np.uint8)
+    targets = np.random.default_rng(3).normal(size=(16, 1))
+    settings = TrainSettings(iterations=40, batch_size=8, learning_rate=1e8, head="mse")
+    log = train_network(
+        build_model("small_cnn", 1, 1), images, targets, settings, device=pick_device("cpu")
+    )
+    assert log.nonfinite_losses == int(np.sum(~np.isfinite(log.losses))) > 0
+
+
 def test_network_learns_mean_intensity_with_missing_targets():
     """Two targets from image content; 30 % of values missing; held-out R^2 > 0.8 on both."""
     rng = np.random.default_rng(0)
@@ -58,13 +114,10 @@ def test_network_learns_mean_intensity_with_missing_targets():
     train[rng.uniform(size=train.shape) < 0.3] = np.nan
     model = build_model("small_cnn", 1, 4)
     settings = TrainSettings(iterations=300, batch_size=16, learning_rate=3e-3, max_shift_px=2)
-    losses = train_network(
-        model, to_input(images[:120], 1.0), train, settings, device=pick_device("cpu")
-    )
-    assert np.mean(losses[-20:]) < np.mean(losses[:20])
-    mean, var = predict_network(
-        model, to_input(images[120:], 1.0), 2, "mean_variance", device=pick_device("cpu")
-    )
+    log = train_network(model, images[:120], train, settings, device=pick_device("cpu"))
+    assert np.mean(log.losses[-20:]) < np.mean(log.losses[:20])
+    assert (log.precision, log.skipped_steps, log.nonfinite_losses) == ("float32", 0, 0)
+    mean, var = predict_network(model, images[120:], 2, "mean_variance", device=pick_device("cpu"))
     for j in range(2):
         truth = standard[120:, j]
         r2 = 1 - np.sum((mean[:, j] - truth) ** 2) / np.sum((truth - truth.mean()) ** 2)
@@ -79,12 +132,9 @@ def test_cuda_mixed_precision_channels_last():
     model = build_model("resnet50", 1, 2)
     images = np.random.default_rng(0).integers(0, 255, (8, 1, 176, 376), dtype=np.uint8)
     settings = TrainSettings(iterations=3, batch_size=4)
-    train_network(
-        model, to_input(images, 1.0), np.zeros((8, 1)), settings, device=torch.device("cuda")
-    )
-    mean, var = predict_network(
-        model, to_input(images, 1.0), 1, "mean_variance", device=torch.device("cuda")
-    )
+    log = train_network(model, images, np.zeros((8, 1)), settings, device=torch.device("cuda"))
+    assert log.precision == "bfloat16"  # every GPU lent here (Hopper) has it natively
+    mean, var = predict_network(model, images, 1, "mean_variance", device=torch.device("cuda"))
     assert mean.shape == (8, 1) and np.isfinite(var).all()
 
 

@@ -75,6 +75,39 @@ def test_cuda_mixed_precision_and_scaler():
     cuda = D.pick_device()
     assert cuda == torch.device("cuda")
     a = torch.rand(8, 8, device=cuda)
+    dtype = D.autocast_dtype(cuda)
+    assert dtype == torch.bfloat16  # every GPU lent here (Hopper) has it natively
     with D.mixed_precision(cuda):
-        assert (a @ a).dtype == torch.float16
-    assert D.grad_scaler(cuda).is_enabled()
+        assert (a @ a).dtype == dtype
+    assert not D.grad_scaler(cuda).is_enabled()  # bfloat16 needs no loss scaling
+
+
+def test_float32_head_runs_the_last_linear_layer_outside_autocast_and_restores_it():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 2))
+    x = torch.randn(3, 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        hidden = model[1](model[0](x))
+    reference = model[2](hidden.float())  # the head in float32 on the bf16 hidden layer
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # CPU autocast stands in for CUDA's
+        assert model(x).dtype == torch.bfloat16
+        with D.float32_head(model):
+            out = model(x)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, reference)  # the head saw its bf16 input in float32
+    assert "forward" not in vars(model[2])  # the class's forward again
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model(x).dtype == torch.bfloat16
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+def test_autocast_dtype_and_tuned_convolutions_off_cuda():
+    cpu = torch.device("cpu")
+    assert D.autocast_dtype(cpu) is None
+    before = torch.backends.cudnn.benchmark
+    with D.tuned_convolutions(cpu):
+        assert torch.backends.cudnn.benchmark == before
+    with D.tuned_convolutions(torch.device("cuda")):  # only a flag: no CUDA call is made
+        assert torch.backends.cudnn.benchmark
+    assert torch.backends.cudnn.benchmark == before
