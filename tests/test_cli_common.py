@@ -100,5 +100,5 @@ def test_every_choice_resolves_and_building_imports_no_torch():
     assert found[("liverfat atlas calibrate", "fusion")] == list(FUSIONS)
     assert found[("liverfat radiomics predict", "executor")] == list(EXECUTORS)
     assert "small_cnn" in found[("liverfat deep cv", "model")]
-    assert found[("liverfat deep fit", "profile")] == ["auto", "paper", "cpu", "quick"]
+    assert found[("liverfat deep fit", "profile")] == ["paper", "cpu", "quick", "auto"]
     assert found[("liverfat phantom", "scale")] == ["full", "half", "quarter"]

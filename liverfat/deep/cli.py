@@ -15,10 +15,11 @@ from liverfat.cli_common import (
     load_manifest,
 )
 from liverfat.deep.formats import format_names
+from liverfat.deep.profiles import DEFAULT_PROFILE
 
 # Read when parsing or showing help, so that building ``liverfat``'s parser imports no torch.
 HEAD_CHOICES = LazyChoices(lambda: import_module("liverfat.deep.training").HEADS)
-PROFILE_CHOICES = LazyChoices(lambda: ("auto", *import_module("liverfat.deep.profiles").PROFILES))
+PROFILE_CHOICES = LazyChoices(lambda: (*import_module("liverfat.deep.profiles").PROFILES, "auto"))
 MODEL_CHOICES = LazyChoices(lambda: import_module("liverfat.nn.registry").model_names())
 
 #: Options of :func:`_engine_options` passed to the DeepEngine under their own names.
@@ -64,9 +65,9 @@ def _engine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--profile",
         choices=PROFILE_CHOICES,
-        default="auto",
+        default=DEFAULT_PROFILE,
         metavar="PROFILE",
-        help="%(choices)s (default %(default)s: paper on a GPU, else cpu)",
+        help="%(choices)s (default %(default)s on every device; auto: paper on a GPU, else cpu)",
     )
     parser.add_argument("--iterations", type=int)
     parser.add_argument("--batch-size", type=int)

@@ -37,7 +37,7 @@ from liverfat.data.predictions import (
     run_info,
 )
 from liverfat.deep.formats import get_format, load_or_compute
-from liverfat.deep.profiles import PROFILE_KEYS, PROFILES, resolve_profile
+from liverfat.deep.profiles import DEFAULT_PROFILE, PROFILE_KEYS, PROFILES, resolve_profile
 from liverfat.deep.training import (
     HEADS,
     TrainSettings,
@@ -74,9 +74,10 @@ class DeepEngine(Engine):
         ``mean_variance`` (mean and log-variance, Gaussian NLL: gives std and 95 % intervals) or
         ``mse`` (means only).
     profile:
-        ``paper``, ``cpu``, ``quick`` or ``auto`` (paper on CUDA, cpu otherwise); see the module
-        docstring. ``model``, ``iterations``, ``batch_size``, ``input_scale``,
-        ``learning_rate``, ``nll_beta`` and ``balance_bins`` left at None come from it.
+        ``cpu`` (the default, on every device), ``paper``, ``quick`` or ``auto`` (paper on CUDA,
+        cpu otherwise); see :mod:`liverfat.deep.profiles`. ``model``, ``iterations``,
+        ``batch_size``, ``input_scale``, ``learning_rate``, ``nll_beta`` and ``balance_bins``
+        left at None come from it.
     iterations, batch_size, input_scale:
         Training iterations, batch size, and the factor formats are resized by before the
         network.
@@ -113,7 +114,7 @@ class DeepEngine(Engine):
         format: str = "liverfat",
         model: str | None = None,
         head: str = "mean_variance",
-        profile: str = "auto",
+        profile: str = DEFAULT_PROFILE,
         iterations: int | None = None,
         batch_size: int | None = None,
         input_scale: float | None = None,
@@ -190,7 +191,7 @@ class DeepEngine(Engine):
         (default: the engine's), with every explicitly given constructor value kept.
 
         A fitted engine keeps the settings it was trained with (``profile_settings_``), so a
-        network trained on a GPU (``auto`` = ``paper``) predicts at its own input scale on a CPU.
+        network trained on a GPU with ``paper`` predicts at its own input scale on a CPU.
         """
         if hasattr(self, "profile_settings_"):
             return dict(self.profile_settings_)

@@ -1,17 +1,21 @@
 """The deep engine's profiles: the model and optimisation settings it trains with.
 
 A profile sets every :data:`PROFILE_KEYS` constructor argument of
-:class:`~liverfat.deep.engine.DeepEngine` left at None; explicit values win. ``auto`` is
-``paper`` on CUDA and ``cpu`` elsewhere.
+:class:`~liverfat.deep.engine.DeepEngine` left at None; explicit values win. The default is
+``cpu`` on every device: the same settings whatever machine runs them, so a study's figures do
+not change with the hardware, and a first run on a GPU takes minutes, not the paper's half hour
+per split. ``paper`` is an explicit choice; ``auto`` is ``paper`` on CUDA and ``cpu`` elsewhere.
 
 ``paper``
     The published setting: ResNet50, 6000 iterations of batch 32 at lr 1e-4 on full-size
-    formats, the plain Gaussian NLL. The default on CUDA (about half an hour per split there).
+    formats, the plain Gaussian NLL (about half an hour per split on a GPU without the data
+    pipeline of :class:`~liverfat.deep.training.TrainingBatches`; ``python -m benchmarks gpu``
+    measures it).
 ``cpu``
     The best accuracy a 2-core CPU trains in minutes, the default there: the attention-readout
     network (:class:`liverfat.nn.architectures.AttentionReadout`) on quarter-size formats, 6000
     iterations of batch 16 at lr 2e-3, beta-NLL with beta 0.5 and batches balanced over the
-    target's range (why: docs/deep.md); about 100 s per training on 2 cores.
+    target's range (why: docs/deep.md); about 100 s per training on 2 cores. The default.
 ``quick``
     ResNet50 for 400 iterations of batch 16 on half-size formats: a smoke test of the paper
     network on a CPU, not a result.
@@ -53,6 +57,8 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 #: Constructor arguments a profile sets when they are left at None.
 PROFILE_KEYS = tuple(PROFILES["paper"])
+#: The profile of an engine, command line or study that names none.
+DEFAULT_PROFILE = "cpu"
 
 
 def resolve_profile(profile: str, device_type: str, explicit: Mapping[str, Any]) -> dict[str, Any]:

@@ -43,12 +43,11 @@ def test_validation_is_early_and_clear():
     settings, scale, _ = cpu.resolved()
     assert cpu.model_name == "small_cnn" and settings.nll_beta == 0.0  # explicit values win
     assert settings.balance_bins == PROFILES["cpu"]["balance_bins"] and scale == 0.25
-    # auto: the paper profile on a CUDA GPU, the cpu one elsewhere
-    auto = DeepEngine()
-    auto_settings, _, auto_device = auto.resolved()
-    expected = "paper" if auto_device.type == "cuda" else "cpu"
-    assert auto_settings.iterations == PROFILES[expected]["iterations"]
-    assert auto.model_name == PROFILES[expected]["model"]
+    # the default: cpu on every device; auto: the paper profile on a CUDA GPU, cpu elsewhere
+    assert DeepEngine().model_name == PROFILES["cpu"]["model"]
+    assert DeepEngine(device="cuda").profile_settings()["profile"] == "cpu"
+    assert DeepEngine(profile="auto", device="cuda").profile_settings()["profile"] == "paper"
+    assert DeepEngine(profile="auto", device="cpu").model_name == PROFILES["cpu"]["model"]
     assert PROFILES["paper"]["model"] != PROFILES["cpu"]["model"]  # so the check can fail
 
 
@@ -252,12 +251,15 @@ def test_a_loaded_engine_keeps_the_profile_it_was_trained_with(
     import liverfat.deep.engine as deep_engine
 
     train = phantom_manifest.select(split="A")
-    engine = DeepEngine(model="small_cnn", iterations=3, batch_size=4, work_dir=str(tmp_path / "w"))
+    engine = DeepEngine(
+        profile="auto", model="small_cnn", iterations=3, batch_size=4, work_dir=str(tmp_path / "w")
+    )
     expected = engine.fit(train).predict(phantom_manifest).frame
     engine.save(tmp_path / "saved")
     real = deep_engine.resolve_profile
     monkeypatch.setattr(deep_engine, "resolve_profile", lambda p, _d, e: real(p, "cuda", e))
-    assert DeepEngine(model="small_cnn").resolved()[1] == 1.0  # a fresh engine would go full size
+    fresh = DeepEngine(profile="auto", model="small_cnn")
+    assert fresh.resolved()[1] == 1.0  # a fresh engine would go full size
     loaded = DeepEngine.load(tmp_path / "saved")
     assert loaded.resolved()[1] == 0.25
     again = loaded.predict(phantom_manifest).frame
