@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-quick bench lint format clean
+.PHONY: demo test test-quick bench bench-gpu gpu-wheels lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,14 @@ test-quick: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks --out benchmarks/results
+
+# The GPU check (docs/gpu.md): skips with a reason where there is no CUDA device.
+bench-gpu: $(STAMP)
+	$(BIN)/python -m benchmarks gpu --out benchmarks/results
+
+# Wheels of SimpleITK and MONAI for the lent GPU machine's bare image, into .whl/ (docs/gpu.md).
+gpu-wheels:
+	PYTHON=$(PYTHON) bash benchmarks/gpu_wheels.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
