@@ -20,6 +20,7 @@ from liverfat.study import Study, StudyError, run_study
 
 TARGET = "liver_pdff_pct"
 SIZES = [3, 5, 8]
+REPEATS = 3
 
 
 class SpyBaseline(LinearBaseline):
@@ -73,7 +74,7 @@ def _cell_files(out: Path) -> dict[Path, int]:
 def test_learning_curve_nested_held_out_recomputed_and_resumed(
     tmp_path: Path, phantom_dir: Path, phantom_manifest: Manifest
 ) -> None:
-    curve = {"sizes": SIZES, "repeats": 2, "held_out_fraction": 0.3}
+    curve = {"sizes": SIZES, "repeats": REPEATS, "held_out_fraction": 0.3}
     run_study(Study.load(_write_study(tmp_path, phantom_dir, curve)), log=lambda m: None)
     out = tmp_path / "out"
     referenced = phantom_manifest.select(split="A").target(TARGET).dropna()
@@ -87,18 +88,18 @@ def test_learning_curve_nested_held_out_recomputed_and_resumed(
     fits = _fits(out)
     assert set(fits[0]) == set(phantom_manifest.select(split="A").subject_ids)
     curve_fits = fits[1:]
-    assert len(curve_fits) == 2 * len(SIZES)
+    assert len(curve_fits) == REPEATS * len(SIZES)
     for repeat, order in enumerate(plan["orders"]):
         mine = curve_fits[repeat * len(SIZES) : (repeat + 1) * len(SIZES)]
         assert [set(f) for f in mine] == [set(order[:n]) for n in SIZES]
         assert all(set(a) < set(b) for a, b in zip(mine, mine[1:], strict=False))
     assert not any(set(f) & set(held) for f in curve_fits)
-    assert plan["orders"][0] != plan["orders"][1]  # each repeat draws its own subsets
+    assert len({tuple(o) for o in plan["orders"]}) == REPEATS  # each repeat draws its own
 
     # Every cell of the table, recomputed from its stored predictions against the truth.
     cells = pd.read_csv(out / "tables" / "learning_curve.csv")
     assert list(cells.columns) == ["method", "n_train", "repeat", "mae", "r2", "n_held_out"]
-    assert len(cells) == 2 * 2 * len(SIZES) and set(cells["method"]) == {"spy", "bmi_only"}
+    assert len(cells) == 2 * REPEATS * len(SIZES) and set(cells["method"]) == {"spy", "bmi_only"}
     truth = pd.read_csv(phantom_dir / "truth" / "truth_predictions.csv", dtype={"subject_id": str})
     truth = truth[truth["target"] == TARGET].set_index("subject_id")["value"].reindex(held)
     assert not np.allclose(truth, referenced.reindex(held))  # scoring on the truth is visible
@@ -134,7 +135,7 @@ def test_learning_curve_nested_held_out_recomputed_and_resumed(
     added = _fits(out)[len(fits) :]
     assert [set(f) for f in added] == [set(o[:6]) for o in plan["orders"]]
     assert all(_cell_files(out)[p] == stamp for p, stamp in before.items())
-    assert len(pd.read_csv(out / "tables" / "learning_curve.csv")) == 2 * 2 * 4
+    assert len(pd.read_csv(out / "tables" / "learning_curve.csv")) == 2 * REPEATS * 4
 
 
 @pytest.mark.parametrize(
