@@ -16,6 +16,8 @@ from sklearn.metrics import r2_score
 from liverfat.baseline import LinearBaseline
 from liverfat.cli import main
 from liverfat.data.manifest import Manifest
+from liverfat.data.phantom.cohort import assign_splits
+from liverfat.data.phantom.imaging import PhantomConfig
 from liverfat.study import Study, StudyError, run_study
 
 TARGET = "liver_pdff_pct"
@@ -197,3 +199,14 @@ def test_a_fit_that_fails_names_the_engine_and_size(
     last = err.strip().splitlines()[-1]  # after the progress lines: one line saying why
     assert "learning curve of 'baseline' at N = 3 (repeat 0)" in last
     assert "the baseline needs more than 5" in last
+
+
+def test_the_documented_phantom_study_file_is_valid() -> None:
+    path = Path(__file__).resolve().parents[1] / "studies" / "learning_curve_phantom.yaml"
+    study = Study.load(path)
+    assert study.learning_curve.sizes == (25, 50, 100, 200)
+    assert set(study.learning_curve.engines) == {"network", "atlas", "radiomics", "baseline"}
+    # The documented 450 phantom subjects leave enough to draw the largest size from.
+    referenced = assign_splits(450, 0, PhantomConfig()).count("A")
+    held = round(study.learning_curve.held_out_fraction * referenced)
+    assert referenced - held >= study.learning_curve.sizes[-1]
