@@ -12,7 +12,9 @@ an executor. :func:`run_study` runs the protocol stage by stage:
   network predicts B; the atlas, whose linear calibration is fitted on A, predicts A and C);
 * the comparison: every pair on every subset where both methods have values, plus every method
   against the truth table when one is given (the phantom's), with tables, figures and an HTML
-  report.
+  report;
+* with a ``learning_curve`` option, each engine fitted on nested subsets of the training
+  subjects and scored on one fixed held-out part (:mod:`liverfat.learning_curve`).
 
 Every stage writes its predictions table atomically and a ``.done.json`` fingerprint of its
 settings and liverfat's version; a rerun skips stages whose fingerprint matches, and engines
@@ -29,7 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -41,6 +43,9 @@ from liverfat.data.predictions import PredictionsTable, package_versions
 from liverfat.errors import LiverfatError
 from liverfat.evaluation.values import REFERENCE, reference_table
 from liverfat.parallel import dask_scheduler
+
+if TYPE_CHECKING:
+    from liverfat.learning_curve import LearningCurve
 
 #: Engine aliases; any ``package.module:Class`` path also works (user engines).
 ENGINES = {
@@ -86,6 +91,7 @@ class Study:
     out: Path
     executor: dict[str, Any]
     seed: int
+    learning_curve: LearningCurve | None = None  # liverfat.learning_curve
 
     @classmethod
     def load(cls, path: str | Path, *, out: str | Path | None = None) -> Study:
@@ -110,6 +116,7 @@ class Study:
             "out",
             "executor",
             "seed",
+            "learning_curve",
         }
         if unknown:
             raise StudyError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}")
@@ -138,6 +145,13 @@ class Study:
         executor = dict(raw.get("executor") or {"kind": "serial"})
         if executor.get("kind", "serial") not in EXECUTOR_KINDS:
             raise StudyError(f"{path}: executor kind must be one of {', '.join(EXECUTOR_KINDS)}")
+        seed = int(raw.get("seed", 0))
+        curve = None
+        if raw.get("learning_curve") is not None:
+            from liverfat.learning_curve import parse_learning_curve
+
+            stages = [e.name for e in engines]
+            curve = parse_learning_curve(raw["learning_curve"], path, stages, seed)
         return cls(
             path=path,
             name=str(raw.get("name", path.stem)),
@@ -151,7 +165,8 @@ class Study:
             truth=(base / raw["truth"]).resolve() if raw.get("truth") else None,
             out=Path(out) if out is not None else (base / raw.get("out", "study_output")).resolve(),
             executor=executor,
-            seed=int(raw.get("seed", 0)),
+            seed=seed,
+            learning_curve=curve,
         )
 
     def load_manifest(self) -> Manifest:
@@ -249,8 +264,9 @@ def make_engine(stage: EngineStage, study: Study, work: Path | None = None) -> A
 # Running ---------------------------------------------------------------------------------------
 
 
-def _rename(table: PredictionsTable, method: str, target: str) -> pd.DataFrame:
-    """Rows of ``target`` under the study's method name (one name per engine stage)."""
+def method_rows(table: PredictionsTable, method: str, target: str) -> pd.DataFrame:
+    """Rows of ``target`` under the study's method name (one name per engine stage; an engine
+    writing several methods, e.g. one per radiomics model, gets ``NAME-METHOD``)."""
     frame = table.frame[table.frame["target"] == target].copy()
     produced = sorted(frame["method"].unique())
     if len(produced) > 1:  # e.g. radiomics: one method per model
@@ -260,7 +276,7 @@ def _rename(table: PredictionsTable, method: str, target: str) -> pd.DataFrame:
     return frame
 
 
-def _run_stage(
+def run_stage(
     out: Path, stage_name: str, fingerprint: str, compute: Callable[[], PredictionsTable], log
 ) -> PredictionsTable:
     """Compute a stage's table unless a finished one with the same fingerprint exists."""
@@ -302,7 +318,7 @@ def run_engine(stage: EngineStage, study: Study, manifest: Manifest, log) -> Pre
             return engine.cross_validate(train, folds=partition, seed=study.seed)
 
         fp = fingerprint({**base, "folds": partition, "stage": "cv"})
-        parts.append(_run_stage(study.out, f"{stage.name}.cv", fp, oof, log))
+        parts.append(run_stage(study.out, f"{stage.name}.cv", fp, oof, log))
     if stage.predict_on:
 
         def fit_predict() -> PredictionsTable:
@@ -315,8 +331,8 @@ def run_engine(stage: EngineStage, study: Study, manifest: Manifest, log) -> Pre
             return table
 
         fp = fingerprint({**base, "predict_on": stage.predict_on, "stage": "fit"})
-        parts.append(_run_stage(study.out, f"{stage.name}.fit", fp, fit_predict, log))
-    frames = [_rename(part, stage.name, study.target) for part in parts]
+        parts.append(run_stage(study.out, f"{stage.name}.fit", fp, fit_predict, log))
+    frames = [method_rows(part, stage.name, study.target) for part in parts]
     frame = pd.concat(frames, ignore_index=True)
     # A subject predicted both out-of-fold and after the final fit keeps its out-of-fold value.
     frame = frame.drop_duplicates(["subject_id", "method", "target"], keep="first")
@@ -347,19 +363,27 @@ def run_study(study: Study, *, log: Callable[[str], None] = print) -> Path:
     manifest = study.load_manifest()
     for stage in study.engines:  # constructors only validate: fail before any work starts
         make_engine(stage, study)
+    if study.learning_curve is not None:
+        from liverfat.learning_curve import learning_curve_plan, run_learning_curve
+
+        learning_curve_plan(study, manifest)  # refuses sizes beyond the pool before any work
     out = study.out
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(study.path, out / "study.yaml")
     write_json_atomic(out / "versions.json", package_versions())
-    tables = [reference_table(manifest, study.target)]
-    with dask_scheduler(study.executor.get("scheduler")):
-        for stage in study.engines:
-            tables.append(run_engine(stage, study, manifest, log))
-            tables[-1].write(out / "predictions" / f"{stage.name}.csv")
     truth = None
     if study.truth is not None:
         truth = PredictionsTable.read(study.truth)
         truth = PredictionsTable(truth.frame[truth.frame["target"] == study.target], truth.run)
+    tables = [reference_table(manifest, study.target)]
+    extra = []
+    with dask_scheduler(study.executor.get("scheduler")):
+        for stage in study.engines:
+            tables.append(run_engine(stage, study, manifest, log))
+            tables[-1].write(out / "predictions" / f"{stage.name}.csv")
+        if study.learning_curve is not None:
+            extra.append(run_learning_curve(study, manifest, truth, log))
+    if truth is not None:
         tables.append(truth)
     log("[compare] running ...")
     engine_methods = [t.methods for t in tables[1 : 1 + len(study.engines)]]
@@ -375,9 +399,8 @@ def run_study(study: Study, *, log: Callable[[str], None] = print) -> Path:
     )
     comparison.table = _planned_rows(comparison.table, [(f"{a}:{b}", s) for a, b, s in pairs])
     comparison.write_tables(out / "tables")
-    extra = []
     if study.review:
-        extra.append(outlier_review(study, manifest, comparison.values, log))
+        extra.insert(0, outlier_review(study, manifest, comparison.values, log))
     report = write_report(
         comparison,
         out / "report.html",
@@ -472,5 +495,12 @@ predictions/NAME.csv  each engine's predictions table (out-of-fold on the traini
 engines/NAME/         engine caches, per-subject outputs and the fitted engine (resumable)
 tables/               comparison.csv/.md/.tex (the published layout), coverage, failures,
                       error correlations, outliers, grading, covariate correlations, values
+learning_curve/       with a learning_curve option: subjects.json (held-out part, each repeat's
+                      draw order) and predictions/NAME.rR.nN.csv, one table per cell
+                      (engine, repeat, training size), with *.done.json fingerprints
+tables/learning_curve.csv, learning_curve_summary.csv
+                      MAE and R2 per cell, and their median and min-max over repeats
+figures/learning_curve.png/.svg
+                      MAE and R2 against N, one line per method
 report.html           one self-contained report with every table and figure
 """

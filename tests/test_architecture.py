@@ -24,6 +24,7 @@ FLOORS = {
     "baseline": 3,
     "segmentation": 3,
     "study": 4,
+    "learning_curve": 4,
     "demo": 4,
     "testing": 4,
     "study_cli": 4,

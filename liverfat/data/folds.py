@@ -3,7 +3,9 @@
 A partition is a list of test folds, each a sorted list of subject ids; every image of a subject
 lands in one fold. Subjects that are in no test fold (for example those without a reference) are
 in the training part of every fold. A study draws one partition and hands it to every engine, so
-out-of-fold predictions of different methods are paired by fold.
+out-of-fold predictions of different methods are paired by fold. A study's learning curve
+holds out one part (:func:`held_out_subjects`) and draws nested training subsets from the rest
+(:func:`subsample_orders`).
 """
 
 from __future__ import annotations
@@ -85,3 +87,51 @@ def training_ids(subject_ids: Sequence[str], test_ids: Sequence[str]) -> list[st
     """The subjects of ``subject_ids`` outside one test fold, in their given order."""
     test = {str(s) for s in test_ids}
     return [str(s) for s in subject_ids if str(s) not in test]
+
+
+def held_out_subjects(
+    subject_ids: Sequence[str],
+    fraction: float,
+    seed: int,
+    *,
+    strata: Mapping[str, object] | None = None,
+) -> list[str]:
+    """A seeded held-out part of ``subject_ids``: ``round(fraction * n)`` of them, sorted.
+
+    With ``strata`` (a label per subject) the part is stratified (scikit-learn's
+    ``StratifiedShuffleSplit`` over the sorted ids) when every label has at least two subjects
+    and both parts can hold one of each; otherwise a seeded permutation's first ones are taken.
+    """
+    ids = sorted({str(s) for s in subject_ids})
+    if not 0.0 < fraction < 1.0:
+        raise LiverfatError(f"the held-out fraction must be between 0 and 1, got {fraction}")
+    n_test = int(round(fraction * len(ids)))
+    if n_test < 1 or n_test > len(ids) - 1:
+        raise LiverfatError(
+            f"a held-out fraction of {fraction:g} of {len(ids)} subjects leaves "
+            f"{n_test} held out and {len(ids) - n_test} to train on; both need at least one"
+        )
+    if strata is not None:
+        labels = np.asarray([str(strata[s]) for s in ids])
+        _, counts = np.unique(labels, return_counts=True)
+        if counts.min() >= 2 and min(n_test, len(ids) - n_test) >= counts.size:
+            from sklearn.model_selection import StratifiedShuffleSplit
+
+            splitter = StratifiedShuffleSplit(1, test_size=n_test, random_state=seed)
+            _, test = next(splitter.split(np.zeros(len(ids)), labels))
+            return sorted(ids[i] for i in test)
+    order = np.random.default_rng(seed).permutation(len(ids))
+    return sorted(ids[i] for i in order[:n_test])
+
+
+def subsample_orders(subject_ids: Sequence[str], repeats: int, seed: int) -> list[list[str]]:
+    """One seeded order of ``subject_ids`` per repeat (repeat ``r`` drawn from ``[seed, r]``).
+
+    A learning curve's training subset of size N in repeat ``r`` is that order's first N, so
+    within a repeat the subsets are nested: each holds every smaller one.
+    """
+    ids = sorted({str(s) for s in subject_ids})
+    return [
+        [ids[i] for i in np.random.default_rng([seed, r]).permutation(len(ids))]
+        for r in range(repeats)
+    ]

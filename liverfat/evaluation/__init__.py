@@ -20,6 +20,8 @@ engine wrote a table. Modules:
 - :mod:`~liverfat.evaluation.layouts`: the comparison table as text (published layout, Markdown,
   LaTeX); :mod:`~liverfat.evaluation.covariates`: correlations with covariates;
   :mod:`~liverfat.evaluation.outliers`: top outliers and probable reference errors.
+- :mod:`~liverfat.evaluation.curves`: learning curves (MAE and R² on a held-out part against
+  the number of training subjects, summarised over repeats).
 - :mod:`~liverfat.evaluation.plots` and :mod:`~liverfat.evaluation.report`: figures and one
   self-contained HTML report; :mod:`~liverfat.evaluation.cli`: ``liverfat compare``.
 """

@@ -202,6 +202,45 @@ def error_pair_plot(
     return ax.figure
 
 
+def learning_curve_plot(
+    summary: pd.DataFrame, *, unit: str = "%", against: str = "truth", title: str = ""
+) -> Figure:
+    """MAE and R² against the number of training subjects, one line per method.
+
+    ``summary`` has the columns of :func:`liverfat.evaluation.curves.curve_summary`
+    (``method``, ``n_train``, ``mae_median`` / ``_min`` / ``_max``, ``r2_median`` / ``_min`` /
+    ``_max``, ``repeats``): lines join the medians over repeats, bands span their min to max. The
+    x axis is logarithmic, ticked at the training sizes; MAE is in ``unit``, scored against
+    ``against`` (the truth or the reference) on the held-out part.
+    """
+    fig = new_figure(10.0, 4.2, ncols=2)
+    sizes = sorted({int(n) for n in summary["n_train"]}) if len(summary) else []
+    for ax, key, label in (
+        (fig.axes[0], "mae", f"MAE against {against} ({unit})"),
+        (fig.axes[1], "r2", f"R² against {against}"),
+    ):
+        for method, rows in summary.groupby("method", sort=True):
+            rows = rows.sort_values("n_train")
+            n = rows["n_train"].to_numpy(float)
+            (line,) = ax.plot(n, rows[f"{key}_median"], marker="o", markersize=4, label=method)
+            ax.fill_between(
+                n, rows[f"{key}_min"], rows[f"{key}_max"], color=line.get_color(), alpha=0.2
+            )
+        if sizes:
+            ax.set_xscale("log")
+            ax.set_xticks(sizes, [str(n) for n in sizes])
+            ax.minorticks_off()
+        ax.set_xlabel("training subjects with a reference (N)")
+        ax.set_ylabel(label)
+        ax.grid(True, color="0.9", linewidth=0.8)
+    if len(summary):
+        repeats = int(summary["repeats"].max())
+        fig.axes[0].legend(fontsize=8, loc="upper right")
+        spread = f"{repeats} repeats; line: median, band: min-max" if repeats > 1 else "1 repeat"
+        fig.suptitle(title or f"Learning curves ({spread})", fontsize=11)
+    return fig
+
+
 def review_figure(
     image_pct: ArrayLike,
     *,
