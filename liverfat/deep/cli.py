@@ -21,6 +21,7 @@ from liverfat.deep.profiles import DEFAULT_PROFILE
 HEAD_CHOICES = LazyChoices(lambda: import_module("liverfat.deep.training").HEADS)
 PROFILE_CHOICES = LazyChoices(lambda: (*import_module("liverfat.deep.profiles").PROFILES, "auto"))
 MODEL_CHOICES = LazyChoices(lambda: import_module("liverfat.nn.registry").model_names())
+TRANSFORM_CHOICES = LazyChoices(lambda: import_module("liverfat.deep.uncertainty").TRANSFORMS)
 
 #: Options of :func:`_engine_options` passed to the DeepEngine under their own names.
 ENGINE_OPTIONS = (
@@ -35,6 +36,7 @@ ENGINE_OPTIONS = (
     "learning_rate",
     "nll_beta",
     "balance_bins",
+    "target_transform",
     "pretrained",
     "seed",
     "device",
@@ -76,6 +78,12 @@ def _engine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nll-beta", type=float, help="beta-NLL weight (default: the profile's)")
     parser.add_argument(
         "--balance-bins", type=int, help="balanced batches over N bins (default: the profile's)"
+    )
+    parser.add_argument(
+        "--target-transform",
+        choices=TRANSFORM_CHOICES,
+        metavar="TRANSFORM",
+        help="%(choices)s: the target as it is or log(y + 1) (default: the profile's)",
     )
     parser.add_argument("--pretrained", help="local weights file (safetensors / state dict)")
     parser.add_argument("--seed", type=int, default=0)

@@ -44,7 +44,13 @@ from liverfat.deep.training import (
     predict_network,
     train_network,
 )
-from liverfat.deep.uncertainty import Z95, apply_variance_scale, variance_scale_from
+from liverfat.deep.uncertainty import (
+    TRANSFORMS,
+    apply_variance_scale,
+    interval,
+    to_network_space,
+    variance_scale_from,
+)
 from liverfat.engine import Engine
 from liverfat.errors import LiverfatError, subject_message
 from liverfat.nn.device import pick_device
@@ -76,8 +82,8 @@ class DeepEngine(Engine):
     profile:
         ``cpu`` (the default, on every device), ``paper``, ``quick`` or ``auto`` (paper on CUDA,
         cpu otherwise); see :mod:`liverfat.deep.profiles`. ``model``, ``iterations``,
-        ``batch_size``, ``input_scale``, ``learning_rate``, ``nll_beta`` and ``balance_bins``
-        left at None come from it.
+        ``batch_size``, ``input_scale``, ``learning_rate``, ``nll_beta``, ``balance_bins`` and
+        ``target_transform`` left at None come from it.
     iterations, batch_size, input_scale:
         Training iterations, batch size, and the factor formats are resized by before the
         network.
@@ -90,6 +96,9 @@ class DeepEngine(Engine):
     balance_bins:
         With N > 0, batches are drawn balanced over N equal-width bins of the first target
         (:func:`liverfat.deep.training.balanced_weights`); 0 draws epochs in random order.
+    target_transform:
+        ``none`` or ``log``: the network learns log(y + 1) (y in target units), so intervals
+        widen with the value and stay above -1 (:mod:`liverfat.deep.uncertainty`).
     max_shift_px:
         Largest random translation (pixels of the full-size format), edges replicated.
     pretrained:
@@ -121,6 +130,7 @@ class DeepEngine(Engine):
         learning_rate: float | None = None,
         nll_beta: float | None = None,
         balance_bins: int | None = None,
+        target_transform: str | None = None,
         max_shift_px: int = 16,
         pretrained: str | None = None,
         seed: int = 0,
@@ -141,6 +151,7 @@ class DeepEngine(Engine):
         self.learning_rate = learning_rate
         self.nll_beta = nll_beta
         self.balance_bins = balance_bins
+        self.target_transform = target_transform
         self.max_shift_px = max_shift_px
         self.pretrained = pretrained
         self.seed = seed
@@ -167,6 +178,9 @@ class DeepEngine(Engine):
             )
         if self.executor not in EXECUTORS:
             raise LiverfatError(f"unknown executor {self.executor!r}")
+        if self.target_transform is not None and self.target_transform not in TRANSFORMS:
+            choices = ", ".join(TRANSFORMS)
+            raise LiverfatError(f"unknown target_transform {self.target_transform!r}; {choices}")
         for name in ("iterations", "batch_size"):
             value = getattr(self, name)
             if value is not None and int(value) < 1:
@@ -180,6 +194,11 @@ class DeepEngine(Engine):
     @property
     def method(self) -> str:
         return f"deep_{self.model_name}"
+
+    @property
+    def transform(self) -> str:
+        """The target transform: ``target_transform``, else the profile's (the fitted one)."""
+        return self.profile_settings().get("target_transform", "none")  # older saves: none
 
     @property
     def model_name(self) -> str:
@@ -279,6 +298,7 @@ class DeepEngine(Engine):
 
     def _fit_arrays(self, formats: np.ndarray, targets: np.ndarray) -> None:
         settings, scale, device = self.resolved()
+        targets = to_network_space(targets, self.transform)
         mean = np.nanmean(targets, axis=0)
         std = np.nanstd(targets, axis=0)
         std = np.where(np.isfinite(std) & (std > 0), std, 1.0)
@@ -340,24 +360,27 @@ class DeepEngine(Engine):
             ),
         )
 
-    def predict_arrays(self, formats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Values (n, t) in target units and std (n, t; NaN for the ``mse`` head)."""
+    def predict_arrays(
+        self, formats: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Values, std, lower and upper 95 % bounds (each (n, t), target units; the last three
+        NaN for the ``mse`` head), mapped back from the network's space
+        (:func:`liverfat.deep.uncertainty.interval`)."""
         self._check_fitted()
         _, scale, device = self.resolved()
         mean, var = predict_network(
             self.network_, formats, len(self.targets), self.head, input_scale=scale, device=device
         )
-        values = mean * self.target_std_ + self.target_mean_
-        std = np.sqrt(var * self.variance_scale_) * self.target_std_
-        return values, std
+        mean = mean * self.target_std_ + self.target_mean_
+        sd = np.sqrt(var * self.variance_scale_) * self.target_std_
+        return interval(mean, sd, self.transform)
 
     def _rows(
         self, arrays: dict[str, np.ndarray], errors: dict[str, str], order: Sequence[str]
     ) -> list[dict]:
         ids = [s for s in order if s in arrays]
-        values, std = (
-            self.predict_arrays(np.stack([arrays[s] for s in ids])) if ids else (None, None)
-        )
+        if ids:
+            values, std, lower, upper = self.predict_arrays(np.stack([arrays[s] for s in ids]))
         position = {s: i for i, s in enumerate(ids)}
         rows = []
         for sid in order:
@@ -365,11 +388,11 @@ class DeepEngine(Engine):
                 if sid not in position:
                     rows.append(failed_row(sid, self.method, target, errors.get(sid, "no format")))
                     continue
-                value, sd = values[position[sid], j], std[position[sid], j]
-                interval = {}
-                if np.isfinite(sd):
-                    interval = {"std": sd, "lower": value - Z95 * sd, "upper": value + Z95 * sd}
-                rows.append(prediction_row(sid, self.method, target, value, **interval))
+                i = position[sid]
+                bounds = {}
+                if np.isfinite(std[i, j]):
+                    bounds = {"std": std[i, j], "lower": lower[i, j], "upper": upper[i, j]}
+                rows.append(prediction_row(sid, self.method, target, values[i, j], **bounds))
         return rows
 
     # Cross-validation -------------------------------------------------------------------------
@@ -410,7 +433,8 @@ class DeepEngine(Engine):
         calibrated = []
         for k, frame in enumerate(fold_frames):
             others = pd.concat([f for i, f in enumerate(fold_frames) if i != k], ignore_index=True)
-            calibrated.append(apply_variance_scale(frame, variance_scale_from(others, reference)))
+            scales = variance_scale_from(others, reference, self.transform)
+            calibrated.append(apply_variance_scale(frame, scales, self.transform))
         raw = pd.concat(fold_frames, ignore_index=True)
         result = pd.concat(calibrated, ignore_index=True)
         keep = np.ones(len(result), bool)
@@ -425,7 +449,9 @@ class DeepEngine(Engine):
             timings_s={"cross_validate": time.perf_counter() - start},
             folds=parts,
             fold_seed=seed,
-            variance_scale=variance_scale_from(raw, reference) if self.head != "mse" else {},
+            variance_scale=(
+                variance_scale_from(raw, reference, self.transform) if self.head != "mse" else {}
+            ),
             calibration="variance scaled per fold by a factor fitted on the other folds",
         )
         return PredictionsTable(result[keep].reset_index(drop=True), run)

@@ -35,6 +35,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "learning_rate": 1e-4,
         "nll_beta": 0.0,
         "balance_bins": 0,
+        "target_transform": "none",
     },
     "cpu": {
         "model": "attention_readout",
@@ -44,6 +45,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "learning_rate": 2e-3,
         "nll_beta": 0.5,
         "balance_bins": 5,
+        "target_transform": "none",
     },
     "quick": {
         "model": "resnet50",
@@ -53,6 +55,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "learning_rate": 1e-4,
         "nll_beta": 0.0,
         "balance_bins": 0,
+        "target_transform": "none",
     },
 }
 #: Constructor arguments a profile sets when they are left at None.

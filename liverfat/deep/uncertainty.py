@@ -1,8 +1,12 @@
 """Calibrated intervals of the mean-variance head: a post-hoc variance scale per target.
 
-The network predicts a mean and a log-variance; on out-of-fold predictions the variance is
-rescaled so that the standardised errors have unit mean square, and intervals become
-``value +- 1.96 std`` (in target units, e.g. % fat fraction).
+The network predicts a mean and a log-variance of the target, or of a transform of it
+(:data:`TRANSFORMS`); on out-of-fold predictions the variance is rescaled so that the
+standardised errors (in the network's space) have unit mean square. Intervals are
+``mean +- 1.96 sd`` in that space, mapped back to target units: with ``none`` that is
+``value +- 1.96 std``; with ``log`` (``log(y + 1)``, y in target units, e.g. % fat fraction)
+they are asymmetric, wider at high values and never below -1, and ``value`` is the back-mapped
+mean (the median of the predicted distribution). ``std`` is then the half-width over 1.96.
 """
 
 from __future__ import annotations
@@ -17,32 +21,83 @@ from liverfat.errors import LiverfatError
 
 #: Two-sided 95 % normal quantile, for the intervals of a mean-variance head.
 Z95 = 1.959963984540054
+#: Target transforms the network can be trained on: ``none``, or ``log``: log(y + 1).
+TRANSFORMS = ("none", "log")
 
 
-def variance_scale_from(frame: pd.DataFrame, reference: dict[str, pd.Series]) -> dict[str, float]:
+def to_network_space(values: np.ndarray, transform: str) -> np.ndarray:
+    """Target values (target units) in the network's space; NaN stays NaN, and so does a value
+    ``log`` cannot map (-1 or less: no fat fraction or volume is)."""
+    values = np.asarray(values, float)
+    if transform != "log":
+        return values
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mapped = np.log1p(values)
+    return np.where(np.isfinite(mapped), mapped, np.nan)
+
+
+def from_network_space(values: np.ndarray, transform: str) -> np.ndarray:
+    """The inverse of :func:`to_network_space` (target units)."""
+    values = np.asarray(values, float)
+    return np.expm1(values) if transform == "log" else values
+
+
+def interval(
+    mean: np.ndarray, sd: np.ndarray, transform: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(value, std, lower, upper)`` in target units from a normal mean and sd in the
+    network's space (the 95 % interval is mapped back; ``std`` is its half-width / 1.96)."""
+    value = from_network_space(mean, transform)
+    lower = from_network_space(mean - Z95 * sd, transform)
+    upper = from_network_space(mean + Z95 * sd, transform)
+    std = sd if transform == "none" else (upper - lower) / (2 * Z95)
+    return value, std, lower, upper
+
+
+def _network_sd(rows: pd.DataFrame, transform: str) -> pd.Series:
+    """The predicted sd in the network's space, read back from a table's interval."""
+    if transform == "none":
+        return rows["std"]
+    upper = to_network_space(rows["upper"], transform)
+    return (upper - to_network_space(rows["lower"], transform)) / (2 * Z95)
+
+
+def variance_scale_from(
+    frame: pd.DataFrame, reference: dict[str, pd.Series], transform: str = "none"
+) -> dict[str, float]:
     """Per target, the factor on the predicted variance making ``mean(z^2) = 1`` on these rows.
 
-    ``z = (reference - value) / std``; rows without a finite std or reference are ignored.
+    ``z = (T(reference) - T(value)) / sd`` in the network's space (T: ``transform``); rows
+    without a finite interval or reference are ignored.
     """
     scales = {}
     for target, ref in reference.items():
         rows = frame[(frame["target"] == target) & (frame["status"] == "ok")]
         rows = rows.set_index("subject_id")
-        y = ref.reindex(rows.index)
-        z = (y - rows["value"]) / rows["std"]
+        y = to_network_space(ref.reindex(rows.index), transform)
+        z = (y - to_network_space(rows["value"], transform)) / _network_sd(rows, transform)
         z = z[np.isfinite(z)]
         scales[target] = float(np.mean(z**2)) if len(z) >= 2 else 1.0
     return scales
 
 
-def apply_variance_scale(frame: pd.DataFrame, scales: dict[str, float]) -> pd.DataFrame:
-    """Multiply each target's variance by its scale; intervals become value +- 1.96 std."""
+def apply_variance_scale(
+    frame: pd.DataFrame, scales: dict[str, float], transform: str = "none"
+) -> pd.DataFrame:
+    """Multiply each target's variance (in the network's space) by its scale and rebuild the
+    intervals (:func:`interval`)."""
     frame = frame.copy()
     for target, scale in scales.items():
         rows = (frame["target"] == target) & np.isfinite(frame["std"])
-        frame.loc[rows, "std"] = frame.loc[rows, "std"] * math.sqrt(scale)
-        frame.loc[rows, "lower"] = frame.loc[rows, "value"] - Z95 * frame.loc[rows, "std"]
-        frame.loc[rows, "upper"] = frame.loc[rows, "value"] + Z95 * frame.loc[rows, "std"]
+        part = frame.loc[rows]
+        sd = _network_sd(part, transform) * math.sqrt(scale)
+        mean = to_network_space(part["value"], transform)
+        _, std, lower, upper = interval(mean, sd.to_numpy(), transform)
+        frame.loc[rows, "std"], frame.loc[rows, "lower"], frame.loc[rows, "upper"] = (
+            std,
+            lower,
+            upper,
+        )
     return frame
 
 
