@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from liverfat.atlas import torch_registration
 from liverfat.atlas.images import AtlasImage, align_centres
 from liverfat.atlas.registration import BackendSettings, register
 from liverfat.evaluation import segmentation
@@ -92,20 +93,34 @@ def test_torch_backend_runs_on_cuda():
 
 def test_torch_backend_chooses_device_and_threads_through_liverfat_nn(monkeypatch):
     """The backend's device is the one :func:`liverfat.nn.device.pick_device` chose (``auto``
-    when the options name none), its thread count set by the shared helper."""
-    pytest.importorskip("torch")
+    when the options name none), its thread count set by the shared helper during the
+    registration and the process's own count given back after it."""
+    torch = pytest.importorskip("torch")
     from liverfat.nn import device
 
-    calls = []
+    calls, during = [], []
     real_pick, real_threads = device.pick_device, device.set_torch_threads
     monkeypatch.setattr(device, "pick_device", lambda d: calls.append(d) or real_pick(d))
     monkeypatch.setattr(device, "set_torch_threads", lambda n: calls.append(n) or real_threads(n))
+    real_optimise = torch_registration.optimise
+    monkeypatch.setattr(
+        torch_registration,
+        "optimise",
+        lambda *a, **k: during.append(torch.get_num_threads()) or real_optimise(*a, **k),
+    )
     fixed = synthetic((0, 0, 0), 1.0)
     moving = align_centres(fixed, synthetic((4, 0, 0), 1.0))
     tiny = {**SMALL["torch"], "affine_iterations": 2, "deformable_iterations": 2}
-    for requested, expected in [(None, "auto"), ("cpu", "cpu")]:
-        calls.clear()
-        settings = BackendSettings(n_threads=1, extra={**tiny, "device": requested})
-        result = register("torch", fixed, moving, settings)
-        assert calls == [expected, 1]
-        assert result.transform["device"] == str(real_pick(expected))
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        for requested, expected in [(None, "auto"), ("cpu", "cpu")]:
+            calls.clear(), during.clear()
+            settings = BackendSettings(n_threads=1, extra={**tiny, "device": requested})
+            result = register("torch", fixed, moving, settings)
+            assert calls == [expected, 1, 2]
+            assert during == [1]
+            assert torch.get_num_threads() == 2  # not left at the registration's 1
+            assert result.transform["device"] == str(real_pick(expected))
+    finally:
+        torch.set_num_threads(previous)
