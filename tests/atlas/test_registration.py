@@ -124,3 +124,48 @@ def test_torch_backend_chooses_device_and_threads_through_liverfat_nn(monkeypatc
             assert result.transform["device"] == str(real_pick(expected))
     finally:
         torch.set_num_threads(previous)
+
+
+_WITHOUT_CPU_ONLY_PACKAGES = """
+import sys
+
+class Absent:  # as on a GPU machine with only torch, numpy, scipy, SimpleITK and MONAI
+    names = {"itk", "pydeform", "dask", "distributed", "pingouin", "xgboost", "radiomics"}
+
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in self.names:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+sys.meta_path.insert(0, Absent())
+from liverfat.atlas.images import align_centres
+from liverfat.atlas.registration import BackendSettings, register
+from tests.atlas.test_registration import SMALL, dice, synthetic
+
+fixed = synthetic((0, 0, 0), 1.0)
+moving = align_centres(fixed, synthetic((12, -8, 10), 1.12))
+settings = BackendSettings(extra={**SMALL["torch"], "device": "cpu"})
+result = register("torch", fixed, moving, settings)
+print(round(dice(result.warped_mask, fixed.liver), 3))
+"""
+
+
+def test_torch_backend_runs_without_the_cpu_only_packages():
+    """itk-elastix, pydeform, dask (and the other engines' packages) are imported only by the
+    paths that need them: the torch backend registers with all of them missing."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("torch")
+    root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_CPU_ONLY_PACKAGES],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=root,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert float(out.stdout.strip().splitlines()[-1]) > 0.85
