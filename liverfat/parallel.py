@@ -238,7 +238,7 @@ def _processes(worker: _Worker, items, n_workers, scheduler) -> Iterator[Outcome
 
 
 def _dask(worker: _Worker, items, n_workers, scheduler) -> Iterator[Outcome]:
-    from distributed import Client, LocalCluster, as_completed  # only here: dask is optional
+    from distributed import Client, LocalCluster, as_completed  # here: imports without dask
 
     cluster = None
     if scheduler is None and _DEFAULT_SCHEDULER:
