@@ -12,7 +12,7 @@ import statistics
 import time
 from pathlib import Path
 
-from benchmarks.common import time_and_peak_memory
+from benchmarks.common import skip_cpu, skipped_cpu_only, time_and_peak_memory
 from liverfat.data.ukbiobank import ingest_ukb
 from liverfat.data.ukbiobank.synthetic import write_phantom_zip
 
@@ -24,6 +24,8 @@ def _ingest_one(zip_path: str, out: str) -> None:
 
 
 def run(work: Path) -> dict:
+    if skip_cpu():
+        return skipped_cpu_only()
     n_batch = 6
     zips = [write_phantom_zip(work / "zips", i, seed=5, scale="quarter") for i in range(n_batch)]
     start = time.perf_counter()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from benchmarks.common import time_and_peak_memory
+from benchmarks.common import skip_cpu, skipped_cpu_only, time_and_peak_memory
 from liverfat.data.phantom import generate_cohort
 
 
@@ -24,6 +24,8 @@ def _generate_s(n: int, out: Path, *, seed: int, scale: str, n_workers: int | No
 
 
 def run(work: Path) -> dict:
+    if skip_cpu():
+        return skipped_cpu_only()
     n_quarter = 20  # the size of the test suite's phantom cohort (tests/conftest.py)
     quarter_s = _generate_s(n_quarter, work / "quarter", seed=1, scale="quarter", n_workers=2)
     n_half = 16

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import skip_cpu, skipped_cpu_only
 from liverfat.parallel import map_subjects
 
 N_PATCHES_PER_JOB = 200
@@ -38,6 +39,8 @@ def _throughput(n_workers: int) -> float:
 
 
 def run(work: Path) -> dict:
+    if skip_cpu():
+        return skipped_cpu_only()
     both = sorted(_throughput(2) for _ in range(3))
     one = sorted(_throughput(1) for _ in range(3))
     return {

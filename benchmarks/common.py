@@ -1,12 +1,29 @@
-"""Helpers for benchmarks: repeated timing with medians, and peak memory of a child process."""
+"""Helpers for benchmarks: repeated timing with medians, peak memory of a child process, and
+the switch that skips CPU-only parts on a GPU machine."""
 
 from __future__ import annotations
 
 import multiprocessing
+import os
 import statistics
 import time
 from collections.abc import Callable
 from typing import Any
+
+#: Set to 1 on a machine with only the GPU stack (torch, numpy, scipy, SimpleITK, MONAI): the
+#: benchmarks skip their CPU-only parts (elastix and pydeform comparisons, radiomics, phantom
+#: generation and ingestion), which need packages absent there or measure nothing GPU-bound.
+SKIP_CPU_VAR = "LIVERFAT_BENCH_SKIP_CPU"
+
+
+def skip_cpu() -> bool:
+    """Whether ``$LIVERFAT_BENCH_SKIP_CPU`` asks to skip the CPU-only benchmark parts."""
+    return os.environ.get(SKIP_CPU_VAR, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def skipped_cpu_only() -> dict:
+    """The figures of a benchmark skipped by :data:`SKIP_CPU_VAR`."""
+    return {"skipped": f"CPU-only benchmark ({SKIP_CPU_VAR} is set)"}
 
 
 def median_time_s(fn: Callable[[], Any], repeats: int = 3) -> tuple[float, list[float]]:

@@ -5,6 +5,11 @@ Every batch command (phantom generation, registration, feature extraction, inges
 subject's result atomically the moment it exists (which makes batches resumable), and it turns
 every exception, including a worker process killed by a native crash, into an ``error`` string
 for that one item while the rest of the batch goes on.
+
+Work on a CUDA device (``device="cuda"``) runs in at most :data:`MAX_CUDA_WORKERS` local
+workers, each with its share of the GPU's memory. Workers are started by forkserver (process
+pool) or spawn (Dask), never fork: the parent may have initialised CUDA (``is_available``), and a
+forked child of such a parent crashes on its first CUDA call.
 """
 
 from __future__ import annotations
@@ -29,6 +34,31 @@ _THREAD_VARS = (
     "MKL_NUM_THREADS",
     "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS",
 )
+
+
+#: Local worker processes that may share one CUDA device: each holds its own CUDA context
+#: (about 0.5 GB) and caching allocator, and more than a few only queue for the same GPU.
+MAX_CUDA_WORKERS = 4
+#: Part of the device's memory the workers' allocators may hold together; the rest is left for
+#: their CUDA contexts, which the allocator's cap does not count.
+CUDA_MEMORY_SHARE = 0.9
+
+
+def workers_for_device(requested: int, device: str | None) -> int:
+    """Local worker processes for ``requested`` workers whose work runs on ``device`` (``cpu``,
+    ``cuda``, ``cuda:1``; None: no torch): at most :data:`MAX_CUDA_WORKERS` on CUDA."""
+    if _is_cuda(device):
+        return max(1, min(requested, MAX_CUDA_WORKERS))
+    return max(1, requested)
+
+
+def cuda_memory_fraction(n_workers: int, device: str | None) -> float | None:
+    """Each of ``n_workers`` local workers' share of ``device``'s memory; None off CUDA."""
+    return CUDA_MEMORY_SHARE / max(1, n_workers) if _is_cuda(device) else None
+
+
+def _is_cuda(device: str | None) -> bool:
+    return device is not None and str(device).split(":")[0] == "cuda"  # no torch import here
 
 
 #: Scheduler used by ``executor="dask"`` calls that name none (see :func:`dask_scheduler`).
@@ -94,9 +124,23 @@ def _describe(exc: BaseException) -> str:
     return text if text == type(exc).__name__ else f"{type(exc).__name__}: {text}"
 
 
-def _call(fn: Callable[[Any], Any], item: Any, n_threads: int) -> Any:
-    limit_threads(n_threads)
-    return fn(item)
+@dataclass(frozen=True)
+class _Worker:
+    """``fn`` as a worker process runs it: its native threads capped first and, for CUDA work,
+    its allocator's share of the device (picklable: a module-level ``fn`` travels by name)."""
+
+    fn: Callable[[Any], Any]
+    n_threads: int
+    device: str | None = None
+    memory_fraction: float | None = None
+
+    def __call__(self, item: Any) -> Any:
+        limit_threads(self.n_threads)
+        if self.memory_fraction is not None:
+            from liverfat.nn.device import limit_cuda_memory
+
+            limit_cuda_memory(self.memory_fraction, self.device)
+        return self.fn(item)
 
 
 def map_subjects(
@@ -108,6 +152,7 @@ def map_subjects(
     threads_per_worker: int = 1,
     scheduler: str | None = None,
     progress: str | None = None,
+    device: str | None = None,
 ) -> Iterator[Outcome]:
     """Apply ``fn`` to each item, yielding an :class:`Outcome` per item as it finishes.
 
@@ -125,40 +170,54 @@ def map_subjects(
         Native threads each worker may use.
     progress:
         Label of a progress bar on stderr; None for no bar.
+    device:
+        Where ``fn``'s torch work runs (``cpu``, ``cuda``, ``cuda:1``; None: no torch). On CUDA
+        a process pool or local Dask cluster gets at most :data:`MAX_CUDA_WORKERS` workers, each
+        allocator capped at its share of the device's memory (:func:`cuda_memory_fraction`);
+        a remote scheduler's workers are left as its cluster set them up.
     """
     items = list(items)
     if executor not in EXECUTORS:
         raise LiverfatError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
     n_workers = n_workers or os.cpu_count() or 1
+    if executor == "processes":
+        n_workers = min(n_workers, max(len(items), 1))
+    worker = _Worker(fn, threads_per_worker)
+    local = executor == "processes" or (scheduler is None and not _DEFAULT_SCHEDULER)
+    if executor != "serial" and local:
+        n_workers = workers_for_device(n_workers, device)
+        worker = _Worker(fn, threads_per_worker, device, cuda_memory_fraction(n_workers, device))
     runner = {"serial": _serial, "processes": _processes, "dask": _dask}[executor]
     bar = tqdm(total=len(items), desc=progress, disable=progress is None, unit="subject")
     try:
-        for outcome in runner(fn, items, n_workers, threads_per_worker, scheduler):
+        for outcome in runner(worker, items, n_workers, scheduler):
             bar.update(1)
             yield outcome
     finally:
         bar.close()
 
 
-def _serial(fn, items, n_workers, threads_per_worker, scheduler) -> Iterator[Outcome]:
+def _serial(worker: _Worker, items, n_workers, scheduler) -> Iterator[Outcome]:
     for index, item in enumerate(items):
-        try:
-            yield Outcome(index, item, value=fn(item))
+        try:  # this process's own threads and GPU memory are the caller's to set
+            yield Outcome(index, item, value=worker.fn(item))
         except Exception as exc:  # noqa: BLE001 - one subject's failure must not stop the batch
             yield Outcome(index, item, error=_describe(exc))
 
 
+#: Start method of the process pools. Never fork: the parent may hold torch/ITK threads or an
+#: initialised CUDA driver; forkserver forks from a clean server, cheaper than spawn per task.
+START_METHOD = "forkserver"
+
+
 def _pool(n_workers: int) -> cf.ProcessPoolExecutor:
-    # forkserver: never fork a parent holding torch/ITK threads; cheaper than spawn per task.
-    return cf.ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("forkserver"))
+    return cf.ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context(START_METHOD))
 
 
-def _processes(fn, items, n_workers, threads_per_worker, scheduler) -> Iterator[Outcome]:
+def _processes(worker: _Worker, items, n_workers, scheduler) -> Iterator[Outcome]:
     suspects: list[int] = []
-    with _pool(min(n_workers, max(len(items), 1))) as pool:
-        futures = {
-            pool.submit(_call, fn, item, threads_per_worker): i for i, item in enumerate(items)
-        }
+    with _pool(n_workers) as pool:
+        futures = {pool.submit(worker, item): i for i, item in enumerate(items)}
         for future in cf.as_completed(futures):
             index = futures[future]
             try:
@@ -170,7 +229,7 @@ def _processes(fn, items, n_workers, threads_per_worker, scheduler) -> Iterator[
     for index in sorted(suspects):
         with _pool(1) as alone:
             try:
-                value = alone.submit(_call, fn, items[index], threads_per_worker).result()
+                value = alone.submit(worker, items[index]).result()
                 yield Outcome(index, items[index], value=value)
             except cf.process.BrokenProcessPool:
                 yield Outcome(index, items[index], error="worker process crashed (native code)")
@@ -178,21 +237,19 @@ def _processes(fn, items, n_workers, threads_per_worker, scheduler) -> Iterator[
                 yield Outcome(index, items[index], error=_describe(exc))
 
 
-def _dask(fn, items, n_workers, threads_per_worker, scheduler) -> Iterator[Outcome]:
-    from distributed import Client, LocalCluster, as_completed
+def _dask(worker: _Worker, items, n_workers, scheduler) -> Iterator[Outcome]:
+    from distributed import Client, LocalCluster, as_completed  # here: imports without dask
 
     cluster = None
     if scheduler is None and _DEFAULT_SCHEDULER:
         scheduler = _DEFAULT_SCHEDULER[-1]
-    if scheduler is None:
+    if scheduler is None:  # its worker processes are spawned (distributed's default), not forked
         cluster = LocalCluster(
             n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None
         )
     client = Client(cluster if cluster is not None else scheduler)
     try:
-        futures = client.map(
-            _call, [fn] * len(items), items, [threads_per_worker] * len(items), pure=False
-        )
+        futures = client.map(worker, items, pure=False)
         index_of = {f.key: i for i, f in enumerate(futures)}
         for future in as_completed(futures):
             index = index_of[future.key]

@@ -101,3 +101,135 @@ def test_importing_parallel_does_not_import_torch():
     code = "import liverfat.parallel, sys; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_cuda_work_gets_at_most_max_cuda_workers_and_a_share_of_memory_each():
+    from liverfat.parallel import MAX_CUDA_WORKERS, cuda_memory_fraction, workers_for_device
+
+    assert MAX_CUDA_WORKERS == 4
+    for device in ("cuda", "cuda:0", "cuda:1"):
+        assert [workers_for_device(n, device) for n in (1, 3, 4, 5, 16)] == [1, 3, 4, 4, 4]
+        assert cuda_memory_fraction(4, device) == pytest.approx(0.9 / 4)
+    for device in ("cpu", None, "mps"):  # CPU work keeps the workers asked for, uncapped
+        assert workers_for_device(16, device) == 16
+        assert cuda_memory_fraction(16, device) is None
+    assert workers_for_device(0, "cuda") == 1
+
+
+def _recording_runner(seen: list):
+    def runner(worker, items, n_workers, scheduler):
+        seen.append((n_workers, worker.device, worker.memory_fraction, worker.n_threads))
+        yield from ()
+
+    return runner
+
+
+@pytest.mark.parametrize(
+    ("executor", "device", "scheduler", "expected"),
+    [
+        ("processes", "cuda", None, (4, "cuda", 0.9 / 4, 2)),
+        ("processes", "cuda:1", None, (4, "cuda:1", 0.9 / 4, 2)),
+        ("processes", "cpu", None, (8, "cpu", None, 2)),
+        ("processes", None, None, (8, None, None, 2)),
+        ("dask", "cuda", None, (4, "cuda", 0.9 / 4, 2)),  # a LocalCluster on this machine
+        ("dask", "cuda", "tcp://elsewhere:8786", (8, None, None, 2)),  # its cluster decides
+    ],
+)
+def test_map_subjects_hands_the_cuda_plan_to_its_workers(
+    monkeypatch, executor, device, scheduler, expected
+):
+    from liverfat import parallel
+
+    seen: list = []
+    monkeypatch.setattr(parallel, f"_{executor}", _recording_runner(seen))
+    items = list(range(10))
+    list(
+        map_subjects(
+            square,
+            items,
+            executor=executor,
+            n_workers=8,
+            threads_per_worker=2,
+            scheduler=scheduler,
+            device=device,
+        )
+    )
+    assert len(seen) == 1
+    n_workers, worker_device, fraction, threads = seen[0]
+    assert (n_workers, worker_device, threads) == expected[:2] + expected[3:]
+    assert fraction == pytest.approx(expected[2])
+
+
+def test_a_small_batch_shares_the_gpu_among_the_workers_it_starts(monkeypatch):
+    from liverfat import parallel
+
+    seen: list = []
+    monkeypatch.setattr(parallel, "_processes", _recording_runner(seen))
+    list(map_subjects(square, [1, 2], executor="processes", n_workers=8, device="cuda"))
+    assert seen[0][:3] == (2, "cuda", pytest.approx(0.45))
+
+
+def test_a_worker_caps_cuda_memory_only_for_cuda_work(monkeypatch):
+    pytest.importorskip("torch")
+    from liverfat import parallel
+    from liverfat.nn import device
+
+    for var in parallel._THREAD_VARS:  # limit_threads sets them: restored after the test
+        monkeypatch.setenv(var, os.environ.get(var, "1"))
+    calls = []
+    monkeypatch.setattr(device, "limit_cuda_memory", lambda f, d: calls.append((f, d)))
+    monkeypatch.setattr(device, "set_torch_threads", lambda n: None)
+    assert parallel._Worker(square, 1, "cuda:1", 0.3)(3) == 9
+    assert parallel._Worker(square, 1, "cpu", None)(3) == 9
+    assert calls == [(0.3, "cuda:1")]
+
+
+def test_process_pools_never_fork():
+    """The parent may have initialised CUDA (``torch.cuda.is_available``); a forked child of
+    such a parent fails on its first CUDA call."""
+    from liverfat import parallel
+
+    with parallel._pool(1) as pool:  # no worker starts until a job is submitted
+        assert pool._mp_context.get_start_method() in ("forkserver", "spawn")
+
+
+def cuda_worker(_: int) -> tuple[int, float | None]:
+    import torch
+
+    torch.ones(1, device="cuda").sum().item()  # a CUDA call in a worker of a CUDA parent
+    get = getattr(torch.cuda, "get_per_process_memory_fraction", None)
+    return os.getpid(), None if get is None else get(0)
+
+
+@pytest.mark.gpu
+def test_cuda_workers_start_under_a_parent_that_initialised_cuda():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU in this environment")
+    torch.ones(1, device="cuda").sum().item()  # the parent's own CUDA context
+    outcomes = list(
+        map_subjects(cuda_worker, range(12), executor="processes", n_workers=8, device="cuda")
+    )
+    assert all(o.ok for o in outcomes), [o.error for o in outcomes if not o.ok]
+    assert len({o.value[0] for o in outcomes}) <= 4
+    fractions = [o.value[1] for o in outcomes if o.value[1] is not None]
+    assert all(f == pytest.approx(0.9 / 4) for f in fractions), fractions
+
+
+def test_importing_the_atlas_engine_and_parallel_skips_optional_packages():
+    """The torch path runs on a machine with only the GPU stack: importing the atlas engine or
+    liverfat.parallel pulls in none of the packages only other paths need."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    optional = ["dask", "distributed", "itk", "pydeform", "pingouin", "xgboost", "radiomics"]
+    code = (
+        "import sys, liverfat.atlas.engine, liverfat.parallel\n"
+        f"print(sorted(m for m in {optional!r} if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", out.stdout

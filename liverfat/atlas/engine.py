@@ -24,7 +24,7 @@ import pandas as pd
 from liverfat.atlas.calibration import LinearCalibration
 from liverfat.atlas.fusion import FUSIONS
 from liverfat.atlas.jobs import SubjectJob, finished_result, run_subject_job
-from liverfat.atlas.registration import BACKENDS, BackendSettings
+from liverfat.atlas.registration import BACKENDS, BackendSettings, torch_device
 from liverfat.atlas.templates import choose_templates, select_templates
 from liverfat.data.atomic import write_json_atomic
 from liverfat.data.folds import Folds, resolve_folds, training_ids
@@ -126,6 +126,12 @@ class AtlasEngine(Engine):
         )
         return BackendSettings(spacing, self.threads_per_worker, dict(self.backend_options or {}))
 
+    def _device(self) -> str | None:
+        """Where the registrations run (None: no torch), so workers sharing a GPU are capped."""
+        if self.backend != "torch":
+            return None
+        return torch_device(dict(self.backend_options or {}))  # imports torch: only here
+
     def _results_dir(self) -> Path:
         if self.work_dir is not None:
             return Path(self.work_dir)
@@ -205,6 +211,7 @@ class AtlasEngine(Engine):
             threads_per_worker=self.threads_per_worker,
             scheduler=self.scheduler,
             progress=progress,
+            device=self._device() if pending and self.executor != "serial" else None,
         ):
             sid = outcome.item.subject_id
             if outcome.ok:

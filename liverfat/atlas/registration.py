@@ -294,26 +294,44 @@ def _on_fixed_grid(image: sitk.Image, fixed: sitk.Image) -> np.ndarray:
     )
 
 
+def torch_device(options: dict[str, Any]) -> str:
+    """The device the torch backend runs on with these options (over ``TORCH_DEFAULTS``): the
+    ``device`` named, or CUDA when present. Imports torch."""
+    from liverfat.nn.device import pick_device
+
+    return str(pick_device({**TORCH_DEFAULTS, **options}["device"] or "auto"))
+
+
+def torch_inputs(fixed: AtlasImage, moving: AtlasImage, moving_liver: sitk.Image) -> dict[str, Any]:
+    """The keyword arguments of :func:`liverfat.atlas.torch_registration.optimise` (less
+    ``options`` and ``device``) for working-grid images: the fixed channels (zero outside its
+    body), the moving channels and ``moving_liver`` resampled onto the fixed grid, its spacing."""
+    grid = fixed.reference
+    fixed_array = np.stack([sitk.GetArrayFromImage(c) for c in fixed.channels]) * (
+        sitk.GetArrayFromImage(fixed.body) > 0
+    )
+    return {
+        "fixed": fixed_array,
+        "moving": np.stack([_on_fixed_grid(c, grid) for c in moving.channels]),
+        "spacing_zyx": tuple(reversed(grid.GetSpacing())),
+        "moving_roi": _on_fixed_grid(sitk.Cast(moving_liver, sitk.sitkFloat32), grid),
+    }
+
+
 def _torch(fixed, moving, reference, moving_liver, settings):
     from liverfat.atlas.torch_registration import (
         folding_fraction,
         optimise,
         sample_points_to_field,
     )
-    from liverfat.nn.device import pick_device, set_torch_threads
+    from liverfat.nn.device import torch_threads
 
     options = {**TORCH_DEFAULTS, **settings.extra}
-    device = str(pick_device(options["device"] or "auto"))  # None: CUDA when present
-    set_torch_threads(settings.n_threads)
-    grid = fixed.reference
-    fixed_array = np.stack([sitk.GetArrayFromImage(c) for c in fixed.channels]) * (
-        sitk.GetArrayFromImage(fixed.body) > 0
-    )
-    moving_array = np.stack([_on_fixed_grid(c, grid) for c in moving.channels])
-    spacing_zyx = tuple(reversed(grid.GetSpacing()))
-    roi = _on_fixed_grid(sitk.Cast(moving_liver, sitk.sitkFloat32), grid)
-    points, theta, box = optimise(fixed_array, moving_array, options, device, spacing_zyx, roi)
-    field = sample_points_to_field(points, grid)
+    device = torch_device(options)
+    inputs = torch_inputs(fixed, moving, moving_liver)
+    with torch_threads(settings.n_threads):  # restored after: later stages keep their own
+        points, theta, box = optimise(options=options, device=device, **inputs)
+    field = sample_points_to_field(points, fixed.reference)
     warped = warp_with_field(moving_liver, reference, field)
     return warped, {
         "displacement_mm": field,

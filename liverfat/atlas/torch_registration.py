@@ -165,20 +165,46 @@ def _displaced(points, theta, displacement, shape):
     return points + up.permute(0, 2, 3, 4, 1)
 
 
-def _exponential(velocity, cells, identity, steps: int):
+class ControlGrid:
+    """The control grid of a deformable level and the constants its exponential needs.
+
+    Built once per level, not per iteration: on CUDA every tensor made from Python numbers is a
+    host-to-device copy that stalls the optimiser's queue of kernels.
+
+    Attributes: ``shape`` (c_z, c_y, c_x); ``cells`` (1, 3, 1, 1, 1) control cells per
+    normalised unit of the working grid along z, y, x; ``identity`` (1, c_z, c_y, c_x, 3) the
+    grid's own normalised xyz; ``to_grid`` (1, 3, 1, 1, 1) cells -> the grid's normalised units
+    (z, y, x); ``to_working`` (1, 3, 1, 1, 1) the grid's normalised units -> the working grid's
+    (x, y, z); ``inside`` (1, 1, c_z, c_y, c_x) one inside, zero on the border (which stays put:
+    no seam with the affine outside the box).
+    """
+
+    def __init__(self, shape, cells):
+        import torch
+
+        self.shape = tuple(int(c) for c in shape)
+        self.cells = cells
+        device = cells.device
+        self.identity = voxel_centres(tuple((0, c) for c in self.shape), (1, 1, 1), self.shape)
+        self.identity = self.identity.to(device)
+        to_grid = [2.0 / max(n - 1, 1) for n in self.shape]
+        self.to_grid = torch.tensor(to_grid, dtype=cells.dtype, device=device).view(1, 3, 1, 1, 1)
+        self.to_working = (self.to_grid * cells).flip(1)
+        self.inside = torch.zeros((1, 1, *self.shape), dtype=cells.dtype, device=device)
+        self.inside[..., 1:-1, 1:-1, 1:-1] = 1.0
+
+
+def _exponential(velocity, grid: ControlGrid, steps: int):
     """Displacement (normalised xyz of the working grid) of a stationary velocity field.
 
-    ``velocity``: (1, 3, c, c, c) in control cells (z, y, x channels); integrated by scaling and
-    squaring (``steps`` compositions, as :class:`monai.networks.blocks.DVF2DDF`), so the map is
-    a diffeomorphism up to interpolation error (see :func:`folding_fraction`). ``identity`` is
-    the control grid's own normalised xyz.
+    ``velocity``: (1, 3, c, c, c) in control cells (z, y, x channels) on ``grid``; integrated
+    by scaling and squaring (``steps`` compositions, as :class:`monai.networks.blocks.DVF2DDF`),
+    so the map is a diffeomorphism up to interpolation error (see :func:`folding_fraction`).
     """
-    shape = velocity.shape[2:]
-    to_grid = velocity.new_tensor([2.0 / max(n - 1, 1) for n in shape]).view(1, 3, 1, 1, 1)
-    flow = (velocity * to_grid).flip(1) / 2**steps  # control-grid normalised xyz
+    flow = (velocity * grid.to_grid).flip(1) / 2**steps  # control-grid normalised xyz
     for _ in range(steps):
-        flow = flow + _warp(flow, identity + flow.permute(0, 2, 3, 4, 1))
-    return flow / (to_grid * cells).flip(1)  # control-grid normalised -> cells -> working grid
+        flow = flow + _warp(flow, grid.identity + flow.permute(0, 2, 3, 4, 1))
+    return flow / grid.to_working  # control-grid normalised -> cells -> working grid
 
 
 def _warp(moving, points):
@@ -258,7 +284,6 @@ def optimise(
 
     # MONAI's DiffusionLoss indexes with a list on every call; torch warns each time (harmless).
     warnings.filterwarnings("ignore", message="Using a non-tuple sequence for multidimensional")
-    torch.manual_seed(0)
     fixed_t = torch.as_tensor(fixed, dtype=torch.float32, device=device).unsqueeze(0)
     moving_t = torch.as_tensor(moving, dtype=torch.float32, device=device).unsqueeze(0)
     full_shape = tuple(fixed_t.shape[2:])
@@ -308,13 +333,13 @@ def _deformable_stage(fixed_t, moving_t, theta, box: Box, options: dict[str, Any
     kernel = int(options["lncc_kernel"])
     smoothness = DiffusionLoss()
     steps = int(options["integration_steps"])
-    velocity, displacement, cells = None, None, None
+    velocity, displacement, grid = None, None, None
     for factor in options["deformable_levels"]:
         pool, sizes = level_geometry(factor, spacing_zyx, kernel)
         level, m = Level(fixed_t, box, pool, sizes), Pooled(moving_t, pool)
         control = [max(3, s // int(options["control_spacing_voxels"])) for s in level.shape]
         # control cells per normalised unit along z, y, x
-        new_cells = torch.tensor(
+        cells = torch.tensor(
             [(c - 1) / e for c, e in zip(control, level.extent, strict=True)],
             device=device,
         ).view(1, 3, 1, 1, 1)
@@ -322,17 +347,14 @@ def _deformable_stage(fixed_t, moving_t, theta, box: Box, options: dict[str, Any
             start = torch.zeros((1, 3, *control), device=device)
         else:
             start = F.interpolate(velocity, size=control, mode="trilinear", align_corners=True)
-            start = start / cells * new_cells
-        cells = new_cells
-        identity = voxel_centres(tuple((0, c) for c in control), (1, 1, 1), control).to(device)
+            start = start / grid.cells * cells
+        grid = ControlGrid(control, cells)
         velocity = start.clone().requires_grad_(True)
-        inside = torch.zeros((1, 1, *control), device=device)
-        inside[..., 1:-1, 1:-1, 1:-1] = 1.0  # the box's border stays put: no seam with the affine
         optimiser = torch.optim.Adam([velocity], lr=float(options["deformable_lr"]))
         points = level.affine_points(theta)
         for _ in range(int(options["deformable_iterations"])):
             optimiser.zero_grad()
-            displacement = _exponential(velocity * inside, cells, identity, steps)
+            displacement = _exponential(velocity * grid.inside, grid, steps)
             warped = m.sample(_displaced(points, theta, displacement, level.shape))
             loss = level.similarity(warped) + float(options["diffusion_weight"]) * smoothness(
                 velocity
@@ -341,7 +363,7 @@ def _deformable_stage(fixed_t, moving_t, theta, box: Box, options: dict[str, Any
             optimiser.step()
         velocity = velocity.detach()
         with torch.no_grad():
-            displacement = _exponential(velocity * inside, cells, identity, steps)
+            displacement = _exponential(velocity * grid.inside, grid, steps)
     return displacement
 
 

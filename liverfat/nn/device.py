@@ -1,4 +1,5 @@
-"""Where torch runs and how: device choice, mixed precision, channels-last memory, threads.
+"""Where torch runs and how: device choice, mixed precision, channels-last memory, threads,
+a worker's share of GPU memory.
 
 One home for these choices, shared by the network engines and the atlas engine's torch
 backend. Mixed precision is on CUDA only: bfloat16 autocast where the device supports it (no loss
@@ -100,3 +101,27 @@ def channels_last(value: ModuleOrBatch) -> ModuleOrBatch:
 def set_torch_threads(n_threads: int) -> None:
     """Cap torch's intra-op thread pool of this process at ``n_threads`` threads."""
     torch.set_num_threads(n_threads)
+
+
+@contextlib.contextmanager
+def torch_threads(n_threads: int) -> Iterator[None]:
+    """Within the block, torch's intra-op pool has ``n_threads`` threads; afterwards the count
+    it had before, so one stage's cap does not leak into later stages of the same process."""
+    previous = torch.get_num_threads()
+    set_torch_threads(n_threads)
+    try:
+        yield
+    finally:
+        set_torch_threads(previous)
+
+
+def limit_cuda_memory(fraction: float, device: str | torch.device = "cuda") -> None:
+    """Cap this process's CUDA caching allocator on ``device`` at ``fraction`` (0-1] of the
+    device's memory, so worker processes sharing one GPU cannot starve each other.
+
+    Initialises CUDA in this process: call it only in a process that will use the GPU.
+    """
+    index = torch.device(device).index
+    if index is None:  # torch refuses a bare "cuda" here: it wants an index
+        index = torch.cuda.current_device()
+    torch.cuda.set_per_process_memory_fraction(float(fraction), index)  # an int raises

@@ -46,6 +46,18 @@ def test_constructor_validates():
         AtlasEngine(fusion="mean")
 
 
+def test_workers_are_told_where_the_registrations_run():
+    """map_subjects caps workers sharing a GPU from this: the torch backend's device as the
+    backend itself resolves it; None for the CPU-only backends."""
+    pytest.importorskip("torch")
+    from liverfat.nn.device import pick_device
+
+    assert small_engine(backend_options={"device": "cuda:1"})._device() == "cuda:1"
+    assert small_engine(backend_options={"device": "cpu"})._device() == "cpu"
+    assert small_engine(backend_options=None)._device() == str(pick_device("auto"))
+    assert small_engine(backend="elastix")._device() is None
+
+
 def test_dask_batch_survives_killed_worker_and_resumes(phantom_manifest, tmp_path):
     from distributed import Client, LocalCluster
 

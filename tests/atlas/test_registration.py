@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from liverfat.atlas import torch_registration
 from liverfat.atlas.images import AtlasImage, align_centres
 from liverfat.atlas.registration import BackendSettings, register
 from liverfat.evaluation import segmentation
@@ -92,20 +93,79 @@ def test_torch_backend_runs_on_cuda():
 
 def test_torch_backend_chooses_device_and_threads_through_liverfat_nn(monkeypatch):
     """The backend's device is the one :func:`liverfat.nn.device.pick_device` chose (``auto``
-    when the options name none), its thread count set by the shared helper."""
-    pytest.importorskip("torch")
+    when the options name none), its thread count set by the shared helper during the
+    registration and the process's own count given back after it."""
+    torch = pytest.importorskip("torch")
     from liverfat.nn import device
 
-    calls = []
+    calls, during = [], []
     real_pick, real_threads = device.pick_device, device.set_torch_threads
     monkeypatch.setattr(device, "pick_device", lambda d: calls.append(d) or real_pick(d))
     monkeypatch.setattr(device, "set_torch_threads", lambda n: calls.append(n) or real_threads(n))
+    real_optimise = torch_registration.optimise
+    monkeypatch.setattr(
+        torch_registration,
+        "optimise",
+        lambda *a, **k: during.append(torch.get_num_threads()) or real_optimise(*a, **k),
+    )
     fixed = synthetic((0, 0, 0), 1.0)
     moving = align_centres(fixed, synthetic((4, 0, 0), 1.0))
     tiny = {**SMALL["torch"], "affine_iterations": 2, "deformable_iterations": 2}
-    for requested, expected in [(None, "auto"), ("cpu", "cpu")]:
-        calls.clear()
-        settings = BackendSettings(n_threads=1, extra={**tiny, "device": requested})
-        result = register("torch", fixed, moving, settings)
-        assert calls == [expected, 1]
-        assert result.transform["device"] == str(real_pick(expected))
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        for requested, expected in [(None, "auto"), ("cpu", "cpu")]:
+            calls.clear(), during.clear()
+            settings = BackendSettings(n_threads=1, extra={**tiny, "device": requested})
+            result = register("torch", fixed, moving, settings)
+            assert calls == [expected, 1, 2]
+            assert during == [1]
+            assert torch.get_num_threads() == 2  # not left at the registration's 1
+            assert result.transform["device"] == str(real_pick(expected))
+    finally:
+        torch.set_num_threads(previous)
+
+
+_WITHOUT_CPU_ONLY_PACKAGES = """
+import sys
+
+class Absent:  # as on a GPU machine with only torch, numpy, scipy, SimpleITK and MONAI
+    names = {"itk", "pydeform", "dask", "distributed", "pingouin", "xgboost", "radiomics"}
+
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in self.names:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+sys.meta_path.insert(0, Absent())
+from liverfat.atlas.images import align_centres
+from liverfat.atlas.registration import BackendSettings, register
+from tests.atlas.test_registration import SMALL, dice, synthetic
+
+fixed = synthetic((0, 0, 0), 1.0)
+moving = align_centres(fixed, synthetic((12, -8, 10), 1.12))
+settings = BackendSettings(extra={**SMALL["torch"], "device": "cpu"})
+result = register("torch", fixed, moving, settings)
+print(round(dice(result.warped_mask, fixed.liver), 3))
+"""
+
+
+def test_torch_backend_runs_without_the_cpu_only_packages():
+    """itk-elastix, pydeform, dask (and the other engines' packages) are imported only by the
+    paths that need them: the torch backend registers with all of them missing."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("torch")
+    root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_CPU_ONLY_PACKAGES],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=root,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert float(out.stdout.strip().splitlines()[-1]) > 0.85

@@ -47,6 +47,20 @@ def test_set_torch_threads():
         torch.set_num_threads(previous)
 
 
+def test_torch_threads_gives_the_previous_count_back_even_after_an_error():
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with D.torch_threads(1):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError), D.torch_threads(1):
+            raise RuntimeError("a failed registration")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(previous)
+
+
 #: torch calls that choose or configure where and how torch runs.
 _CALLS = {"is_available", "set_num_threads", "autocast", "GradScaler", "channels_last"}
 
@@ -111,3 +125,20 @@ def test_autocast_dtype_and_tuned_convolutions_off_cuda():
     with D.tuned_convolutions(torch.device("cuda")):  # only a flag: no CUDA call is made
         assert torch.backends.cudnn.benchmark
     assert torch.backends.cudnn.benchmark == before
+
+
+@pytest.mark.gpu
+def test_limit_cuda_memory_caps_the_allocator():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device in this environment")
+    try:
+        D.limit_cuda_memory(0.25)  # a bare "cuda", as the workers pass it
+        D.limit_cuda_memory(0.5, "cuda:0")
+        if hasattr(torch.cuda, "get_per_process_memory_fraction"):  # torch >= 2.6 or so
+            assert torch.cuda.get_per_process_memory_fraction(0) == pytest.approx(0.5)
+        total = torch.cuda.get_device_properties(0).total_memory
+        with pytest.raises(torch.cuda.OutOfMemoryError):
+            torch.empty(int(0.6 * total), dtype=torch.uint8, device="cuda")
+    finally:
+        D.limit_cuda_memory(1.0)
+        torch.cuda.empty_cache()

@@ -1,0 +1,67 @@
+"""The atlas benchmark times the right thing and runs where only the GPU stack is installed."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import SimpleITK as sitk
+
+pytest.importorskip("torch")
+
+from benchmarks import bench_atlas, bench_radiomics  # noqa: E402
+from benchmarks.common import SKIP_CPU_VAR, skip_cpu  # noqa: E402
+from liverfat.data.phantom import generate_cohort  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def quarter_pair(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "pair"
+    card = generate_cohort(2, out, seed=5, scale="quarter", executor="serial", progress=False)
+    return card
+
+
+def test_cuda_figures_on_this_device_at_a_small_grid(tmp_path):
+    figures = bench_atlas.cuda_figures(tmp_path, scale="quarter", repeats=3)
+    fixed, _ = bench_atlas.phantom_pair(tmp_path / "cuda_quarter" / "manifest.yaml")
+    assert figures["scale"] == "quarter"
+    assert figures["grid_zyx"] == list(sitk.GetArrayViewFromImage(fixed.channels[0]).shape)
+    assert figures["device"] == "cpu"  # no GPU here: the same figures, without GPU memory
+    assert figures["peak_gpu_mib"] is None
+    assert len(figures["optimise_s"]) == 3  # the first (warm-up) call is reported apart
+    assert figures["optimise_s_median"] == sorted(figures["optimise_s"])[1]
+    assert all(t > 0 for t in figures["optimise_s"])
+    assert 0.0 <= figures["folding_fraction"] < 1e-3
+
+
+def test_full_grid_job_reports_the_optimiser_apart_from_the_whole_registration(quarter_pair):
+    row = bench_atlas.full_grid_registration(("torch", str(quarter_pair), 1))
+    assert row["seconds_warm"] == [row["seconds_warm_median"]]
+    assert row["optimise_s"] == [row["optimise_s_median"]]
+    assert row["optimise_s_median"] > 0 and row["seconds_warm_median"] > 0
+    assert row["device"] == "cpu" and row["peak_gpu_mib"] is None
+    assert row["dice_single"] > 0.7
+    assert math.isfinite(row["folding_fraction"])
+
+
+def test_skip_cpu_switch_leaves_out_the_cpu_only_backends_and_benchmarks(monkeypatch, tmp_path):
+    monkeypatch.delenv(SKIP_CPU_VAR, raising=False)
+    assert not skip_cpu()
+    assert bench_atlas.benchmarked_backends("torch,deform,elastix") == [
+        "torch",
+        "deform",
+        "elastix",
+    ]
+    for off in ("0", "false", ""):
+        monkeypatch.setenv(SKIP_CPU_VAR, off)
+        assert not skip_cpu()
+    monkeypatch.setenv(SKIP_CPU_VAR, "1")
+    assert skip_cpu()
+    assert bench_atlas.benchmarked_backends("torch,deform,elastix") == ["torch"]
+    assert "skipped" in bench_radiomics.run(tmp_path)  # needs pyradiomics: not on a GPU box
+    # only CPU-only backends asked for: nothing is registered, nothing imports itk or pydeform
+    monkeypatch.setenv("LIVERFAT_BENCH_ATLAS_BACKENDS", "deform,elastix")
+    monkeypatch.setenv("LIVERFAT_BENCH_ATLAS_FULL_GRID", "elastix")
+    figures = bench_atlas.run(tmp_path)
+    assert "full_grid" not in figures and "skipped" in figures
+    assert figures["skipped_cpu_only"] == ["elastix", "deform"]
