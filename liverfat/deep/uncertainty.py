@@ -54,10 +54,10 @@ def interval(
     return value, std, lower, upper
 
 
-def _network_sd(rows: pd.DataFrame, transform: str) -> pd.Series:
+def _network_sd(rows: pd.DataFrame, transform: str) -> np.ndarray:
     """The predicted sd in the network's space, read back from a table's interval."""
     if transform == "none":
-        return rows["std"]
+        return rows["std"].to_numpy(float)
     upper = to_network_space(rows["upper"], transform)
     return (upper - to_network_space(rows["lower"], transform)) / (2 * Z95)
 
@@ -92,7 +92,7 @@ def apply_variance_scale(
         part = frame.loc[rows]
         sd = _network_sd(part, transform) * math.sqrt(scale)
         mean = to_network_space(part["value"], transform)
-        _, std, lower, upper = interval(mean, sd.to_numpy(), transform)
+        _, std, lower, upper = interval(mean, sd, transform)
         frame.loc[rows, "std"], frame.loc[rows, "lower"], frame.loc[rows, "upper"] = (
             std,
             lower,

@@ -266,3 +266,20 @@ def test_a_loaded_engine_keeps_the_profile_it_was_trained_with(
     pd.testing.assert_frame_equal(
         expected[["subject_id", "value", "std"]], again[["subject_id", "value", "std"]]
     )
+
+
+def test_log_target_gives_skewed_intervals_above_minus_one_and_survives_save(
+    phantom_manifest, tmp_path
+):
+    train = phantom_manifest.select(split="A")
+    engine = DeepEngine(**TINY, target_transform="log", work_dir=str(tmp_path / "w")).fit(train)
+    y = np.log1p(train.target("liver_pdff_pct").dropna().to_numpy())
+    assert engine.target_mean_[0] == pytest.approx(y.mean())  # standardised in log space
+    frame = engine.predict(phantom_manifest).frame
+    assert (frame["lower"] > -1).all()
+    assert ((frame["upper"] - frame["value"]) > (frame["value"] - frame["lower"])).all()
+    engine.save(tmp_path / "saved")
+    loaded = DeepEngine.load(tmp_path / "saved")
+    assert loaded.transform == "log"
+    again = loaded.predict(phantom_manifest).frame
+    np.testing.assert_allclose(again["upper"], frame["upper"])
