@@ -225,7 +225,8 @@ def train_network(
     float32, channels-last memory, cuDNN autotuning, fused Adam.
     """
     cuda = device.type == "cuda"
-    with torch.random.fork_rng(devices=[device] if cuda else []), tuned_convolutions(device):
+    forked = torch.random.fork_rng(devices=[device] if cuda else [], device_type=device.type)
+    with forked, tuned_convolutions(device):
         torch.manual_seed(settings.seed)
         model.to(device)
         if cuda:
