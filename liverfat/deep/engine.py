@@ -46,7 +46,7 @@ from liverfat.deep.training import (
 )
 from liverfat.deep.uncertainty import (
     TRANSFORMS,
-    apply_variance_scale,
+    cross_fitted_calibration,
     interval,
     to_network_space,
     variance_scale_from,
@@ -97,8 +97,7 @@ class DeepEngine(Engine):
         With N > 0, batches are drawn balanced over N equal-width bins of the first target
         (:func:`liverfat.deep.training.balanced_weights`); 0 draws epochs in random order.
     target_transform:
-        ``none`` or ``log``: the network learns log(y + 1) (y in target units), so intervals
-        widen with the value and stay above -1 (:mod:`liverfat.deep.uncertainty`).
+        ``none`` or ``log`` (learn log(y + 1): intervals widen with y, stay above -1).
     max_shift_px:
         Largest random translation (pixels of the full-size format), edges replicated.
     pretrained:
@@ -424,24 +423,17 @@ class DeepEngine(Engine):
                 continue
             if arrays is None:
                 arrays, errors = self.load_formats(manifest, ids)
-            frame = self._run_fold(manifest, arrays, errors, test_ids, self.seed + k)
+            frame, training = self._run_fold(manifest, arrays, errors, test_ids, self.seed + k)
             if path is not None:
                 run = run_info(self.method, configuration=self.configuration(), seed=self.seed)
-                PredictionsTable(frame, {**run, "cv_key": key, "fold": k}).write(path)
+                run.update(cv_key=key, fold=k, training=training)
+                PredictionsTable(frame, run).write(path)
             fold_frames.append(frame)
         reference = {t: manifest.target(t) for t in self.targets}
-        calibrated = []
-        for k, frame in enumerate(fold_frames):
-            others = pd.concat([f for i, f in enumerate(fold_frames) if i != k], ignore_index=True)
-            scales = variance_scale_from(others, reference, self.transform)
-            calibrated.append(apply_variance_scale(frame, scales, self.transform))
+        result = cross_fitted_calibration(fold_frames, reference, self.transform)
         raw = pd.concat(fold_frames, ignore_index=True)
-        result = pd.concat(calibrated, ignore_index=True)
-        keep = np.ones(len(result), bool)
-        for target, ref in reference.items():
-            rows = (result["target"] == target).to_numpy()
-            has_ref = result["subject_id"].map(ref).notna().to_numpy()
-            keep &= ~rows | has_ref
+        pairs = zip(result["subject_id"], result["target"], strict=True)
+        keep = np.array([pd.notna(reference[t].get(s)) for s, t in pairs], bool)  # with a reference
         run = run_info(
             self.method,
             configuration=self.configuration(),
@@ -469,7 +461,8 @@ class DeepEngine(Engine):
         errors: dict[str, str],
         test_ids: list[str],
         fold_seed: int,
-    ) -> pd.DataFrame:
+    ) -> tuple[pd.DataFrame, dict[str, Any]]:
+        """The fold's predictions, and what its training did (precision, skipped steps)."""
         test = set(test_ids)
         train_ids = sorted(s for s in arrays if s not in test)
         engine = copy.deepcopy(self)
@@ -477,7 +470,8 @@ class DeepEngine(Engine):
         engine._fit_arrays(
             np.stack([arrays[s] for s in train_ids]), self._target_matrix(manifest, train_ids)
         )
-        return PredictionsTable.from_rows(engine._rows(arrays, errors, test_ids)).frame
+        frame = PredictionsTable.from_rows(engine._rows(arrays, errors, test_ids)).frame
+        return frame, {**engine.training_steps_, "train_time_s": engine.train_time_s_}
 
     # Persistence ----------------------------------------------------------------------------------
     def save(self, directory: str | os.PathLike[str]) -> None:

@@ -101,6 +101,19 @@ def apply_variance_scale(
     return frame
 
 
+def cross_fitted_calibration(
+    fold_frames: list[pd.DataFrame], reference: dict[str, pd.Series], transform: str = "none"
+) -> pd.DataFrame:
+    """Out-of-fold predictions, each fold's variance scaled by the factor fitted on the other
+    folds (so no fold's intervals are calibrated on its own errors), concatenated."""
+    calibrated = []
+    for k, frame in enumerate(fold_frames):
+        others = pd.concat([f for i, f in enumerate(fold_frames) if i != k], ignore_index=True)
+        scales = variance_scale_from(others, reference, transform)
+        calibrated.append(apply_variance_scale(frame, scales, transform))
+    return pd.concat(calibrated, ignore_index=True)
+
+
 def saved_variance_scale(path: str | os.PathLike[str]) -> dict[str, float]:
     """The per-target variance scale in the ``run.json`` of an out-of-fold predictions table
     (``oof.csv`` of ``liverfat deep cv``); a clear error when it holds none."""
