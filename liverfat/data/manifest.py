@@ -7,6 +7,7 @@ all of them when asked to validate.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
@@ -168,6 +169,11 @@ class Manifest:
     def targets(self) -> dict[str, dict[str, Any]]:
         """Target name -> its card entry (``meaning``, ``unit``, optional ``range``)."""
         return dict(self.card.get("targets") or {})
+
+    def target_range(self, name: str) -> tuple[float, float]:
+        """The plausible range of target ``name`` from the card, (-inf, inf) where it gives none."""
+        low, high = (self.targets.get(name) or {}).get("range") or (-math.inf, math.inf)
+        return float(low), float(high)
 
     @property
     def splits(self) -> dict[str, dict[str, Any]]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import time
 from collections.abc import Sequence
@@ -36,7 +35,7 @@ from liverfat.data.predictions import (
     prediction_row,
     run_info,
 )
-from liverfat.deep.formats import get_format, load_or_compute
+from liverfat.deep.formats import get_format, load_formats
 from liverfat.deep.profiles import DEFAULT_PROFILE, PROFILE_KEYS, PROFILES, resolve_profile
 from liverfat.deep.training import (
     HEADS,
@@ -52,16 +51,11 @@ from liverfat.deep.uncertainty import (
     variance_scale_from,
 )
 from liverfat.engine import Engine
-from liverfat.errors import LiverfatError, subject_message
+from liverfat.errors import LiverfatError
 from liverfat.nn.device import pick_device
 from liverfat.nn.registry import build_model, model_names
 from liverfat.nn.weights import load_pretrained
-from liverfat.parallel import EXECUTORS, map_subjects
-
-
-def _format_item(item: tuple) -> np.ndarray:
-    manifest, subject_id, format_name, cache_dir = item
-    return load_or_compute(manifest, subject_id, format_name, cache_dir)
+from liverfat.parallel import EXECUTORS
 
 
 class DeepEngine(Engine):
@@ -254,24 +248,19 @@ class DeepEngine(Engine):
     ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         """Formats of the subjects (cached when ``work_dir`` is set) and one-line errors."""
         ids = list(subject_ids if subject_ids is not None else manifest.subject_ids)
-        cache = self.work_path("formats")
-        cache_dir = None if cache is None else str(cache)
-        # one subject's manifest per item: a process pool or Dask ships each item separately
-        items = [(manifest.select(subject_ids=[sid]), sid, self.format, cache_dir) for sid in ids]
-        arrays, errors = {}, {}
-        for outcome in map_subjects(
-            _format_item,
-            items,
+        return load_formats(
+            manifest,
+            ids,
+            self.format,
+            self.work_path("formats"),
             executor=self.executor,
             n_workers=self.n_workers,
-            progress="formats" if self.progress else None,
-        ):
-            sid = outcome.item[1]
-            if outcome.ok:
-                arrays[sid] = outcome.value
-            else:
-                errors[sid] = subject_message(sid, outcome.error)
-        return arrays, errors
+            progress=self.progress,
+        )
+
+    def _ranges(self, manifest: Manifest) -> np.ndarray:
+        """(t, 2): each target's range from the card; predictions and bounds are kept inside."""
+        return np.array([manifest.target_range(t) for t in self.targets], float)
 
     def _target_matrix(self, manifest: Manifest, subject_ids: Sequence[str]) -> np.ndarray:
         columns = [manifest.target(t).reindex(list(subject_ids)) for t in self.targets]
@@ -291,6 +280,7 @@ class DeepEngine(Engine):
             raise LiverfatError(f"no usable training subject: {next(iter(errors.values()))}")
         ids = sorted(arrays)
         self._fit_arrays(np.stack([arrays[s] for s in ids]), self._target_matrix(manifest, ids))
+        self.target_range_ = self._ranges(manifest)
         self.training_subjects_ = ids
         self.training_failures_ = errors
         return self
@@ -364,7 +354,7 @@ class DeepEngine(Engine):
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Values, std, lower and upper 95 % bounds (each (n, t), target units; the last three
         NaN for the ``mse`` head), mapped back from the network's space
-        (:func:`liverfat.deep.uncertainty.interval`)."""
+        (:func:`liverfat.deep.uncertainty.interval`) and kept inside the targets' ranges."""
         self._check_fitted()
         _, scale, device = self.resolved()
         mean, var = predict_network(
@@ -372,7 +362,11 @@ class DeepEngine(Engine):
         )
         mean = mean * self.target_std_ + self.target_mean_
         sd = np.sqrt(var * self.variance_scale_) * self.target_std_
-        return interval(mean, sd, self.transform)
+        value, std, lower, upper = interval(mean, sd, self.transform)
+        if self.target_range_ is not None:  # None: saved before ranges were kept
+            low, high = self.target_range_[:, 0], self.target_range_[:, 1]
+            value, lower, upper = (np.clip(a, low, high) for a in (value, lower, upper))
+        return value, std, lower, upper
 
     def _rows(
         self, arrays: dict[str, np.ndarray], errors: dict[str, str], order: Sequence[str]
@@ -466,7 +460,7 @@ class DeepEngine(Engine):
         test = set(test_ids)
         train_ids = sorted(s for s in arrays if s not in test)
         engine = copy.deepcopy(self)
-        engine.seed = fold_seed
+        engine.seed, engine.target_range_ = fold_seed, self._ranges(manifest)
         engine._fit_arrays(
             np.stack([arrays[s] for s in train_ids]), self._target_matrix(manifest, train_ids)
         )
@@ -475,8 +469,8 @@ class DeepEngine(Engine):
 
     # Persistence ----------------------------------------------------------------------------------
     def save(self, directory: str | os.PathLike[str]) -> None:
-        """Write ``engine.json`` (parameters, target scaling, calibration) and
-        ``network.safetensors`` (the state dict)."""
+        """Write ``engine.json`` (parameters and the fitted state of :data:`_FITTED`: target
+        scaling and range, calibration, ...) and ``network.safetensors`` (the state dict)."""
         from safetensors.torch import save_file
 
         from liverfat.data.atomic import atomic_path
@@ -487,16 +481,8 @@ class DeepEngine(Engine):
         state = {k: v.detach().cpu().contiguous() for k, v in self.network_.state_dict().items()}
         with atomic_path(directory / "network.safetensors") as tmp:
             save_file(state, str(tmp))
-        fitted = {
-            "in_channels": self.in_channels_,
-            "profile_settings": self.profile_settings_,
-            "target_mean": self.target_mean_.tolist(),
-            "target_std": self.target_std_.tolist(),
-            "variance_scale": self.variance_scale_.tolist(),
-            "training_subjects": getattr(self, "training_subjects_", []),
-            "train_time_s": self.train_time_s_,
-            "training_steps": getattr(self, "training_steps_", {}),
-        }
+        fitted = {k: getattr(self, f"{k}_", None) for k in _FITTED}
+        fitted = {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in fitted.items()}
         write_json_atomic(
             directory / "engine.json",
             {"engine": "DeepEngine", "params": self.params_json(), "fitted": fitted},
@@ -517,23 +503,33 @@ class DeepEngine(Engine):
             params["pretrained"] = None  # the weights are in the saved network already
         engine = cls(**params)
         fitted = meta["fitted"]
-        n_out = len(engine.targets) * (2 if engine.head == "mean_variance" else 1)
         if "profile_settings" not in fitted:
             raise LiverfatError(
                 f"{directory}: saved by an older liverfat (no profile settings); fit again"
             )
-        engine.profile_settings_ = dict(fitted["profile_settings"])
-        network = build_model(engine.model_name, int(fitted["in_channels"]), n_out)
+        for name in _FITTED:
+            value = fitted.get(name)
+            setattr(engine, f"{name}_", np.array(value, float) if name in _ARRAYS else value)
+        n_out = len(engine.targets) * (2 if engine.head == "mean_variance" else 1)
+        network = build_model(engine.model_name, int(engine.in_channels_), n_out)
         network.load_state_dict(load_file(str(directory / "network.safetensors")))
         engine.network_ = network.eval()
-        engine.in_channels_ = int(fitted["in_channels"])
-        engine.target_mean_ = np.array(fitted["target_mean"], float)
-        engine.target_std_ = np.array(fitted["target_std"], float)
-        engine.variance_scale_ = np.array(fitted["variance_scale"], float)
-        engine.training_subjects_ = list(fitted.get("training_subjects", []))
-        engine.train_time_s_ = float(fitted.get("train_time_s", math.nan))
-        engine.training_steps_ = dict(fitted.get("training_steps", {}))
         return engine
+
+
+#: What a fitted engine saves besides its network (attributes with a trailing underscore).
+_FITTED = (
+    "in_channels",
+    "profile_settings",
+    "target_mean",
+    "target_std",
+    "target_range",
+    "variance_scale",
+    "training_subjects",
+    "train_time_s",
+    "training_steps",
+)
+_ARRAYS = ("target_mean", "target_std", "target_range", "variance_scale")
 
 
 #: Parameters that change how a run goes but not its result (left out of the resume key).

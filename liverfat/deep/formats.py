@@ -29,7 +29,7 @@ formats of the same size and field of view as the full UK Biobank grid of
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +41,8 @@ from liverfat.data.atomic import atomic_path
 from liverfat.data.dixon import body_mask
 from liverfat.data.fingerprint import fingerprint, subject_files
 from liverfat.data.manifest import DixonImages, Manifest
-from liverfat.errors import ImageError, LiverfatError
+from liverfat.errors import ImageError, LiverfatError, subject_message
+from liverfat.parallel import map_subjects
 
 #: Fat fraction (%) that maps to 255 in the liver-fat format.
 FF_MAX_PCT = 50.0
@@ -381,3 +382,36 @@ def load_or_compute(
     with atomic_path(path) as tmp:
         np.save(tmp, array, allow_pickle=False)
     return array
+
+
+def _format_item(item: tuple) -> np.ndarray:
+    manifest, subject_id, format_name, cache_dir = item
+    return load_or_compute(manifest, subject_id, format_name, cache_dir)
+
+
+def load_formats(
+    manifest: Manifest,
+    subject_ids: Sequence[str],
+    format_name: str,
+    cache_dir: str | os.PathLike[str] | None,
+    *,
+    executor: str = "serial",
+    n_workers: int | None = None,
+    progress: bool = False,
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """The formats of ``subject_ids`` (:func:`load_or_compute`, mapped by
+    :func:`liverfat.parallel.map_subjects`) and a one-line error per subject that has none."""
+    # one subject's manifest per item: a process pool or Dask ships each item separately
+    cache = None if cache_dir is None else str(cache_dir)
+    items = [(manifest.select(subject_ids=[s]), s, format_name, cache) for s in subject_ids]
+    arrays, errors = {}, {}
+    bar = "formats" if progress else None
+    for outcome in map_subjects(
+        _format_item, items, executor=executor, n_workers=n_workers, progress=bar
+    ):
+        sid = outcome.item[1]
+        if outcome.ok:
+            arrays[sid] = outcome.value
+        else:
+            errors[sid] = subject_message(sid, outcome.error)
+    return arrays, errors

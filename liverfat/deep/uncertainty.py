@@ -1,8 +1,9 @@
 """Calibrated intervals of the mean-variance head: a post-hoc variance scale per target.
 
 The network predicts a mean and a log-variance of the target, or of a transform of it
-(:data:`TRANSFORMS`); on out-of-fold predictions the variance is rescaled so that the
-standardised errors (in the network's space) have unit mean square. Intervals are
+(:data:`TRANSFORMS`); on out-of-fold predictions the variance is rescaled so that 95 % of
+the references fall inside their intervals (normalised split-conformal, the default; or unit
+mean square of the standardised errors: :data:`CALIBRATIONS`), in the network's space. Intervals are
 ``mean +- 1.96 sd`` in that space, mapped back to target units: with ``none`` that is
 ``value +- 1.96 std``; with ``log`` (``log(y + 1)``, y in target units, e.g. % fat fraction)
 they are asymmetric, wider at high values and never below -1, and ``value`` is the back-mapped
@@ -21,6 +22,10 @@ from liverfat.errors import LiverfatError
 
 #: Two-sided 95 % normal quantile, for the intervals of a mean-variance head.
 Z95 = 1.959963984540054
+#: Calibrations of the variance scale (:func:`variance_scale_from`).
+CALIBRATIONS = ("quantile", "gaussian", "robust")
+#: The median of |z| for a standard normal z.
+MEDIAN_ABS_NORMAL = 0.6744897501960817
 #: Target transforms the network can be trained on: ``none``, or ``log``: log(y + 1).
 TRANSFORMS = ("none", "log")
 
@@ -63,21 +68,38 @@ def _network_sd(rows: pd.DataFrame, transform: str) -> np.ndarray:
 
 
 def variance_scale_from(
-    frame: pd.DataFrame, reference: dict[str, pd.Series], transform: str = "none"
+    frame: pd.DataFrame,
+    reference: dict[str, pd.Series],
+    transform: str = "none",
+    method: str = "quantile",
 ) -> dict[str, float]:
-    """Per target, the factor on the predicted variance making ``mean(z^2) = 1`` on these rows.
+    """Per target, the factor on the predicted variance that calibrates these rows' intervals.
 
     ``z = (T(reference) - T(value)) / sd`` in the network's space (T: ``transform``); rows
-    without a finite interval or reference are ignored.
+    without a finite interval or reference are ignored. ``quantile`` (split-conformal with
+    normalised scores): the factor that puts the conformal 95 % quantile of ``|z|`` at 1.96, so
+    95 % of the rows' references fall inside their intervals, whatever the tails. ``gaussian``:
+    ``mean(z^2) = 1``, right for normal errors but widened by every outlier of a noisy
+    reference.
     """
+    if method not in CALIBRATIONS:
+        raise LiverfatError(f"unknown calibration {method!r}; choose {', '.join(CALIBRATIONS)}")
     scales = {}
     for target, ref in reference.items():
         rows = frame[(frame["target"] == target) & (frame["status"] == "ok")]
         rows = rows.set_index("subject_id")
         y = to_network_space(ref.reindex(rows.index), transform)
         z = (y - to_network_space(rows["value"], transform)) / _network_sd(rows, transform)
-        z = z[np.isfinite(z)]
-        scales[target] = float(np.mean(z**2)) if len(z) >= 2 else 1.0
+        z = np.abs(z[np.isfinite(z)])
+        if len(z) < 2:
+            scales[target] = 1.0
+        elif method == "gaussian":
+            scales[target] = float(np.mean(z**2))
+        elif method == "robust":
+            scales[target] = float((np.median(z) / MEDIAN_ABS_NORMAL) ** 2)
+        else:
+            level = min(1.0, math.ceil((len(z) + 1) * 0.95) / len(z))
+            scales[target] = float((np.quantile(z, level, method="higher") / Z95) ** 2)
     return scales
 
 
@@ -102,14 +124,17 @@ def apply_variance_scale(
 
 
 def cross_fitted_calibration(
-    fold_frames: list[pd.DataFrame], reference: dict[str, pd.Series], transform: str = "none"
+    fold_frames: list[pd.DataFrame],
+    reference: dict[str, pd.Series],
+    transform: str = "none",
+    method: str = "quantile",
 ) -> pd.DataFrame:
     """Out-of-fold predictions, each fold's variance scaled by the factor fitted on the other
     folds (so no fold's intervals are calibrated on its own errors), concatenated."""
     calibrated = []
     for k, frame in enumerate(fold_frames):
         others = pd.concat([f for i, f in enumerate(fold_frames) if i != k], ignore_index=True)
-        scales = variance_scale_from(others, reference, transform)
+        scales = variance_scale_from(others, reference, transform, method)
         calibrated.append(apply_variance_scale(frame, scales, transform))
     return pd.concat(calibrated, ignore_index=True)
 

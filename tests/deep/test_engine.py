@@ -77,7 +77,11 @@ def test_variance_scale_by_hand():
         }
     )
     reference = {"t": pd.Series({"a": 2.0, "b": 2.0, "c": 1.0})}
-    scale = variance_scale_from(frame, reference)["t"]
+    # |z| = 2, 1, 1: the conformal quantile of 3 rows is their largest; robust: the median
+    assert variance_scale_from(frame, reference)["t"] == pytest.approx((2 / 1.959964) ** 2)
+    robust = variance_scale_from(frame, reference, method="robust")["t"]
+    assert robust == pytest.approx((1 / 0.6744898) ** 2)
+    scale = variance_scale_from(frame, reference, method="gaussian")["t"]
     assert scale == pytest.approx((4 + 1 + 1) / 3)
     out = apply_variance_scale(frame, {"t": scale})
     assert out["std"].tolist() == pytest.approx([np.sqrt(2), 2 * np.sqrt(2), np.sqrt(2)])
@@ -283,3 +287,18 @@ def test_log_target_gives_skewed_intervals_above_minus_one_and_survives_save(
     assert loaded.transform == "log"
     again = loaded.predict(phantom_manifest).frame
     np.testing.assert_allclose(again["upper"], frame["upper"])
+
+
+def test_values_and_bounds_are_kept_inside_the_cards_range(phantom_manifest, tmp_path):
+    assert phantom_manifest.target_range("liver_pdff_pct") == (0.0, 100.0)
+    assert phantom_manifest.target_range("no_such_target") == (-np.inf, np.inf)
+    engine = DeepEngine(**TINY, work_dir=str(tmp_path / "w")).fit(phantom_manifest)
+    assert engine.target_range_.tolist() == [[0.0, 100.0]]
+    frame = engine.predict(phantom_manifest).frame
+    assert (frame["lower"] >= 0).all() and (frame["upper"] <= 100).all()
+    formats, _ = engine.load_formats(phantom_manifest)
+    stacked = np.stack(list(formats.values()))
+    middle = float(np.median(engine.predict_arrays(stacked)[0]))
+    engine.target_range_ = np.array([[middle, 100.0]])  # a floor half the values are under
+    values, _, lower, upper = engine.predict_arrays(stacked)
+    assert values.min() == middle and (lower >= middle).all() and (values == middle).sum() > 1
