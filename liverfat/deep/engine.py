@@ -45,6 +45,7 @@ from liverfat.deep.training import (
 )
 from liverfat.deep.uncertainty import (
     TRANSFORMS,
+    clip_to_ranges,
     cross_fitted_calibration,
     interval,
     to_network_space,
@@ -425,6 +426,9 @@ class DeepEngine(Engine):
             fold_frames.append(frame)
         reference = {t: manifest.target(t) for t in self.targets}
         result = cross_fitted_calibration(fold_frames, reference, self.transform)
+        result = clip_to_ranges(
+            result, dict(zip(self.targets, self._ranges(manifest), strict=True))
+        )
         raw = pd.concat(fold_frames, ignore_index=True)
         pairs = zip(result["subject_id"], result["target"], strict=True)
         keep = np.array([pd.notna(reference[t].get(s)) for s, t in pairs], bool)  # with a reference
@@ -460,7 +464,7 @@ class DeepEngine(Engine):
         test = set(test_ids)
         train_ids = sorted(s for s in arrays if s not in test)
         engine = copy.deepcopy(self)
-        engine.seed, engine.target_range_ = fold_seed, self._ranges(manifest)
+        engine.seed, engine.target_range_ = fold_seed, None  # clipped once calibrated
         engine._fit_arrays(
             np.stack([arrays[s] for s in train_ids]), self._target_matrix(manifest, train_ids)
         )

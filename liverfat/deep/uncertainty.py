@@ -1,10 +1,11 @@
 """Calibrated intervals of the mean-variance head: a post-hoc variance scale per target.
 
 The network predicts a mean and a log-variance of the target, or of a transform of it
-(:data:`TRANSFORMS`); on out-of-fold predictions the variance is rescaled so that 95 % of
-the references fall inside their intervals (normalised split-conformal, the default; or unit
-mean square of the standardised errors: :data:`CALIBRATIONS`), in the network's space. Intervals are
-``mean +- 1.96 sd`` in that space, mapped back to target units: with ``none`` that is
+(:data:`TRANSFORMS`); on out-of-fold predictions the variance is rescaled, in the network's
+space, by one of :data:`CALIBRATIONS` (default ``robust``: from the median standardised error,
+so the reference's rare spurious readings do not widen every interval; docs/deep.md).
+Intervals are ``mean +- 1.96 sd`` in that space, mapped back to target units and clipped to
+the target's range (:func:`clip_to_ranges`): with ``none`` that is
 ``value +- 1.96 std``; with ``log`` (``log(y + 1)``, y in target units, e.g. % fat fraction)
 they are asymmetric, wider at high values and never below -1, and ``value`` is the back-mapped
 mean (the median of the predicted distribution). ``std`` is then the half-width over 1.96.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -23,7 +25,7 @@ from liverfat.errors import LiverfatError
 #: Two-sided 95 % normal quantile, for the intervals of a mean-variance head.
 Z95 = 1.959963984540054
 #: Calibrations of the variance scale (:func:`variance_scale_from`).
-CALIBRATIONS = ("quantile", "gaussian", "robust")
+CALIBRATIONS = ("robust", "quantile", "gaussian")
 #: The median of |z| for a standard normal z.
 MEDIAN_ABS_NORMAL = 0.6744897501960817
 #: Target transforms the network can be trained on: ``none``, or ``log``: log(y + 1).
@@ -71,16 +73,19 @@ def variance_scale_from(
     frame: pd.DataFrame,
     reference: dict[str, pd.Series],
     transform: str = "none",
-    method: str = "quantile",
+    method: str = "robust",
 ) -> dict[str, float]:
     """Per target, the factor on the predicted variance that calibrates these rows' intervals.
 
     ``z = (T(reference) - T(value)) / sd`` in the network's space (T: ``transform``); rows
-    without a finite interval or reference are ignored. ``quantile`` (split-conformal with
-    normalised scores): the factor that puts the conformal 95 % quantile of ``|z|`` at 1.96, so
-    95 % of the rows' references fall inside their intervals, whatever the tails. ``gaussian``:
-    ``mean(z^2) = 1``, right for normal errors but widened by every outlier of a noisy
-    reference.
+    without a finite interval or reference are ignored.
+
+    ``robust``: the median of ``|z|`` put at the normal's 0.674, so the intervals cover the
+    bulk of the errors as a normal would, whatever a few outliers of the reference do; they are
+    intervals for the true value, not for another noisy reference reading. ``quantile``
+    (split-conformal with normalised scores): the conformal 95 % quantile of ``|z|`` put at
+    1.96, so 95 % of the references fall inside, outliers and reference noise included.
+    ``gaussian``: ``mean(z^2) = 1``, right for normal errors, widened by every outlier.
     """
     if method not in CALIBRATIONS:
         raise LiverfatError(f"unknown calibration {method!r}; choose {', '.join(CALIBRATIONS)}")
@@ -127,7 +132,7 @@ def cross_fitted_calibration(
     fold_frames: list[pd.DataFrame],
     reference: dict[str, pd.Series],
     transform: str = "none",
-    method: str = "quantile",
+    method: str = "robust",
 ) -> pd.DataFrame:
     """Out-of-fold predictions, each fold's variance scaled by the factor fitted on the other
     folds (so no fold's intervals are calibrated on its own errors), concatenated."""
@@ -137,6 +142,17 @@ def cross_fitted_calibration(
         scales = variance_scale_from(others, reference, transform, method)
         calibrated.append(apply_variance_scale(frame, scales, transform))
     return pd.concat(calibrated, ignore_index=True)
+
+
+def clip_to_ranges(frame: pd.DataFrame, ranges: dict[str, Sequence[float]]) -> pd.DataFrame:
+    """Values and bounds of each target's rows kept inside its (low, high) range: the true value
+    lies there, so clipping an interval loses no coverage."""
+    frame = frame.copy()
+    for target, (low, high) in ranges.items():
+        rows = frame["target"] == target
+        for column in ("value", "lower", "upper"):
+            frame.loc[rows, column] = frame.loc[rows, column].clip(low, high)
+    return frame
 
 
 def saved_variance_scale(path: str | os.PathLike[str]) -> dict[str, float]:

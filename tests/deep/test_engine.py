@@ -78,9 +78,9 @@ def test_variance_scale_by_hand():
     )
     reference = {"t": pd.Series({"a": 2.0, "b": 2.0, "c": 1.0})}
     # |z| = 2, 1, 1: the conformal quantile of 3 rows is their largest; robust: the median
-    assert variance_scale_from(frame, reference)["t"] == pytest.approx((2 / 1.959964) ** 2)
-    robust = variance_scale_from(frame, reference, method="robust")["t"]
-    assert robust == pytest.approx((1 / 0.6744898) ** 2)
+    quantile = variance_scale_from(frame, reference, method="quantile")["t"]
+    assert quantile == pytest.approx((2 / 1.959964) ** 2)
+    assert variance_scale_from(frame, reference)["t"] == pytest.approx((1 / 0.6744898) ** 2)
     scale = variance_scale_from(frame, reference, method="gaussian")["t"]
     assert scale == pytest.approx((4 + 1 + 1) / 3)
     out = apply_variance_scale(frame, {"t": scale})
@@ -302,3 +302,5 @@ def test_values_and_bounds_are_kept_inside_the_cards_range(phantom_manifest, tmp
     engine.target_range_ = np.array([[middle, 100.0]])  # a floor half the values are under
     values, _, lower, upper = engine.predict_arrays(stacked)
     assert values.min() == middle and (lower >= middle).all() and (values == middle).sum() > 1
+    oof = DeepEngine(**TINY).cross_validate(phantom_manifest.select(split="A"), folds=2).frame
+    assert (oof["lower"] >= 0).all() and (oof["upper"] <= 100).all()  # clipped once calibrated
