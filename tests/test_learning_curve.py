@@ -205,7 +205,8 @@ def test_the_documented_phantom_study_file_is_valid() -> None:
     path = Path(__file__).resolve().parents[1] / "studies" / "learning_curve_phantom.yaml"
     study = Study.load(path)
     assert study.learning_curve.sizes == (25, 50, 100, 200)
-    assert set(study.learning_curve.engines) == {"network", "atlas", "radiomics", "baseline"}
+    expected = {"network", "small_cnn", "atlas", "radiomics", "baseline"}
+    assert set(study.learning_curve.engines) == expected
     # The documented 450 phantom subjects leave enough to draw the largest size from.
     referenced = assign_splits(450, 0, PhantomConfig()).count("A")
     held = round(study.learning_curve.held_out_fraction * referenced)
