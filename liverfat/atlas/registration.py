@@ -161,7 +161,16 @@ def _elastix_map(parameter_object, kind: str, n_channels: int, options: dict) ->
 def _elastix(fixed, moving, reference, moving_liver, settings):
     import itk
 
-    itk.MultiThreaderBase.SetGlobalDefaultNumberOfThreads(settings.n_threads)
+    threads = itk.MultiThreaderBase
+    previous = threads.GetGlobalDefaultNumberOfThreads()
+    threads.SetGlobalDefaultNumberOfThreads(settings.n_threads)
+    try:  # restored after, as torch's: later stages of the process keep their own
+        return _elastix_registration(itk, fixed, moving, reference, moving_liver, settings)
+    finally:
+        threads.SetGlobalDefaultNumberOfThreads(previous)
+
+
+def _elastix_registration(itk, fixed, moving, reference, moving_liver, settings):
     options = {**ELASTIX_DEFAULTS, **settings.extra}
     n = len(fixed.channels)
     parameters = itk.ParameterObject.New()
