@@ -55,6 +55,21 @@ ENGINES = {
     "radiomics": "liverfat.radiomics.engine:RadiomicsEngine",
 }
 EXECUTOR_KINDS = ("serial", "processes", "dask")
+#: The keys a study file may have.
+STUDY_KEYS = (
+    "name",
+    "manifest",
+    "data_root",
+    "target",
+    "splits",
+    "engines",
+    "comparison",
+    "truth",
+    "out",
+    "executor",
+    "seed",
+    "learning_curve",
+)
 TRUTH = "truth"
 
 
@@ -104,20 +119,7 @@ class Study:
     @classmethod
     def _from_mapping(cls, raw: dict[str, Any], path: Path, out: str | Path | None) -> Study:
         base = path.parent
-        unknown = set(raw) - {
-            "name",
-            "manifest",
-            "data_root",
-            "target",
-            "splits",
-            "engines",
-            "comparison",
-            "truth",
-            "out",
-            "executor",
-            "seed",
-            "learning_curve",
-        }
+        unknown = set(raw) - set(STUDY_KEYS)
         if unknown:
             raise StudyError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}")
         for key in ("manifest", "engines"):
