@@ -281,7 +281,9 @@ def method_rows(table: PredictionsTable, method: str, target: str) -> pd.DataFra
 def run_stage(
     out: Path, stage_name: str, fingerprint: str, compute: Callable[[], PredictionsTable], log
 ) -> PredictionsTable:
-    """Compute a stage's table unless a finished one with the same fingerprint exists."""
+    """Compute a stage's table unless a finished one with the same fingerprint exists. A table
+    whose every row failed (a worker lost, the data unreadable) is written but not marked
+    finished, so the next run computes it again."""
     csv = out / "predictions" / f"{stage_name}.csv"
     done = out / "predictions" / f"{stage_name}.done.json"
     finished = csv.is_file() and done.is_file()
@@ -293,6 +295,10 @@ def run_stage(
     table = compute()
     table.run.setdefault("timings_s", {})["stage"] = round(time.perf_counter() - start, 2)
     table.write(csv)
+    status = table.frame["status"]
+    if len(status) and (status == "failed").all():  # nothing to reuse: a rerun tries again
+        log(f"[{stage_name}] every row failed ({table.frame['message'].iloc[0]}); not finished")
+        return table
     write_json_atomic(done, {"fingerprint": fingerprint})
     log(f"[{stage_name}] done in {time.perf_counter() - start:.1f} s -> {csv}")
     return table

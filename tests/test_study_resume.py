@@ -121,3 +121,26 @@ def test_dask_scheduler_gives_identical_tables(tmp_path, phantom_dir, serial_run
     assert ran_on_cluster  # the study's jobs went through this scheduler
     for name, table in _tables(tmp_path / "dask").items():
         pd.testing.assert_frame_equal(table, _tables(serial_run)[name], obj=name)
+
+
+def test_a_stage_whose_every_row_failed_is_computed_again(tmp_path):
+    from liverfat.data.predictions import PredictionsTable, failed_row, prediction_row
+    from liverfat.study import run_stage
+
+    calls = []
+
+    def compute(rows):
+        def run():
+            calls.append(1)
+            return PredictionsTable.from_rows(rows)
+
+        return run
+
+    lost = [failed_row("s1", "m", "t", "subject s1: worker process crashed (native code)")]
+    for _ in range(2):  # not marked finished: the second run computes it again
+        run_stage(tmp_path, "stage", "key", compute(lost), lambda _m: None)
+    assert len(calls) == 2 and not (tmp_path / "predictions" / "stage.done.json").exists()
+    mixed = [*lost, prediction_row("s2", "m", "t", 1.5)]
+    for _ in range(2):  # one usable row: finished, reused
+        table = run_stage(tmp_path, "stage", "key", compute(mixed), lambda _m: None)
+    assert len(calls) == 3 and table.frame["value"].iloc[1] == 1.5
