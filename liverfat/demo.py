@@ -29,9 +29,9 @@ PROFILES: dict[str, dict[str, Any]] = {
         "folds": 4,
         # A small CNN on quarter-size formats learns liver fat from a few dozen subjects on a CPU;
         # the paper profile trains ResNet50 as published. The deep engine's cpu profile is
-        # stronger from about 200 training subjects on, but not on the demo's 18 per fold
-        # (reference vs network R² 0.19 against 0.35 here) and takes 8 minutes instead of 1.5
-        # (docs/deep.md).
+        # stronger from 50-100 training subjects on (the learning curves), but not on the demo's
+        # 18 per fold (reference vs network R² 0.19 against 0.35 here, at 6000 iterations) and
+        # takes 8 minutes instead of 1.5 at 6000, twice that at its 12000 (docs/deep.md).
         "network": {
             "profile": "quick",
             "model": "small_cnn",
