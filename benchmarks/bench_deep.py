@@ -1,7 +1,8 @@
 """Deep engine throughput on CPU: liver-fat formats per second from NIfTI (half-scale phantom,
 one process), ResNet50 inference subjects per second (batch 16, float32, channels-last) on
 full-size formats (the paper profile) and on half-size formats (the quick profile), and the
-combined seconds per subject (target: at most 0.5 s on 2 cores). The CUDA figures (training
+combined seconds per subject (target: at most 0.5 s on 2 cores), and the host milliseconds to
+build one training batch (paper shapes and the cpu profile's). The CUDA figures (training
 iterations per second, inference on a GPU) are the GPU check's: ``python -m benchmarks gpu``."""
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from benchmarks.common import median_time_s, skip_cpu, skipped_cpu_only
 from liverfat.data.manifest import Manifest
 from liverfat.data.phantom import generate_cohort
 from liverfat.deep.formats import compute_format
-from liverfat.deep.training import predict_network
+from liverfat.deep.training import TrainingBatches, TrainSettings, predict_network
 from liverfat.nn.registry import build_model
+
+CPU = torch.device("cpu")
 
 
 def _formats_per_s(manifest: Manifest) -> float:
@@ -51,6 +54,17 @@ def _inference_per_s(
     return batch / median_time_s(one_batch, n_batches)[0]
 
 
+def _ms_per_batch(batch: int, input_scale: float, max_shift_px: int) -> float:
+    """Median host time (ms) to build one training batch from 240 uint8 liver-fat formats."""
+    rng = np.random.default_rng(0)
+    formats = rng.integers(0, 255, (240, 1, 176, 376), dtype=np.uint8)
+    settings = TrainSettings(batch_size=batch, max_shift_px=max_shift_px)
+    batches = TrainingBatches(formats, rng.normal(size=(240, 1)), settings, input_scale, CPU)
+    for _ in range(20):
+        batches.next()
+    return 1000 * median_time_s(batches.next, 300)[0]
+
+
 def run(work: Path) -> dict:
     if skip_cpu():
         return skipped_cpu_only()
@@ -58,8 +72,8 @@ def run(work: Path) -> dict:
         generate_cohort(8, work / "half", seed=5, scale="half", executor="serial", progress=False)
     )
     formats_per_s = _formats_per_s(manifest)
-    cpu_per_s = _inference_per_s(torch.device("cpu"), 16)
-    quick_per_s = _inference_per_s(torch.device("cpu"), 16, input_scale=0.5)
+    cpu_per_s = _inference_per_s(CPU, 16)
+    quick_per_s = _inference_per_s(CPU, 16, input_scale=0.5)
     figures = {
         "torch_threads": torch.get_num_threads(),
         "cpu_formats_per_s_half_scale_from_nifti": round(formats_per_s, 2),
@@ -69,6 +83,9 @@ def run(work: Path) -> dict:
         "cpu_s_per_subject_format_plus_inference_quick_profile": round(
             1 / formats_per_s + 1 / quick_per_s, 3
         ),
+        # the host work of one training step's batch: paper shapes, and the cpu profile's
+        "cpu_ms_per_training_batch_b32_full_size": round(_ms_per_batch(32, 1.0, 16), 3),
+        "cpu_ms_per_training_batch_b16_cpu_profile": round(_ms_per_batch(16, 0.25, 4), 3),
         "targets": {"cpu_s_per_subject_format_plus_inference": "<= 0.5"},
     }
     return figures
