@@ -194,6 +194,11 @@ def _engine_stage(name: str, entry: Any, path: Path) -> EngineStage:
     predict_on = entry.get("predict_on") or []
     if isinstance(predict_on, str):
         predict_on = [predict_on]
+    if not entry.get("cross_validate") and not predict_on:
+        raise StudyError(
+            f"{path}: engine '{name}' has nothing to do: give it cross_validate: true "
+            "or predict_on: [SPLIT, ...]"
+        )
     return EngineStage(
         name=str(name),
         engine=str(entry["engine"]),

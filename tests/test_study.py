@@ -137,6 +137,10 @@ def test_study_runs_resumes_and_orders_rows(
         ({"comparison": {"pairs": ["reference-baseline"]}}, "A:B@SUBSET"),
         ({"target": "nope"}, "target nope is not in the manifest"),
         ({"colour": "red"}, "unknown key"),
+        (
+            {"engines": {"x": {"engine": "linear_baseline"}}, "comparison": {}},
+            "engine 'x' has nothing to do",
+        ),
     ],
 )
 def test_bad_study_files_one_line(
@@ -180,7 +184,13 @@ def test_engines_of_a_study_see_one_partition(tmp_path: Path, phantom_dir: Path)
 
 
 def test_study_refuses_a_callable_that_is_not_an_engine(tmp_path: Path, phantom_dir: Path) -> None:
-    engines = {"x": {"engine": "os:system", "settings": {"command": "touch hacked"}}}
+    engines = {
+        "x": {
+            "engine": "os:system",
+            "settings": {"command": "touch hacked"},
+            "cross_validate": True,
+        }
+    }
     path = _write_study(tmp_path, phantom_dir, engines=engines, comparison={})
     with pytest.raises(StudyError, match="not an engine class"):
         run_study(Study.load(path), log=lambda m: None)
