@@ -38,6 +38,7 @@ from liverfat.study import (
     make_engine,
     method_rows,
     run_stage,
+    training_reference,
 )
 
 KEYS = ("sizes", "repeats", "held_out_fraction", "seed", "engines")
@@ -110,11 +111,8 @@ class CurvePlan:
 
 def learning_curve_plan(study: Study, manifest: Manifest) -> CurvePlan:
     """The held-out part and the pool orders; refuses sizes larger than the pool."""
-    from liverfat.evaluation.classification import STEATOSIS_THRESHOLD_PCT
-
     spec = study.learning_curve
-    reference = manifest.select(split=study.train_split).target(study.target).dropna()
-    steatosis = {s: bool(v >= STEATOSIS_THRESHOLD_PCT) for s, v in reference.items()}
+    reference, steatosis = training_reference(study, manifest)
     try:
         held_out = held_out_subjects(
             list(reference.index), spec.held_out_fraction, spec.seed, strata=steatosis

@@ -352,14 +352,20 @@ def run_engine(stage: EngineStage, study: Study, manifest: Manifest, log) -> Pre
     return PredictionsTable(frame, {"method": stage.name, "parts": [p.run for p in parts]})
 
 
+def training_reference(study: Study, manifest: Manifest) -> tuple[pd.Series, dict[str, bool]]:
+    """The training split's reference values (subjects without one left out) and each
+    subject's steatosis at 5.5 %: what the study's folds and held-out parts are stratified on."""
+    from liverfat.evaluation.classification import STEATOSIS_THRESHOLD_PCT
+
+    reference = manifest.select(split=study.train_split).target(study.target).dropna()
+    return reference, {s: bool(v >= STEATOSIS_THRESHOLD_PCT) for s, v in reference.items()}
+
+
 def study_folds(study: Study, manifest: Manifest, folds: int) -> list[list[str]]:
     """The study's partition of its training subjects with a reference into ``folds`` test
     folds (seeded by the study's seed, stratified on the reference at the steatosis threshold),
     recorded in ``folds.json``; every engine with the same number of folds gets this one."""
-    from liverfat.evaluation.classification import STEATOSIS_THRESHOLD_PCT
-
-    reference = manifest.select(split=study.train_split).target(study.target).dropna()
-    steatosis = {s: bool(v >= STEATOSIS_THRESHOLD_PCT) for s, v in reference.items()}
+    reference, steatosis = training_reference(study, manifest)
     partition = subject_folds(list(reference.index), folds, study.seed, strata=steatosis)
     path = study.out / "folds.json"
     recorded = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}

@@ -259,9 +259,9 @@ class DeepEngine(Engine):
             progress=self.progress,
         )
 
-    def _ranges(self, manifest: Manifest) -> np.ndarray:
-        """(t, 2): each target's range from the card; predictions and bounds are kept inside."""
-        return np.array([manifest.target_range(t) for t in self.targets], float)
+    def _in_range(self, frame: pd.DataFrame, manifest: Manifest) -> pd.DataFrame:
+        """Values and bounds kept inside each target's range on the manifest's card."""
+        return clip_to_ranges(frame, {t: manifest.target_range(t) for t in self.targets})
 
     def _target_matrix(self, manifest: Manifest, subject_ids: Sequence[str]) -> np.ndarray:
         columns = [manifest.target(t).reindex(list(subject_ids)) for t in self.targets]
@@ -281,7 +281,6 @@ class DeepEngine(Engine):
             raise LiverfatError(f"no usable training subject: {next(iter(errors.values()))}")
         ids = sorted(arrays)
         self._fit_arrays(np.stack([arrays[s] for s in ids]), self._target_matrix(manifest, ids))
-        self.target_range_ = self._ranges(manifest)
         self.training_subjects_ = ids
         self.training_failures_ = errors
         return self
@@ -343,19 +342,18 @@ class DeepEngine(Engine):
         arrays, errors = self.load_formats(manifest)
         rows = self._rows(arrays, errors, manifest.subject_ids)
         timings = {"predict": time.perf_counter() - start}
-        return PredictionsTable.from_rows(
-            rows,
-            run_info(
-                self.method, configuration=self.configuration(), seed=self.seed, timings_s=timings
-            ),
+        frame = self._in_range(PredictionsTable.from_rows(rows).frame, manifest)
+        run = run_info(
+            self.method, configuration=self.configuration(), seed=self.seed, timings_s=timings
         )
+        return PredictionsTable(frame, run)
 
     def predict_arrays(
         self, formats: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Values, std, lower and upper 95 % bounds (each (n, t), target units; the last three
         NaN for the ``mse`` head), mapped back from the network's space
-        (:func:`liverfat.deep.uncertainty.interval`) and kept inside the targets' ranges."""
+        (:func:`liverfat.deep.uncertainty.interval`); tables keep them inside the card's range."""
         self._check_fitted()
         _, scale, device = self.resolved()
         mean, var = predict_network(
@@ -363,11 +361,7 @@ class DeepEngine(Engine):
         )
         mean = mean * self.target_std_ + self.target_mean_
         sd = np.sqrt(var * self.variance_scale_) * self.target_std_
-        value, std, lower, upper = interval(mean, sd, self.transform)
-        if self.target_range_ is not None:  # None: saved before ranges were kept
-            low, high = self.target_range_[:, 0], self.target_range_[:, 1]
-            value, lower, upper = (np.clip(a, low, high) for a in (value, lower, upper))
-        return value, std, lower, upper
+        return interval(mean, sd, self.transform)
 
     def _rows(
         self, arrays: dict[str, np.ndarray], errors: dict[str, str], order: Sequence[str]
@@ -425,10 +419,8 @@ class DeepEngine(Engine):
                 PredictionsTable(frame, run).write(path)
             fold_frames.append(frame)
         reference = {t: manifest.target(t) for t in self.targets}
-        result = cross_fitted_calibration(fold_frames, reference, self.transform)
-        result = clip_to_ranges(
-            result, dict(zip(self.targets, self._ranges(manifest), strict=True))
-        )
+        calibrated = cross_fitted_calibration(fold_frames, reference, self.transform)
+        result = self._in_range(calibrated, manifest)  # the folds' own rows are not clipped
         raw = pd.concat(fold_frames, ignore_index=True)
         pairs = zip(result["subject_id"], result["target"], strict=True)
         keep = np.array([pd.notna(reference[t].get(s)) for s, t in pairs], bool)  # with a reference
@@ -464,7 +456,7 @@ class DeepEngine(Engine):
         test = set(test_ids)
         train_ids = sorted(s for s in arrays if s not in test)
         engine = copy.deepcopy(self)
-        engine.seed, engine.target_range_ = fold_seed, None  # clipped once calibrated
+        engine.seed = fold_seed
         engine._fit_arrays(
             np.stack([arrays[s] for s in train_ids]), self._target_matrix(manifest, train_ids)
         )
@@ -527,13 +519,12 @@ _FITTED = (
     "profile_settings",
     "target_mean",
     "target_std",
-    "target_range",
     "variance_scale",
     "training_subjects",
     "train_time_s",
     "training_steps",
 )
-_ARRAYS = ("target_mean", "target_std", "target_range", "variance_scale")
+_ARRAYS = ("target_mean", "target_std", "variance_scale")
 
 
 #: Parameters that change how a run goes but not its result (left out of the resume key).
