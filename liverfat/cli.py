@@ -26,6 +26,7 @@ SUBCOMMAND_MODULES = (
     "liverfat.deep.cli",
     "liverfat.atlas.cli",
     "liverfat.baseline.cli",
+    "liverfat.segmentation.serve_cli",
 )
 
 
