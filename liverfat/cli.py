@@ -26,7 +26,7 @@ SUBCOMMAND_MODULES = (
     "liverfat.deep.cli",
     "liverfat.atlas.cli",
     "liverfat.baseline.cli",
-    "liverfat.segmentation.serve_cli",
+    "liverfat.serve_cli",
 )
 
 

@@ -225,8 +225,8 @@ async def _segment_admitted(request: Request, service: SegmentationService) -> J
     if not content_type.startswith("multipart/form-data"):
         await _discard_body(request)
         return error_response(400, f"expected multipart/form-data, got {content_type or 'none'}")
-    n_fields = len(service.fields()) + 2
-    form = await request.form(max_files=n_fields, max_fields=n_fields)
+    n_fields = len(service.field_channels()) + len(service.optional_fields()) + 1  # + subject_id
+    form = await request.form(max_files=n_fields, max_fields=n_fields)  # no unbounded forms
     try:
         uploads, subject_id = form_uploads(form, service)
         loop = asyncio.get_running_loop()
@@ -254,10 +254,7 @@ def create_app(
     """The FastAPI application serving ``engine`` (any object with ``channels_`` and
     ``segment``); uploads over ``max_upload_bytes`` (bytes) get 413, requests beyond ``queue``
     in flight get 503."""
-    if queue < 1:
-        raise LiverfatError(f"queue must be at least 1, got {queue}")
-    if max_upload_bytes < 1:
-        raise LiverfatError(f"the upload limit must be positive, got {max_upload_bytes} bytes")
+    check_options(port=0, max_upload_mb=max_upload_bytes / 2**20, queue=queue)
     service = SegmentationService(engine, name=name, queue=queue)
 
     @contextlib.asynccontextmanager
@@ -304,6 +301,7 @@ def serve(
     """
     from liverfat.segmentation.engine import SegmentationEngine  # create_app takes any Segmenter
 
+    check_options(port=port, max_upload_mb=max_upload_mb, queue=queue)  # before the slow load
     engine = SegmentationEngine.load(engine_dir)
     app = create_app(
         engine,
@@ -312,16 +310,25 @@ def serve(
         queue=queue,
     )
     sock = bind_socket(host, port)
-    bound = sock.getsockname()[1]
-    shown = f"[{host}]" if ":" in host else host
     if host not in LOOPBACK:
         print(
-            f"warning: serving on {host}, not loopback: anyone who reaches it can use it (no "
-            "authentication)",
+            f"warning: serving on {host}, not loopback: anyone who reaches it can use it "
+            "(no authentication)",
             file=sys.stderr,
             flush=True,
         )
+    shown = f"[{host}]" if ":" in host else host
     channels = ", ".join(engine.channels_)
-    print(f"listening on http://{shown}:{bound} (channels: {channels})", flush=True)
+    print(f"listening on http://{shown}:{sock.getsockname()[1]} (channels: {channels})", flush=True)
     config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=30)
     uvicorn.Server(config).run(sockets=[sock])
+
+
+def check_options(*, port: int, max_upload_mb: float, queue: int) -> None:
+    """:class:`LiverfatError` for a port outside 0-65535, a limit (MiB) or queue below one."""
+    if not 0 <= port <= 65535:
+        raise LiverfatError(f"port must be 0 to 65535, got {port}")
+    if not max_upload_mb * 2**20 >= 1:  # also refuses NaN
+        raise LiverfatError(f"--max-upload-mb must be positive, got {max_upload_mb}")
+    if queue < 1:
+        raise LiverfatError(f"queue must be at least 1, got {queue}")

@@ -1,4 +1,8 @@
-"""``liverfat serve --engine DIR``: the segmentation engine's inference server."""
+"""``liverfat serve --engine DIR``: the segmentation engine's inference server.
+
+A top-level command, so it lives here rather than in ``liverfat/segmentation/``: importing that
+package loads torch, and building ``liverfat``'s parser must not.
+"""
 
 from __future__ import annotations
 
