@@ -79,7 +79,7 @@ class SegmentationClient:
         """
         fields = dict(images) if isinstance(images, Mapping) else {"file": images}
         parts = {name: _encode(value, name) for name, value in fields.items()}
-        body, content_type = _multipart(parts, subject_id)
+        body, content_type = encode_form(parts, subject_id)
         request = urllib.request.Request(
             f"{self.base_url}/segment",
             data=body,
@@ -135,8 +135,11 @@ def _zip_folder(folder: Path) -> bytes:
     return buffer.getvalue()
 
 
-def _multipart(parts: Mapping[str, tuple[str, bytes]], subject_id: str | None) -> tuple[bytes, str]:
-    """A multipart/form-data body and its content type."""
+def encode_form(
+    parts: Mapping[str, tuple[str, bytes]], subject_id: str | None = None
+) -> tuple[bytes, str]:
+    """A multipart/form-data body and its content type: ``parts`` maps each field to (file
+    name, bytes); ``subject_id`` is sent as a text field when given."""
     boundary = f"liverfat-{uuid.uuid4().hex}"
     chunks = []
     for name, (filename, data) in parts.items():
