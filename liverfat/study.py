@@ -378,6 +378,7 @@ def run_study(study: Study, *, log: Callable[[str], None] = print) -> Path:
     """Run (or resume) a study; return the path of its HTML report."""
     from liverfat.evaluation.compare import run_comparison
     from liverfat.evaluation.report import write_report
+    from liverfat.evaluation.segmentation_report import segmentation_sections
 
     manifest = study.load_manifest()
     for stage in study.engines:  # constructors only validate: fail before any work starts
@@ -420,6 +421,10 @@ def run_study(study: Study, *, log: Callable[[str], None] = print) -> Path:
     comparison.write_tables(out / "tables")
     if study.review:
         extra.insert(0, outlier_review(study, manifest, comparison.values, log))
+    # An engine whose run carries liver-mask metrics (a segmentation engine) gets its section.
+    engine_tables = tables[1 : 1 + len(study.engines)]
+    runs = {s.name: t.run for s, t in zip(study.engines, engine_tables, strict=True)}
+    extra += segmentation_sections(runs, manifest)
     report = write_report(
         comparison,
         out / "report.html",

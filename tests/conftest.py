@@ -36,3 +36,40 @@ def phantom_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def phantom_manifest(phantom_dir: Path) -> Manifest:
     return Manifest.load(phantom_dir / "manifest.yaml")
+
+
+@pytest.fixture(scope="session")
+def small_phantom_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 4-subject quarter-scale phantom cohort (seed 1): splits B, C, A, A. Read-only."""
+    out = tmp_path_factory.mktemp("small_phantom") / "cohort"
+    generate_cohort(4, out, seed=1, scale="quarter", executor="serial", progress=False)
+    return out
+
+
+def write_shifted_masks(
+    manifest: Manifest, out: Path, shifts: dict[str, int]
+) -> tuple[list[dict], dict[str, str]]:
+    """Predicted liver masks: each subject's reference moved ``shifts[sid]`` voxels along x.
+
+    Returns the per-subject records (``subject_id`` plus
+    :func:`~liverfat.evaluation.segmentation.segmentation_metrics`) and the mask paths, as a
+    segmentation engine puts them in its run.
+    """
+    import numpy as np
+    import SimpleITK as sitk
+
+    from liverfat.data.io import write_volume
+    from liverfat.evaluation.segmentation import segmentation_metrics
+
+    records, masks = [], {}
+    for sid, shift in shifts.items():
+        reference = manifest.liver_mask(sid)
+        array = sitk.GetArrayFromImage(reference)
+        moved = np.roll(array, shift, axis=2)  # arrays are (z, y, x)
+        image = sitk.GetImageFromArray(moved)
+        image.CopyInformation(reference)
+        path = write_volume(image, out / f"{sid}_predicted.nii.gz")
+        spacing = reference.GetSpacing()[::-1]
+        records.append({"subject_id": sid, **segmentation_metrics(array, moved, spacing)})
+        masks[sid] = str(Path(path).resolve())
+    return records, masks

@@ -74,15 +74,6 @@ def manifest_with_atlas_masks(
         raise LiverfatError("atlas masks need an engine with a work_dir (the masks live there)")
     out = Path(folder)
     readout = engine.raw_readout(manifest, progress=progress)
-    table = manifest.subjects.copy()
-    masks = (
-        readout["mask"].reindex(table["subject_id"]).fillna("").tolist()
-        if "mask" in readout
-        else [""] * len(table)
-    )
-    table["liver_mask"] = [str(Path(m).resolve()) if m else "" for m in masks]
-    derived = Manifest(
-        card=dict(manifest.card), subjects=table, path=out / CARD_NAME, root=manifest.root
-    )
-    derived.write(out / CARD_NAME)
+    masks = readout["mask"].dropna().to_dict() if "mask" in readout else {}
+    derived = manifest.with_liver_masks(masks, out / CARD_NAME)
     return AtlasMasks(derived, readout)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -440,6 +440,21 @@ class Manifest:
         write_subject_table(self.subjects, card_path.parent / subjects_name)
         write_text_atomic(card_path, yaml.safe_dump(card, sort_keys=False))
         return card_path
+
+    def with_liver_masks(
+        self, masks: Mapping[str, str | None], card_path: str | os.PathLike[str]
+    ) -> Manifest:
+        """A copy whose ``liver_mask`` column holds ``masks`` (subject -> absolute path; empty
+        where a subject has none), written at ``card_path``. The masks are binary, so a label
+        value on the card (``liver_label``) is dropped."""
+        table = self.subjects.copy()
+        table["liver_mask"] = [
+            str(Path(masks[s]).resolve()) if masks.get(s) else "" for s in table["subject_id"]
+        ]
+        card = {k: v for k, v in self.card.items() if k != "liver_label"}
+        derived = Manifest(card=card, subjects=table, path=Path(card_path), root=self.root)
+        derived.write(card_path)
+        return derived
 
 
 def is_manifest_path(path: str | os.PathLike[str]) -> bool:

@@ -11,7 +11,10 @@ engine wrote a table. Modules:
   (confusion matrix, weighted kappa, one-vs-rest AUC).
 - :mod:`~liverfat.evaluation.grader`: the grading schemes (on classification's thresholds) and
   the metrics of a grader's class probabilities (AUC, accuracy, bootstrap and Wilson intervals).
-- :mod:`~liverfat.evaluation.segmentation`: Dice, Jaccard, volume difference, surface distances.
+- :mod:`~liverfat.evaluation.segmentation`: Dice, Jaccard, volume difference, surface distances,
+  and tables of them over subjects; :mod:`~liverfat.evaluation.overlays`: predicted and reference
+  mask contours on the image; :mod:`~liverfat.evaluation.segmentation_report`: the report section
+  of a method whose predictions table carries mask metrics.
 - :mod:`~liverfat.evaluation.values`: predictions tables side by side (one column per method),
   coverage, failures, the reference table from a manifest, pairs and subsets.
 - :mod:`~liverfat.evaluation.compare`: the comparison table per pair and subset, error

@@ -48,12 +48,16 @@ class FigureItem:
 
 @dataclass
 class ExtraSection:
-    """A report section beyond the standard ones: a title, a paragraph, a table, figures."""
+    """A report section beyond the standard ones: a title, a paragraph, a table, figures.
+
+    ``tables`` are further tables, each ``(heading, frame)``, shown after ``table``.
+    """
 
     title: str
     text: str = ""
     table: pd.DataFrame | None = None
     figures: list[FigureItem] = field(default_factory=list)
+    tables: list[tuple[str, pd.DataFrame]] = field(default_factory=list)
 
 
 def _slug(text: str) -> str:
@@ -239,6 +243,8 @@ of <i>b</i> predicting <i>a</i>; ROC-AUC, sensitivity and specificity at
 <div class="scroll">{{ covariates }}</div>{% endif %}
 {% for section in extra %}<h2>{{ section.title }}</h2>
 <p>{{ section.text }}</p>{{ section.table }}
+{% for heading, table in section.tables %}<h3>{{ heading }}</h3>
+<div class="scroll">{{ table }}</div>{% endfor %}
 {% for f in section.images %}<figure><img alt="{{ f.caption }}" src="{{ f.uri }}">
 <figcaption>{{ f.caption }}</figcaption></figure>{% endfor %}
 {% endfor %}
@@ -293,6 +299,7 @@ def render_report(
                 "title": x.title,
                 "text": x.text,
                 "table": html_table(x.table) if x.table is not None else "",
+                "tables": [(heading, html_table(t)) for heading, t in x.tables],
                 "images": _embedded(x.figures, dpi),
             }
             for x in extra or []

@@ -5,14 +5,19 @@ the voxel size in mm along each array axis, in array order (for an array from Si
 ``GetArrayFromImage`` that is ``image.GetSpacing()[::-1]``). Surfaces are the foreground voxels
 with a background neighbour (face connectivity); surface distances are Euclidean distances in mm
 between surface voxel centres.
+
+Many subjects: :func:`metrics_table` puts per-subject records (the dict of
+:func:`segmentation_metrics` plus ``subject_id``) in one table, worst Dice first, and
+:func:`summarise_metrics` gives each metric's median, mean, SD, min and max over the subjects.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from numpy.typing import ArrayLike
 from scipy import ndimage
 
@@ -150,3 +155,96 @@ def segmentation_metrics(
         "hd95_mm": nan if empty else float(max(np.percentile(ab, 95), np.percentile(ba, 95))),
         "note": "; ".join(notes),
     }
+
+
+# Tables of many subjects ----------------------------------------------------------------------
+
+#: The metric columns of :func:`segmentation_metrics`, in the order tables show them.
+METRICS = (
+    "dice",
+    "jaccard",
+    "hd95_mm",
+    "assd_mm",
+    "mssd_mm",
+    "ravd_pct",
+    "reference_volume_ml",
+    "predicted_volume_ml",
+)
+#: Columns of :func:`metrics_table`: the subject, the metrics, and the note.
+TABLE_COLUMNS = ("subject_id", *METRICS, "note")
+
+
+def metrics_table(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """Per-subject mask metrics as one table, worst Dice first.
+
+    Parameters
+    ----------
+    records:
+        One mapping per subject: ``subject_id`` and the keys of :func:`segmentation_metrics`
+        (a missing metric or a ``None``, as JSON may hold it, becomes NaN; a missing ``note``
+        becomes ``""``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per subject, columns :data:`TABLE_COLUMNS` in that order (then any other keys
+        the records carry, in first-seen order): Dice and Jaccard (dimensionless), surface
+        distances in mm, RAVD in %, volumes in mL. Sorted by Dice ascending, ties by subject id,
+        subjects without a Dice last; the index is ``0 .. n-1``.
+
+    Raises
+    ------
+    AgreementError
+        A record without ``subject_id``, or two records of the same subject.
+    """
+    rows = [dict(r) for r in records]
+    for i, row in enumerate(rows):
+        if row.get("subject_id") in (None, ""):
+            raise AgreementError(f"segmentation record {i} has no subject_id")
+    extra = list(dict.fromkeys(k for row in rows for k in row if k not in TABLE_COLUMNS))
+    frame = pd.DataFrame(rows, columns=[*TABLE_COLUMNS, *extra])
+    frame["subject_id"] = frame["subject_id"].astype(str)
+    duplicated = frame["subject_id"][frame["subject_id"].duplicated()]
+    if len(duplicated):
+        raise AgreementError(f"two segmentation records of subject {duplicated.iloc[0]}")
+    for column in METRICS:
+        frame[column] = pd.to_numeric(frame[column], errors="coerce").astype(float)
+    frame["note"] = frame["note"].fillna("").astype(str)
+    frame = frame.sort_values(["dice", "subject_id"], na_position="last", kind="mergesort")
+    return frame.reset_index(drop=True)
+
+
+def summarise_metrics(frame: pd.DataFrame, metrics: Sequence[str] = METRICS) -> pd.DataFrame:
+    """Median, mean, SD, min and max of each metric over the subjects with a finite value.
+
+    Parameters
+    ----------
+    frame:
+        A :func:`metrics_table` (one row per subject).
+    metrics:
+        The columns to summarise (default all of :data:`METRICS`), in the order of the rows.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per metric: ``metric``, ``n`` (subjects with a finite value: NaN and infinite
+        values, e.g. the surface distances of an empty mask, are left out of every statistic),
+        ``median``, ``mean``, ``sd`` (sample SD, ``ddof=1``; NaN below two values), ``min``,
+        ``max``, in the metric's own unit (dimensionless, mm, % or mL as its name says). A
+        metric without a finite value has ``n`` 0 and NaN elsewhere.
+    """
+    rows = []
+    for metric in metrics:
+        values = pd.to_numeric(frame[metric], errors="coerce").to_numpy(dtype=float)
+        values = values[np.isfinite(values)]
+        stats = dict.fromkeys(("median", "mean", "sd", "min", "max"), float("nan"))
+        if values.size:
+            stats |= {
+                "median": float(np.median(values)),
+                "mean": float(values.mean()),
+                "sd": float(values.std(ddof=1)) if values.size > 1 else float("nan"),
+                "min": float(values.min()),
+                "max": float(values.max()),
+            }
+        rows.append({"metric": metric, "n": int(values.size), **stats})
+    return pd.DataFrame(rows, columns=["metric", "n", "median", "mean", "sd", "min", "max"])

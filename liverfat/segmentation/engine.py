@@ -312,6 +312,18 @@ class SegmentationEngine(Engine):
         results = subjects.predict_subjects(self, manifest, manifest.subject_ids, folder)
         return self._table(results, {"predict": time.perf_counter() - start})
 
+    def predict_masks(
+        self, manifest: Manifest, folder: str | os.PathLike[str]
+    ) -> tuple[Manifest, PredictionsTable]:
+        """Predict, writing the masks to ``folder/masks`` and a derived manifest
+        (``folder/manifest.yaml``) whose ``liver_mask`` column points at them, so engines that
+        need a liver mask (radiomics ROIs, atlas templates) run on subjects that had none."""
+        engine = copy.copy(self)
+        engine.mask_dir = str(Path(folder) / "masks")
+        table = engine.predict(manifest)
+        derived = manifest.with_liver_masks(table.run["masks"], Path(folder) / "manifest.yaml")
+        return derived, table
+
     def _mask_folder(self) -> Path | None:
         if self.mask_dir is not None:
             Path(self.mask_dir).mkdir(parents=True, exist_ok=True)

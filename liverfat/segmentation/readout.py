@@ -79,7 +79,7 @@ def read_liver(
     median = mean = None
     eroded_voxels = 0
     if fat_fraction is not None:
-        eroded = sitk.GetArrayViewFromImage(erode_mm(mask, erosion_mm)) > 0
+        eroded = sitk.GetArrayFromImage(erode_mm(mask, erosion_mm)) > 0  # a copy: temporary
         eroded_voxels = int(eroded.sum())
         inside = eroded
         if eroded_voxels < MIN_ERODED_VOXELS:

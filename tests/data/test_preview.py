@@ -1,4 +1,5 @@
-"""The review preview: the coronal fat-fraction slice through the liver (or body) centre."""
+"""The review previews: the coronal fat-fraction slice through the liver (or body) centre, and
+the volumes a predicted liver mask is drawn on."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import yaml
 from liverfat.data.io import write_volume
 from liverfat.data.manifest import Manifest
 from liverfat.data.phantom import generate_cohort
-from liverfat.data.preview import coronal_slice
+from liverfat.data.preview import coronal_slice, mask_overlay_volumes
 from liverfat.errors import ImageError
 
 SHAPE = (12, 10, 8)  # z, y, x
@@ -103,3 +104,31 @@ def test_phantom_liver_reads_its_known_fat_fraction(tmp_path):
         assert in_slice.sum() > 20
         measured = float(np.median(preview.image_pct[in_slice]))
         assert measured == pytest.approx(subject["liver_body_ff_expected_pct"], abs=1.0)
+
+
+@pytest.mark.parametrize("orientation", ["LPS", "RAS", "PIL"])
+def test_overlay_volumes_are_lps_whatever_the_stored_orientation(tmp_path, orientation):
+    manifest = _cohort(tmp_path, orientation=orientation, liver=True)
+    predicted = np.zeros(SHAPE, np.uint8)
+    predicted[4:9, 6:9, 2:5] = 1  # stored LPS; one x column less and one z slice less
+    path = write_volume(
+        sitk.DICOMOrient(_lps_image(predicted), orientation), tmp_path / "predicted.nii.gz"
+    )
+    volumes = mask_overlay_volumes(manifest, "S1", path)
+    assert volumes.column == "water" and volumes.spacing_mm == (SPACING[2], SPACING[1], SPACING[0])
+    np.testing.assert_array_equal(volumes.predicted, predicted > 0)
+    reference = np.zeros(SHAPE, bool)
+    reference[3:9, 6:9, 2:6] = True
+    np.testing.assert_array_equal(volumes.reference, reference)
+    water = 100.0 - _truth_ff()  # body voxels hold a total of 100
+    assert volumes.image[5, 7, 3] == pytest.approx(water[5, 7, 3], abs=1e-3)
+    with pytest.raises(ImageError, match="no fat_fraction image"):
+        mask_overlay_volumes(manifest, "S1", path, column="fat_fraction")
+
+
+def test_overlay_volumes_refuse_a_mask_on_another_grid(tmp_path):
+    manifest = _cohort(tmp_path, orientation="LPS", liver=True)
+    other = _lps_image(np.ones((12, 10, 7), np.uint8))
+    path = write_volume(other, tmp_path / "predicted.nii.gz")
+    with pytest.raises(ImageError, match="S1: water and predicted mask differ in geometry: size"):
+        mask_overlay_volumes(manifest, "S1", path)
