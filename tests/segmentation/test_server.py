@@ -177,6 +177,8 @@ def test_concurrent_requests_equal_the_engine(servers, tiny_engine_dir, phantom_
         _assert_same_mask(mask, expected_mask)
         assert readout == expected_readout
         assert readout["liver_volume_ml"] is not None and readout["status"] in ("ok", "flagged")
+    masks = [sitk.GetArrayViewFromImage(answers[sid][0]) for sid in sids]
+    assert any(mask.any() for mask in masks)  # real masks compared, not only empty ones
 
 
 def test_single_channel_file_field_with_fat_for_the_readout(
