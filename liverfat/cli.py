@@ -26,6 +26,7 @@ SUBCOMMAND_MODULES = (
     "liverfat.deep.cli",
     "liverfat.atlas.cli",
     "liverfat.baseline.cli",
+    "liverfat.segmentation.cli",
     "liverfat.serve_cli",
 )
 

@@ -53,6 +53,7 @@ ENGINES = {
     "linear_baseline": "liverfat.baseline:LinearBaseline",
     "atlas": "liverfat.atlas.engine:AtlasEngine",
     "radiomics": "liverfat.radiomics.engine:RadiomicsEngine",
+    "segmentation": "liverfat.segmentation.engine:SegmentationEngine",
 }
 EXECUTOR_KINDS = ("serial", "processes", "dask")
 #: The keys a study file may have.
