@@ -27,6 +27,7 @@ SUBCOMMAND_MODULES = (
     "liverfat.atlas.cli",
     "liverfat.baseline.cli",
     "liverfat.segmentation.cli",
+    "liverfat.serve_cli",
 )
 
 

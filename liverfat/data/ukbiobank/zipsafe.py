@@ -91,7 +91,7 @@ def read_zip_members(zip_path: str | os.PathLike[str], subject_id: str) -> dict[
         ) from exc
     with archive:
         infos = [info for info in archive.infolist() if not info.is_dir()]
-        _check_limits(infos, subject_id)
+        check_zip_limits(infos, subject_id)
         members = {}
         for info in infos:
             try:
@@ -104,7 +104,12 @@ def read_zip_members(zip_path: str | os.PathLike[str], subject_id: str) -> dict[
     return members
 
 
-def _check_limits(infos: Sequence[zipfile.ZipInfo], subject_id: str) -> None:
+def check_zip_limits(infos: Sequence[zipfile.ZipInfo], subject_id: str) -> None:
+    """Raise :class:`ImageError` naming ``subject_id`` (any label) if the members of a zip break
+    the safety limits: too many members, a path escaping the output folder (zip slip), a member
+    over :data:`MAX_MEMBER_BYTES`, a compression ratio over :data:`MAX_COMPRESSION_RATIO`, or a
+    total over :data:`MAX_TOTAL_BYTES`. Sizes are the ones the zip declares; :mod:`zipfile` never
+    returns more than the declared size of a member."""
     if len(infos) > MAX_MEMBERS:
         raise ImageError(f"{subject_id}: zip holds {len(infos)} members, over {MAX_MEMBERS}")
     total = 0
