@@ -8,11 +8,11 @@
 - :mod:`~liverfat.segmentation.engine`: :class:`SegmentationEngine`.
 
 Importing this package sets ``OMP_WAIT_POLICY=PASSIVE`` unless the environment already sets it
-(see :func:`liverfat.nn.prefer_passive_openmp`) and registers the built-in networks.
+(see :func:`liverfat.nn.prefer_passive_openmp`); it imports no torch (the command line is built
+without it). The built-in networks are registered when :mod:`~.networks` is imported (the
+engine does).
 """
 
 from liverfat.nn import prefer_passive_openmp
 
 prefer_passive_openmp()
-
-from liverfat.segmentation import networks as _networks  # noqa: E402,F401 - registers models
