@@ -14,6 +14,9 @@ another fails (printed as it finishes, so a run cut short still shows what it me
 * ``inference``: subjects per minute from formats in memory (batch 64), and through
   ``DeepEngine.predict`` on a full-scale phantom cohort, from NIfTI (formats computed by worker
   processes) and again from the cached formats;
+* ``segmentation``: the U-Net's training iterations per second (batch 16, mixed precision) at
+  the full-scale slice size, and seconds per volume through ``SegmentationEngine.predict``
+  (``benchmarks.bench_segmentation``);
 * ``atlas``: the torch backend's ``optimise`` seconds per registration at the full
   neck-to-knee grid, on its own (``benchmarks.bench_atlas.cuda_figures``);
 * peak GPU memory of each part.
@@ -67,10 +70,11 @@ class Sizes:
     nifti_scale: str = "full"
     fit_iterations: int = 20
     atlas_scale: str = "full"
+    unet_slice: tuple[int, int] = (176, 224)  # the full-scale phantom's 174 x 224 slices
 
 
 ON_GPU = Sizes()
-SMOKE = Sizes((1, 44, 94), 1, 2, 2, 4, 4, 6, "quarter", 1, "quarter")
+SMOKE = Sizes((1, 44, 94), 1, 2, 2, 4, 4, 6, "quarter", 1, "quarter", (48, 64))
 
 
 def environment() -> dict:
@@ -228,10 +232,26 @@ def atlas(work: Path, _device: torch.device, sizes: Sizes) -> dict:
     return cuda_figures(work / "atlas", scale=sizes.atlas_scale)
 
 
+def segmentation(work: Path, device: torch.device, sizes: Sizes) -> dict:
+    from benchmarks.bench_segmentation import predict_seconds_per_volume, unet_figures
+    from liverfat.data.manifest import Manifest
+    from liverfat.data.phantom import generate_cohort
+
+    figures = unet_figures(
+        device, sizes.unet_slice, warm_up=sizes.warm_up_iterations, timed=sizes.timed_iterations
+    )
+    folder = generate_cohort(
+        4, work / "unet", seed=3, scale=sizes.nifti_scale, executor="serial", progress=False
+    )
+    seconds = predict_seconds_per_volume(Manifest.load(folder), device=str(device))
+    return {**figures, "predict_s_per_volume": round(seconds, 2)}
+
+
 PARTS: dict[str, Callable[[Path, torch.device, Sizes], dict]] = {
     "cuda_tests": cuda_tests,
     "training": training,
     "inference": inference,
+    "segmentation": segmentation,
     "atlas": atlas,
 }
 

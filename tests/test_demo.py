@@ -20,4 +20,4 @@ def test_write_demo_study(tmp_path):
     assert len(manifest) == 4
     assert messages == [f"[phantom] 4 subjects at quarter scale -> {path.parent / 'phantom'}"]
     study = Study.load(path)
-    assert [e.name for e in study.engines] == ["network", "atlas", "radiomics", "baseline"]
+    assert [e.name for e in study.engines] == ["network", "atlas", "radiomics", "unet", "baseline"]

@@ -42,7 +42,7 @@ def test_the_check_imports_and_skips_without_the_packages_the_gpu_machine_lacks(
         sys.meta_path.insert(0, Absent())
         from benchmarks import bench_atlas, bench_gpu
         import liverfat.atlas.engine, liverfat.atlas.registration, liverfat.data.phantom
-        import liverfat.deep.engine, liverfat.parallel
+        import liverfat.deep.engine, liverfat.parallel, liverfat.segmentation.engine
         from liverfat.atlas import torch_registration
         figures = bench_gpu.run(Path({str(tmp_path)!r}))
         loaded = sorted(m for m in sys.modules if m.split(".")[0] in {ABSENT_THERE!r})
@@ -91,3 +91,6 @@ def test_every_part_runs_small_on_a_cpu(tmp_path):
     assert inference["subjects_per_min_engine_from_cached_formats"] > 0
     atlas = figures["atlas"]
     assert atlas["scale"] == "quarter" and atlas["optimise_s_median"] > 0
+    unet = figures["segmentation"]
+    assert unet["slice_hw"] == [48, 64] and unet["train_iterations_per_s"] > 0
+    assert unet["predict_s_per_volume"] > 0
