@@ -2,9 +2,9 @@
 the U-Net segmentation and the covariate baseline beside it.
 
 ``quick`` is sized so the whole study (phantom, network cross-validation and final fit, atlas
-registration of A and C, radiomics and U-Net cross-validation, comparison and report) finishes in under
-15 minutes on a 2-core CPU. ``paper`` uses the published settings (ResNet50 for 6000 iterations,
-10 folds, the full UK Biobank grid, erosion by 7 voxels) and is meant for a GPU machine.
+registration of A and C, radiomics and U-Net cross-validation, comparison and report) finishes
+in under 15 minutes on a 2-core CPU. ``paper`` uses the published settings (ResNet50 for 6000
+iterations, 10 folds, the full UK Biobank grid, erosion by 7 voxels) and is meant for a GPU.
 """
 
 from __future__ import annotations
