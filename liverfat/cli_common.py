@@ -113,3 +113,13 @@ class LazyChoices(Sequence[str]):
 
     def __contains__(self, value: object) -> bool:
         return value in self._values()
+
+
+def fit_and_save(engine: Any, manifest: Manifest, out: str) -> None:
+    """Fit ``engine`` (any engine with ``training_subjects_`` and ``training_failures_``) on
+    ``manifest``, save it in ``out`` and say so, naming each subject it skipped."""
+    engine.fit(manifest)
+    engine.save(out)
+    print(f"engine saved in {out} ({len(engine.training_subjects_)} training subjects)")
+    for message in engine.training_failures_.values():
+        print(f"skipped: {message}")

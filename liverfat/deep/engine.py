@@ -14,7 +14,6 @@ optimisation; an explicit constructor value overrides its profile's.
 from __future__ import annotations
 
 import copy
-import json
 import os
 import time
 from collections.abc import Sequence
@@ -25,7 +24,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from liverfat.data.atomic import write_json_atomic
 from liverfat.data.fingerprint import fingerprint
 from liverfat.data.folds import Folds, resolve_folds
 from liverfat.data.manifest import Manifest
@@ -55,7 +53,12 @@ from liverfat.engine import Engine
 from liverfat.errors import LiverfatError
 from liverfat.nn.device import pick_device
 from liverfat.nn.registry import build_model, model_names
-from liverfat.nn.weights import load_pretrained
+from liverfat.nn.weights import (
+    load_network_state,
+    load_pretrained,
+    read_engine_meta,
+    save_network_engine,
+)
 from liverfat.parallel import EXECUTORS
 
 
@@ -467,37 +470,17 @@ class DeepEngine(Engine):
     def save(self, directory: str | os.PathLike[str]) -> None:
         """Write ``engine.json`` (parameters and the fitted state of :data:`_FITTED`: target
         scaling and range, calibration, ...) and ``network.safetensors`` (the state dict)."""
-        from safetensors.torch import save_file
-
-        from liverfat.data.atomic import atomic_path
-
         self._check_fitted()
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.network_.state_dict().items()}
-        with atomic_path(directory / "network.safetensors") as tmp:
-            save_file(state, str(tmp))
         fitted = {k: getattr(self, f"{k}_", None) for k in _FITTED}
         fitted = {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in fitted.items()}
-        write_json_atomic(
-            directory / "engine.json",
-            {"engine": "DeepEngine", "params": self.params_json(), "fitted": fitted},
-        )
+        meta = {"engine": "DeepEngine", "params": self.params_json(), "fitted": fitted}
+        save_network_engine(directory, self.network_, meta)
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> DeepEngine:
         """Rebuild a saved engine (no pickle: JSON and safetensors only)."""
-        from safetensors.torch import load_file
-
-        directory = Path(directory)
-        meta_path = directory / "engine.json"
-        if not meta_path.is_file():
-            raise LiverfatError(f"{directory}: no engine.json (not a saved deep engine)")
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        params = dict(meta["params"])
-        if params.get("pretrained") and not Path(params["pretrained"]).is_file():
-            params["pretrained"] = None  # the weights are in the saved network already
-        engine = cls(**params)
+        meta = read_engine_meta(directory, "DeepEngine", "deep engine")
+        engine = cls(**meta["params"])
         fitted = meta["fitted"]
         if "profile_settings" not in fitted:
             raise LiverfatError(
@@ -508,8 +491,7 @@ class DeepEngine(Engine):
             setattr(engine, f"{name}_", np.array(value, float) if name in _ARRAYS else value)
         n_out = len(engine.targets) * (2 if engine.head == "mean_variance" else 1)
         network = build_model(engine.model_name, int(engine.in_channels_), n_out)
-        network.load_state_dict(load_file(str(directory / "network.safetensors")))
-        engine.network_ = network.eval()
+        engine.network_ = load_network_state(directory, network)
         return engine
 
 

@@ -13,6 +13,7 @@ from liverfat.cli_common import (
     add_executor_args,
     add_manifest_args,
     executor_settings,
+    fit_and_save,
     load_manifest,
 )
 
@@ -153,11 +154,7 @@ def cv_main(args: argparse.Namespace) -> int:
 
 
 def fit_main(args: argparse.Namespace) -> int:
-    engine = _engine(args).fit(load_manifest(args))
-    engine.save(Path(args.out))
-    print(f"engine saved in {args.out} ({len(engine.training_subjects_)} training subjects)")
-    for message in engine.training_failures_.values():
-        print(f"skipped: {message}")
+    fit_and_save(_engine(args), load_manifest(args), args.out)
     return 0
 
 

@@ -37,7 +37,12 @@ from liverfat.engine import Engine
 from liverfat.errors import LiverfatError
 from liverfat.nn.device import pick_device
 from liverfat.nn.registry import get_model_factory, model_names
-from liverfat.nn.weights import load_pretrained
+from liverfat.nn.weights import (
+    load_network_state,
+    load_pretrained,
+    read_engine_meta,
+    save_network_engine,
+)
 from liverfat.parallel import EXECUTORS
 from liverfat.segmentation import subjects
 from liverfat.segmentation.networks import DEFAULT_FEATURES, FACTORIES
@@ -397,46 +402,22 @@ class SegmentationEngine(Engine):
     # Persistence ----------------------------------------------------------------------------------
     def save(self, directory: str | os.PathLike[str]) -> None:
         """``engine.json`` (parameters, grid, channels) and ``network.safetensors``."""
-        from safetensors.torch import save_file
-
-        from liverfat.data.atomic import atomic_path
-
         self._check_fitted()
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.network_.state_dict().items()}
-        with atomic_path(directory / "network.safetensors") as tmp:
-            save_file(state, str(tmp))
-        fitted = {k: getattr(self, f"{k}_") for k in _FITTED}
-        fitted = json.loads(json.dumps(fitted, default=list))
-        write_json_atomic(
-            directory / "engine.json",
-            {"engine": "SegmentationEngine", "params": self.params_json(), "fitted": fitted},
-        )
+        fitted = json.loads(json.dumps({k: getattr(self, f"{k}_") for k in _FITTED}, default=list))
+        meta = {"engine": "SegmentationEngine", "params": self.params_json(), "fitted": fitted}
+        save_network_engine(directory, self.network_, meta)
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> SegmentationEngine:
         """Rebuild a saved engine (JSON and safetensors; no pickle)."""
-        from safetensors.torch import load_file
-
-        directory = Path(directory)
-        meta_path = directory / "engine.json"
-        if not meta_path.is_file():
-            raise LiverfatError(f"{directory}: no engine.json (not a saved segmentation engine)")
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        if meta.get("engine") != "SegmentationEngine":
-            raise LiverfatError(f"{directory}: engine.json is not a segmentation engine's")
-        params = dict(meta["params"])
-        if params.get("pretrained") and not Path(params["pretrained"]).is_file():
-            params["pretrained"] = None  # the weights are in the saved network already
-        engine = cls(**params)
+        meta = read_engine_meta(directory, "SegmentationEngine", "segmentation engine")
+        engine = cls(**meta["params"])
         for name in _FITTED:
             value = meta["fitted"][name]
             setattr(engine, f"{name}_", tuple(value) if isinstance(value, list) else value)
         engine.training_subjects_ = list(engine.training_subjects_)
         network = engine._build_network(int(engine.in_channels_))
-        network.load_state_dict(load_file(str(directory / "network.safetensors")))
-        engine.network_ = network.eval()
+        engine.network_ = load_network_state(directory, network)
         return engine
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from liverfat.data.manifest import Manifest
+from liverfat.nn.device import torch_threads
 from liverfat.segmentation.engine import SegmentationEngine
 
 #: A U-Net small enough to train in seconds: 8-16-32 channels, 150 steps of 8 slices.
@@ -26,10 +26,8 @@ def tiny_engine(**overrides) -> SegmentationEngine:
 
 @pytest.fixture(autouse=True, scope="session")
 def _one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="session")
