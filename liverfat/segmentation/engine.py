@@ -241,7 +241,7 @@ class SegmentationEngine(Engine):
         if not ids:
             raise LiverfatError(f"{manifest.path}: no subject has a liver_mask to train on")
         self._set_geometry(manifest, ids)
-        prepared, errors = subjects.prepare_all(self, manifest, ids, with_labels=True)
+        prepared, errors = subjects.prepare_all(self, manifest, ids)
         if not prepared:
             raise LiverfatError(f"no usable training subject: {next(iter(errors.values()))}")
         self._fit_prepared(prepared)
@@ -383,7 +383,7 @@ class SegmentationEngine(Engine):
                 results += json.loads(done.read_text(encoding="utf-8"))
                 continue
             if prepared is None:
-                prepared, _ = subjects.prepare_all(engine, manifest, ids, with_labels=True)
+                prepared, _ = subjects.prepare_all(engine, manifest, ids)
             fold = copy.deepcopy(engine)
             fold.seed = self.seed + k
             test = set(test_ids)

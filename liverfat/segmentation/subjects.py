@@ -127,19 +127,25 @@ def _prepare_training(engine: SegmentationEngine, manifest: Manifest, sid: str):
     return prepared, prepare_mask(mask, prepared)
 
 
-def prepare_all(
-    engine: SegmentationEngine, manifest: Manifest, ids: Sequence[str], *, with_labels: bool
-) -> tuple[dict[str, Any], dict[str, str]]:
-    """Prepared volumes (and labels) by subject, and one-line errors of those that failed."""
-    fn = functools.partial(_prepare_training, engine, manifest)
-    prepared, errors = {}, {}
-    for outcome in map_subjects(
+def _each_subject(engine: SegmentationEngine, fn, ids: Sequence[str], label: str, device=None):
+    """:func:`liverfat.parallel.map_subjects` with the engine's executor and progress bar."""
+    return map_subjects(
         fn,
         ids,
         executor=engine.executor,
         n_workers=engine.n_workers,
-        progress="prepare volumes" if engine.progress else None,
-    ):
+        progress=label if engine.progress else None,
+        device=device,
+    )
+
+
+def prepare_all(
+    engine: SegmentationEngine, manifest: Manifest, ids: Sequence[str]
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Prepared volumes and labels by subject, and one-line errors of those that failed."""
+    fn = functools.partial(_prepare_training, engine, manifest)
+    prepared, errors = {}, {}
+    for outcome in _each_subject(engine, fn, ids, "prepare volumes"):
         if outcome.ok:
             prepared[outcome.item] = outcome.value
         else:
@@ -248,14 +254,7 @@ def predict_subjects(
         folder.mkdir(parents=True, exist_ok=True)
     fn = functools.partial(_predict_one, engine, manifest, folder)
     records = {}
-    for outcome in map_subjects(
-        fn,
-        ids,
-        executor=engine.executor,
-        n_workers=engine.n_workers,
-        progress="segment" if engine.progress else None,
-        device=str(pick_device(engine.device)),
-    ):
+    for outcome in _each_subject(engine, fn, ids, "segment", str(pick_device(engine.device))):
         if outcome.ok:
             records[outcome.item] = outcome.value
         else:
