@@ -369,32 +369,48 @@ class SegmentationEngine(Engine):
         partition), subject-level folds; with ``work_dir``, finished folds are kept."""
         start = time.perf_counter()
         ids = subjects.with_mask(manifest)
+        if not ids:
+            raise LiverfatError(f"{manifest.path}: no subject has a liver_mask to train on")
         parts = resolve_folds(folds, ids, seed)
-        everyone = sorted({s for part in parts for s in part} | set(ids))
         engine = copy.deepcopy(self)
-        engine._set_geometry(manifest, [s for s in everyone if s in set(ids)] or everyone)
+        engine._set_geometry(manifest, ids)  # from the headers only: no label of a test fold
         key = fingerprint({"params": self._result_params(), "folds": parts})
         work = self.work_path("cv", key)
         prepared = None
-        results = []
+        results, train_s = [], []
         for k, test_ids in enumerate(parts):
             done = work / f"fold{k:02d}.json" if work else None
             if done is not None and done.is_file():
-                results += json.loads(done.read_text(encoding="utf-8"))
-                continue
-            if prepared is None:
-                prepared, _ = subjects.prepare_all(engine, manifest, ids)
-            fold = copy.deepcopy(engine)
-            fold.seed = self.seed + k
-            test = set(test_ids)
-            fold._fit_prepared({s: v for s, v in prepared.items() if s not in test})
-            folder = work / "masks" if work else None
-            fold_results = subjects.predict_subjects(fold, manifest, test_ids, folder)
-            if done is not None:
-                write_json_atomic(done, fold_results)
-            results += fold_results
+                fold_run = json.loads(done.read_text(encoding="utf-8"))
+            else:
+                if prepared is None:
+                    prepared, _ = subjects.prepare_all(engine, manifest, ids)
+                fold_run = engine._run_fold(manifest, prepared, test_ids, self.seed + k, work)
+                if done is not None:
+                    write_json_atomic(done, fold_run)
+            results += fold_run["results"]
+            train_s.append(fold_run["train_time_s"])
         timings = {"cross_validate": time.perf_counter() - start}
-        return self._table(results, timings, folds=parts, fold_seed=seed)
+        return engine._table(
+            results, timings, folds=parts, fold_seed=seed, train_time_s_per_fold=train_s
+        )
+
+    def _run_fold(
+        self,
+        manifest: Manifest,
+        prepared: dict[str, tuple[PreparedVolume, np.ndarray]],
+        test_ids: Sequence[str],
+        seed: int,
+        work: Path | None,
+    ) -> dict[str, Any]:
+        """Train a copy on the subjects outside ``test_ids``; their result records."""
+        fold = copy.deepcopy(self)
+        fold.seed = seed
+        test = set(test_ids)
+        fold._fit_prepared({s: v for s, v in prepared.items() if s not in test})
+        folder = work / "masks" if work else None
+        results = subjects.predict_subjects(fold, manifest, test_ids, folder)
+        return {"results": results, "train_time_s": fold.train_time_s_}
 
     def _result_params(self) -> dict[str, Any]:
         return {k: v for k, v in self.params_json().items() if k not in _NOT_IN_RESULT}
