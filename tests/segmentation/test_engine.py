@@ -90,3 +90,12 @@ def test_single_channel_scans_and_bad_settings(phantom_manifest):
     engine = tiny_engine(iterations=3, channels=["water"], targets=["liver_volume_ml"]).fit(train)
     assert engine.channels_ == ("water",) and engine.in_channels_ == 3  # 1 channel x 3 slices
     assert set(engine.predict(train).frame["target"]) == {"liver_volume_ml"}
+
+
+def test_worker_processes_give_the_serial_predictions(tiny_engine_dir, phantom_manifest):
+    test = phantom_manifest.select(split="C")
+    serial = SegmentationEngine.load(tiny_engine_dir).predict(test)
+    engine = SegmentationEngine.load(tiny_engine_dir).set_params(executor="processes", n_workers=2)
+    pooled = engine.predict(test)
+    pd.testing.assert_frame_equal(serial.frame, pooled.frame)
+    assert serial.run["segmentation"] == pooled.run["segmentation"]
