@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
+from liverfat.data.dixon import swap_suspicion
 from liverfat.errors import LiverfatError
 
 FUSIONS = ("intersection", "majority", "staple")
@@ -104,11 +105,6 @@ class Readout:
     eroded_voxels: int
 
 
-#: Liver fat fractions above this (%) do not occur in practice (UK Biobank's maximum is about
-#: 45 %); a readout above it almost always means water and fat were swapped in the scan.
-SWAP_SUSPECT_PCT = 50.0
-
-
 def median_readout(
     fat_fraction: sitk.Image,
     fused: sitk.Image,
@@ -117,7 +113,8 @@ def median_readout(
     min_voxels: int = 20,
     fallback: sitk.Image | None = None,
 ) -> Readout:
-    """Median of ``fat_fraction`` (%) inside ``eroded``; above :data:`SWAP_SUSPECT_PCT`, flagged.
+    """Median of ``fat_fraction`` (%) inside ``eroded``; a probable water-fat swap
+    (:func:`liverfat.data.dixon.swap_suspicion`), flagged.
 
     Fewer than ``min_voxels`` eroded voxels: the median over the un-eroded ``fused`` mask,
     ``flagged``; ``fused`` empty too: the median over ``fallback`` (e.g. the union of warped
@@ -129,11 +126,8 @@ def median_readout(
     n_fused, n_eroded = int(fused_a.sum()), int(eroded_a.sum())
     if n_eroded >= min_voxels:
         value = float(np.median(ff[eroded_a]))
-        if value > SWAP_SUSPECT_PCT:
-            message = (
-                f"median liver fat fraction {value:.1f} % > {SWAP_SUSPECT_PCT:g} %: "
-                "probable water-fat swap"
-            )
+        message = swap_suspicion(value)
+        if message:
             return Readout(value, "flagged", message, n_fused, n_eroded)
         return Readout(value, "ok", "", n_fused, n_eroded)
     if n_fused > 0:

@@ -20,6 +20,21 @@ import SimpleITK as sitk
 
 from liverfat.data.geometry import check_same_geometry
 
+#: Liver fat fractions above this (%) do not occur in practice (UK Biobank's maximum is about
+#: 45 %); a liver readout above it almost always means water and fat were swapped in the scan.
+SWAP_SUSPECT_PCT = 50.0
+
+
+def swap_suspicion(liver_ff_pct: float) -> str:
+    """The one-line reason a liver fat readout (%) suggests a water-fat swap, or ""."""
+    if liver_ff_pct > SWAP_SUSPECT_PCT:
+        return (
+            f"median liver fat fraction {liver_ff_pct:.1f} % > {SWAP_SUSPECT_PCT:g} %: "
+            "probable water-fat swap"
+        )
+    return ""
+
+
 #: W + F below this fraction of the 99th percentile of W + F is treated as no signal (FF = 0).
 SIGNAL_FLOOR_FRACTION = 1e-3
 

@@ -4,7 +4,8 @@ The mask is the probability thresholded at 0.5, reduced to its largest 3D connec
 (face connectivity). The fat fraction is read as the median (and mean) inside the mask eroded
 by a margin in mm, the Uppsala thesis' conservative fat-fraction mask that keeps partial-volume
 voxels at the liver's edge out; with too few voxels left after erosion, the un-eroded mask is
-used and the row flagged. Masks that are empty, implausibly small or large are flagged.
+used and the row flagged. Masks that are empty, implausibly small or large are flagged, and so is
+a fat fraction that suggests a water-fat swap (its volume stays usable).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import SimpleITK as sitk
+
+from liverfat.data.dixon import swap_suspicion
 
 #: Plausible adult liver volumes (mL); outside them the readout is flagged.
 MIN_LIVER_ML = 300.0
@@ -30,8 +33,10 @@ class LiverReadout:
     mean_ff_pct: float | None
     mask_voxels: int
     eroded_voxels: int
-    status: str  # ok, flagged (message says why) or failed (no mask at all)
+    status: str  # ok or flagged (message says why)
     message: str
+    volume_status: str  # the mask's own notes only: a water-fat swap leaves the volume usable
+    volume_message: str
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -70,7 +75,8 @@ def read_liver(
     voxels = int(array.sum())
     volume_ml = voxels * float(np.prod(mask.GetSpacing())) / 1000.0
     if voxels == 0:
-        return LiverReadout(0.0, None, None, 0, 0, "flagged", "the predicted liver mask is empty")
+        empty = "the predicted liver mask is empty"
+        return LiverReadout(0.0, None, None, 0, 0, "flagged", empty, "flagged", empty)
     notes = []
     if volume_ml < min_volume_ml:
         notes.append(f"liver volume {volume_ml:.0f} mL < {min_volume_ml:g} mL: implausibly small")
@@ -90,5 +96,13 @@ def read_liver(
             )
         values = sitk.GetArrayViewFromImage(fat_fraction)[inside]
         median, mean = float(np.median(values)), float(np.mean(values))
-    status = "flagged" if notes else "ok"
-    return LiverReadout(volume_ml, median, mean, voxels, eroded_voxels, status, "; ".join(notes))
+    volume_notes = list(notes)
+    if median is not None and swap_suspicion(median):
+        notes.append(swap_suspicion(median))
+    return LiverReadout(
+        volume_ml, median, mean, voxels, eroded_voxels, *_status(notes), *_status(volume_notes)
+    )
+
+
+def _status(notes: list[str]) -> tuple[str, str]:
+    return ("flagged" if notes else "ok"), "; ".join(notes)

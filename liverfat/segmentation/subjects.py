@@ -218,15 +218,17 @@ def _predict_one(engine: SegmentationEngine, manifest: Manifest, folder: Path | 
 def _rows(engine: SegmentationEngine, sid: str, readout: LiverReadout) -> list[dict]:
     rows = []
     for target in engine.targets:
-        value = readout.liver_volume_ml if target == "liver_volume_ml" else readout.liver_pdff_pct
+        if target == "liver_volume_ml":
+            value = readout.liver_volume_ml
+            status, message = readout.volume_status, readout.volume_message
+        else:
+            value, status, message = readout.liver_pdff_pct, readout.status, readout.message
         if value is None:
             reason = readout.message or "no fat-fraction image (not a Dixon scan)"
             rows.append(failed_row(sid, engine.method, target, f"subject {sid}: {reason}"))
         else:
-            status, message = readout.status, readout.message
-            rows.append(
-                prediction_row(sid, engine.method, target, value, status=status, message=message)
-            )
+            row = prediction_row(sid, engine.method, target, value, status=status, message=message)
+            rows.append(row)
     return rows
 
 

@@ -52,6 +52,13 @@ def test_flags_empty_tiny_and_huge_masks():
     assert thin.liver_pdff_pct == pytest.approx(5.0) and "whole mask" in thin.message
 
 
+def test_a_swapped_scan_flags_the_fat_fraction_not_the_volume():
+    mask, ff = _cube_with_rim(ff_inside=96.0, ff_rim=96.0)  # water and fat images swapped
+    readout = read_liver(mask, ff, min_volume_ml=10)
+    assert readout.status == "flagged" and "probable water-fat swap" in readout.message
+    assert readout.volume_status == "ok" and readout.volume_message == ""
+
+
 def test_largest_component_keeps_the_bigger_blob():
     array = np.zeros((6, 12, 12), np.uint8)
     array[1:5, 1:6, 1:6] = 1  # 100 voxels
