@@ -185,6 +185,8 @@ class SegmentationEngine(Engine):
         for name in ("iterations", "batch_size", "elastic_grid"):
             if int(getattr(self, name)) < 1:
                 raise LiverfatError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if len(self.features) != 6 or any(int(f) < 1 for f in self.features):
+            raise LiverfatError(f"features must be six channel counts >= 1, got {self.features}")
         if int(self.context_slices) < 0:
             raise LiverfatError(f"context_slices must be 0 or more, got {self.context_slices}")
         if self.slice_size is not None and (

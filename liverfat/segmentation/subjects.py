@@ -192,11 +192,15 @@ def segment_images(
     return Segmented(mask, readout)
 
 
-def _predict_one(engine: SegmentationEngine, manifest: Manifest, folder: Path | None, sid: str):
+def _predict_one(
+    engine: SegmentationEngine, manifest: Manifest, folder: Path | None, key: str, sid: str
+) -> dict[str, Any]:
     """One subject's result record: rows, metrics (against a reference mask) and mask path."""
     done = folder / f"{sid}.json" if folder is not None else None
     if done is not None and done.is_file():
-        return json.loads(done.read_text(encoding="utf-8"))
+        finished = json.loads(done.read_text(encoding="utf-8"))
+        if finished.get("key") == key:  # the same network and readout: resume
+            return finished
     images = subject_images(manifest, sid, engine.channels_)
     fat_fraction = fat_fraction_of(manifest, sid) if "liver_pdff_pct" in engine.targets else None
     if fat_fraction is not None:
@@ -208,6 +212,7 @@ def _predict_one(engine: SegmentationEngine, manifest: Manifest, folder: Path | 
         "readout": result.readout.as_dict(),
         "metrics": _metrics(manifest, sid, result.mask),
         "mask": None,
+        "key": key,
     }
     if folder is not None:
         record["mask"] = str(write_volume(result.mask, folder / f"{sid}_liver_mask.nii.gz"))
@@ -254,7 +259,8 @@ def predict_subjects(
     """Result records of ``ids`` in order (failed subjects: failed rows naming them)."""
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
-    fn = functools.partial(_predict_one, engine, manifest, folder)
+    key = engine.network_key() if folder is not None else ""
+    fn = functools.partial(_predict_one, engine, manifest, folder, key)
     records = {}
     for outcome in _each_subject(engine, fn, ids, "segment", str(pick_device(engine.device))):
         if outcome.ok:

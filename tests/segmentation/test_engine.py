@@ -62,6 +62,10 @@ def test_predictions_resume_from_finished_subjects(tiny_engine_dir, phantom_mani
     assert [p.stat().st_mtime_ns for p in map(Path, paths)] == stamps
     pd.testing.assert_frame_equal(first.frame, again.frame)
     assert read_volume(paths[0]).GetPixelID() == sitk.sitkUInt8
+    # another network writing to the same folder does not take the first one's results
+    other = tiny_engine(iterations=2, seed=5).fit(phantom_manifest.select(split="A"))
+    again = other.set_params(mask_dir=str(Path(paths[0]).parent)).predict(test)
+    assert [p.stat().st_mtime_ns for p in map(Path, paths)] != stamps
 
 
 def test_a_mask_on_another_grid_fails_that_subject_only(phantom_manifest, tmp_path):
@@ -84,6 +88,8 @@ def test_single_channel_scans_and_bad_settings(phantom_manifest):
         SegmentationEngine(slice_size=(50, 64))
     with pytest.raises(LiverfatError, match="unknown segmentation model"):
         SegmentationEngine(model="nope")
+    with pytest.raises(LiverfatError, match="features"):
+        SegmentationEngine(features=(8, 16))
     with pytest.raises(LiverfatError, match="targets"):
         SegmentationEngine(targets=["liver_fat"])
     train = phantom_manifest.select(split="A")
