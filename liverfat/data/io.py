@@ -40,6 +40,9 @@ def read_volume(path: str | os.PathLike[str], *, allow_empty: bool = False) -> s
             raise ImageError(f"{path}: expected one DICOM series, found {len(series)} ({found})")
         image = series[0].read()
     else:
+        problem = nifti_payload_problem(path)
+        if problem:
+            raise ImageError(f"{path}: {problem}")
         try:
             image = sitk.ReadImage(str(path))
         except RuntimeError as exc:
@@ -70,7 +73,64 @@ def write_volume(image: sitk.Image, path: str | os.PathLike[str], *, compress: b
         raise ImageError(f"{path}: unsupported suffix (use one of {', '.join(VOLUME_SUFFIXES)})")
     with atomic_path(path) as tmp:
         sitk.WriteImage(image, str(tmp), useCompression=compress)
+        # SimpleITK reports a short write (a full disk) on stderr only: check before the rename
+        problem = nifti_payload_problem(tmp)
+        if problem:
+            raise ImageError(f"{path}: not written ({problem}; is the disk full?)")
     return path
+
+
+#: NIfTI-1 header: its size, and the offsets of ``dim`` (8 int16), ``bitpix`` (int16) and
+#: ``vox_offset`` (float32).
+_NIFTI1_HEADER_BYTES, _DIM_AT, _BITPIX_AT, _VOX_OFFSET_AT = 348, 40, 72, 108
+_CHUNK_BYTES = 2**22
+
+
+def nifti_payload_problem(path: str | os.PathLike[str]) -> str:
+    """Why a NIfTI-1 file (``.nii`` or ``.nii.gz``) is incomplete, or "" if it is whole.
+
+    A truncated ``.nii.gz`` reads through SimpleITK as an image whose missing part is zeros; here
+    the gzip stream must end properly (its CRC checked) and hold every voxel byte the header
+    declares. Other formats, and NIfTI-2, give "".
+    """
+    import gzip
+    import zlib
+
+    path = Path(path)
+    if not path.name.endswith((".nii", ".nii.gz")):
+        return ""
+    opener = gzip.open if path.name.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as handle:
+            head = handle.read(_NIFTI1_HEADER_BYTES)
+            total = len(head)
+            while chunk := handle.read(_CHUNK_BYTES):
+                total += len(chunk)
+    except (EOFError, OSError, zlib.error) as exc:
+        return f"truncated or corrupt file ({one_line(exc, limit=120)})"
+    needed = _nifti1_bytes(head)
+    if needed is not None and total < needed:
+        return f"truncated: {total} bytes where the header declares {needed}"
+    return ""
+
+
+def _nifti1_bytes(head: bytes) -> int | None:
+    """Bytes a NIfTI-1 file needs (voxel offset + voxels x bytes), None if not NIfTI-1."""
+    if len(head) < _NIFTI1_HEADER_BYTES:
+        return None
+    for order in "<>":
+        if int(np.frombuffer(head[:4], f"{order}i4")[0]) == _NIFTI1_HEADER_BYTES:
+            dims = np.frombuffer(head[_DIM_AT : _DIM_AT + 16], f"{order}i2")
+            bitpix = int(np.frombuffer(head[_BITPIX_AT : _BITPIX_AT + 2], f"{order}i2")[0])
+            offset = float(
+                np.frombuffer(head[_VOX_OFFSET_AT : _VOX_OFFSET_AT + 4], f"{order}f4")[0]
+            )
+            n_dims = int(dims[0])
+            if not 1 <= n_dims <= 7 or bitpix <= 0:
+                return None
+            voxels = int(np.prod([max(int(d), 1) for d in dims[1 : n_dims + 1]], dtype=np.int64))
+            return int(max(offset, _NIFTI1_HEADER_BYTES)) + voxels * bitpix // 8
+    return None
 
 
 def array_to_image(

@@ -22,7 +22,7 @@ import yaml
 from liverfat.data.atomic import atomic_path, write_text_atomic
 from liverfat.data.dixon import fat_fraction_image, two_point_dixon_images
 from liverfat.data.geometry import check_same_geometry, geometry_mismatch, geometry_of
-from liverfat.data.io import read_header, read_volume
+from liverfat.data.io import nifti_payload_problem, read_header, read_volume
 from liverfat.errors import ImageError, LiverfatError, ManifestError, one_line
 
 #: Columns holding image paths, relative to the manifest's data root.
@@ -405,6 +405,9 @@ class Manifest:
             path = self.root / value.strip()
             try:
                 headers[column] = (path, read_header(path))
+                truncated = nifti_payload_problem(path)  # the header alone reads as whole
+                if truncated:
+                    problems.append(f"subject {sid}: {column}: {path}: {truncated}")
             except ImageError as exc:
                 problems.append(f"subject {sid}: {column}: {exc}")
         if not any(c in headers or row.get(c, "").strip() for c in IMAGE_COLUMNS):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +12,7 @@ import SimpleITK as sitk
 
 from liverfat.data.dixon import fat_fraction, two_point_dixon
 from liverfat.data.geometry import check_same_geometry
-from liverfat.data.io import list_dicom_series, read_volume, write_volume
+from liverfat.data.io import list_dicom_series, nifti_payload_problem, read_volume, write_volume
 from liverfat.errors import GeometryError, ImageError
 
 
@@ -129,3 +131,46 @@ def test_chaos_in_opposed_phase_dicom(shared_data: Path) -> None:
         )
         body = (water + fat) > np.percentile(water + fat, 60)
         assert 0 < np.median(ff[body]) < 50
+
+
+def _random_volume(shape=(20, 60, 80)) -> sitk.Image:
+    rng = np.random.default_rng(0)
+    return sitk.GetImageFromArray(rng.integers(1, 1000, shape).astype(np.int16))
+
+
+@pytest.mark.parametrize("name, compress", [("v.nii.gz", True), ("v.nii", False)])
+def test_truncated_nifti_is_refused_not_read_as_zeros(tmp_path, name, compress):
+    path = write_volume(_random_volume(), tmp_path / name, compress=compress)
+    assert nifti_payload_problem(path) == ""
+    whole = path.read_bytes()
+    cut = tmp_path / f"cut_{name}"
+    cut.write_bytes(whole[: len(whole) * 2 // 3])
+    # SimpleITK alone reads it, the missing third as zeros
+    assert np.mean(sitk.GetArrayFromImage(sitk.ReadImage(str(cut))) == 0) > 0.2
+    with pytest.raises(ImageError, match="truncated"):
+        read_volume(cut)
+
+
+def test_a_full_disk_leaves_no_torn_file(tmp_path):
+    disk = tmp_path / "tiny"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        with pytest.raises(ImageError, match="not written .*disk full"):
+            write_volume(_random_volume(), disk / "v.nii.gz")  # 192 kB of voxels
+        assert list(disk.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_outputs_follow_the_umask(tmp_path):
+    previous = os.umask(0o027)
+    try:
+        path = write_volume(_random_volume((2, 3, 4)), tmp_path / "v.nii.gz")
+    finally:
+        os.umask(previous)
+    assert path.stat().st_mode & 0o777 == 0o640

@@ -151,3 +151,14 @@ def test_derived_manifest_written_elsewhere_keeps_paths(
     again = Manifest.load(card)
     assert again.problems() == []
     assert again.subject_ids == phantom_manifest.select(split="A").subject_ids
+
+
+def test_check_finds_a_truncated_image(phantom_dir: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "cohort"
+    shutil.copytree(phantom_dir, copy)
+    manifest = Manifest.load(copy)
+    fat = manifest.image_path(manifest.subject_ids[1], "fat")
+    fat.write_bytes(fat.read_bytes()[: fat.stat().st_size // 3])
+    problems = Manifest.load(copy).problems()
+    assert len(problems) == 1 and f"subject {manifest.subject_ids[1]}: fat:" in problems[0]
+    assert "truncated" in problems[0]
