@@ -27,8 +27,8 @@ def read_volume(path: str | os.PathLike[str], *, allow_empty: bool = False) -> s
     Raises
     ------
     ImageError
-        Missing, unreadable or corrupt file; a folder with zero or several series; an all-zero
-        volume unless ``allow_empty``.
+        Missing, unreadable, truncated or corrupt file; a folder with zero or several series;
+        NaN or infinite voxels; an all-zero volume unless ``allow_empty``.
     """
     path = Path(path)
     if not path.exists():
@@ -47,7 +47,11 @@ def read_volume(path: str | os.PathLike[str], *, allow_empty: bool = False) -> s
             image = sitk.ReadImage(str(path))
         except RuntimeError as exc:
             raise ImageError(f"{path}: cannot read image ({one_line(exc, limit=300)})") from exc
-    if not allow_empty and not np.any(sitk.GetArrayViewFromImage(image)):
+    voxels = sitk.GetArrayViewFromImage(image)
+    if voxels.dtype.kind == "f" and not np.isfinite(voxels).all():  # formats that keep NaN
+        bad = int(np.count_nonzero(~np.isfinite(voxels)))
+        raise ImageError(f"{path}: {bad} NaN or infinite voxel(s)")  # they would read as 0 % fat
+    if not allow_empty and not np.any(voxels):
         raise ImageError(f"{path}: image is all zeros")
     return image
 
@@ -80,18 +84,20 @@ def write_volume(image: sitk.Image, path: str | os.PathLike[str], *, compress: b
     return path
 
 
-#: NIfTI-1 header: its size, and the offsets of ``dim`` (8 int16), ``bitpix`` (int16) and
-#: ``vox_offset`` (float32).
-_NIFTI1_HEADER_BYTES, _DIM_AT, _BITPIX_AT, _VOX_OFFSET_AT = 348, 40, 72, 108
-_CHUNK_BYTES = 2**22
+#: NIfTI-1 header: its size, and the offsets of ``dim`` (8 int16), ``datatype`` and ``bitpix``
+#: (int16) and ``vox_offset`` (float32).
+_NIFTI1_HEADER_BYTES, _DIM_AT, _DATATYPE_AT, _BITPIX_AT, _VOX_OFFSET_AT = 348, 40, 70, 72, 108
+#: NIfTI datatype codes of float32 and float64 voxels.
+_NIFTI_FLOATS = {16: "f4", 64: "f8"}
 
 
 def nifti_payload_problem(path: str | os.PathLike[str]) -> str:
-    """Why a NIfTI-1 file (``.nii`` or ``.nii.gz``) is incomplete, or "" if it is whole.
+    """Why a NIfTI-1 file (``.nii`` or ``.nii.gz``) cannot be trusted, or "" if it is whole.
 
-    A truncated ``.nii.gz`` reads through SimpleITK as an image whose missing part is zeros; here
-    the gzip stream must end properly (its CRC checked) and hold every voxel byte the header
-    declares. Other formats, and NIfTI-2, give "".
+    SimpleITK reads a truncated ``.nii.gz`` as an image whose missing part is zeros, and NaN or
+    infinite float voxels as 0: here the gzip stream must end properly (its CRC checked), hold
+    every voxel byte the header declares, and float voxels must be finite. Other formats, and
+    NIfTI-2, give "".
     """
     import gzip
     import zlib
@@ -102,35 +108,46 @@ def nifti_payload_problem(path: str | os.PathLike[str]) -> str:
     opener = gzip.open if path.name.endswith(".gz") else open
     try:
         with opener(path, "rb") as handle:
-            head = handle.read(_NIFTI1_HEADER_BYTES)
-            total = len(head)
-            while chunk := handle.read(_CHUNK_BYTES):
-                total += len(chunk)
+            payload = handle.read()
     except (EOFError, OSError, zlib.error) as exc:
         return f"truncated or corrupt file ({one_line(exc, limit=120)})"
-    needed = _nifti1_bytes(head)
-    if needed is not None and total < needed:
-        return f"truncated: {total} bytes where the header declares {needed}"
+    layout = _nifti1_layout(payload[:_NIFTI1_HEADER_BYTES])
+    if layout is None:
+        return ""
+    offset, needed, dtype = layout
+    if len(payload) < needed:
+        return f"truncated: {len(payload)} bytes where the header declares {needed}"
+    if dtype is not None:
+        count = (needed - offset) // dtype.itemsize
+        values = np.frombuffer(payload, dtype, count=count, offset=offset)
+        bad = int(np.count_nonzero(~np.isfinite(values)))
+        if bad:
+            return f"{bad} NaN or infinite voxel(s)"  # SimpleITK would read them as 0
     return ""
 
 
-def _nifti1_bytes(head: bytes) -> int | None:
-    """Bytes a NIfTI-1 file needs (voxel offset + voxels x bytes), None if not NIfTI-1."""
+def _nifti1_layout(head: bytes) -> tuple[int, int, np.dtype | None] | None:
+    """(voxel offset, bytes the file needs, float dtype or None) of a NIfTI-1 header; None if it
+    is not one."""
     if len(head) < _NIFTI1_HEADER_BYTES:
         return None
-    for order in "<>":
-        if int(np.frombuffer(head[:4], f"{order}i4")[0]) == _NIFTI1_HEADER_BYTES:
-            dims = np.frombuffer(head[_DIM_AT : _DIM_AT + 16], f"{order}i2")
-            bitpix = int(np.frombuffer(head[_BITPIX_AT : _BITPIX_AT + 2], f"{order}i2")[0])
-            offset = float(
-                np.frombuffer(head[_VOX_OFFSET_AT : _VOX_OFFSET_AT + 4], f"{order}f4")[0]
-            )
-            n_dims = int(dims[0])
-            if not 1 <= n_dims <= 7 or bitpix <= 0:
-                return None
-            voxels = int(np.prod([max(int(d), 1) for d in dims[1 : n_dims + 1]], dtype=np.int64))
-            return int(max(offset, _NIFTI1_HEADER_BYTES)) + voxels * bitpix // 8
-    return None
+    sizes = {o: int(np.frombuffer(head[:4], f"{o}i4")[0]) for o in "<>"}
+    order = next((o for o, size in sizes.items() if size == _NIFTI1_HEADER_BYTES), None)
+    if order is None:
+        return None
+
+    def field(at: int, kind: str, count: int = 1) -> np.ndarray:
+        return np.frombuffer(head, f"{order}{kind}", count=count, offset=at)
+
+    dims = field(_DIM_AT, "i2", 8)
+    bitpix = int(field(_BITPIX_AT, "i2")[0])
+    n_dims = int(dims[0])
+    if not 1 <= n_dims <= 7 or bitpix <= 0:
+        return None
+    offset = int(max(float(field(_VOX_OFFSET_AT, "f4")[0]), _NIFTI1_HEADER_BYTES))
+    voxels = int(np.prod([max(int(d), 1) for d in dims[1 : n_dims + 1]], dtype=np.int64))
+    kind = _NIFTI_FLOATS.get(int(field(_DATATYPE_AT, "i2")[0]))
+    return offset, offset + voxels * bitpix // 8, np.dtype(f"{order}{kind}") if kind else None
 
 
 def array_to_image(

@@ -221,14 +221,18 @@ class Manifest:
         return replace(self, subjects=self.subjects[keep].reset_index(drop=True), _raw_values=raw)
 
     def target(self, name: str) -> pd.Series:
-        """Values of target ``name`` (float, NaN where missing) indexed by subject_id."""
+        """Values of target ``name`` (float) indexed by subject_id: NaN where missing, and where
+        a value is infinite or outside the card's range, so no engine trains on it and no
+        comparison scores against it (``manifest check`` names each such value)."""
         if name not in self.targets:
             raise ManifestError(
                 f"{self.path}: unknown target {name!r} (card has {', '.join(self.targets)})"
             )
         if name not in self.subjects.columns:
             return pd.Series(np.nan, index=pd.Index(self.subject_ids, name="subject_id"), name=name)
-        return self.subjects.set_index("subject_id")[name].astype(float)
+        values = self.subjects.set_index("subject_id")[name].astype(float)
+        low, high = self.target_range(name)
+        return values.where(np.isfinite(values) & (values >= low) & (values <= high))
 
     def covariates(self, columns: Iterable[str] | None = None) -> pd.DataFrame:
         """Covariate columns as written in the subject table (text, ``""`` where empty).
@@ -379,10 +383,15 @@ class Manifest:
                 problems.append(
                     f"{table}: subject {sid}: {column} {values.iloc[index]!r} is not a number"
                 )
+            for index in np.flatnonzero(np.isinf(parsed.to_numpy(float))):
+                sid = self.subjects["subject_id"].iloc[index]
+                problems.append(
+                    f"{table}: subject {sid}: {column} {parsed.iloc[index]} is not finite"
+                )
             bounds = ranges.get(column)
             if bounds:
                 low, high = (float(b) for b in bounds)
-                outside = parsed.notna() & ((parsed < low) | (parsed > high))
+                outside = np.isfinite(parsed) & ((parsed < low) | (parsed > high))
                 for index in np.flatnonzero(outside):
                     sid = self.subjects["subject_id"].iloc[index]
                     problems.append(

@@ -174,3 +174,16 @@ def test_outputs_follow_the_umask(tmp_path):
     finally:
         os.umask(previous)
     assert path.stat().st_mode & 0o777 == 0o640
+
+
+@pytest.mark.parametrize("name", ["ff.nii.gz", "ff.nii", "ff.mha"])
+def test_nan_voxels_are_refused(tmp_path, name):
+    array = np.ones((3, 4, 5), np.float32)
+    array[1, 2, 3] = np.nan
+    array[0, 0, 0] = np.inf
+    path = tmp_path / name
+    sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
+    if name.startswith("ff.nii"):  # SimpleITK's NIfTI reader turns NaN into 0 on its own
+        assert np.isfinite(sitk.GetArrayFromImage(sitk.ReadImage(str(path)))[1, 2, 3])
+    with pytest.raises(ImageError, match="2 NaN or infinite voxel"):
+        read_volume(path)

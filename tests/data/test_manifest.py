@@ -162,3 +162,19 @@ def test_check_finds_a_truncated_image(phantom_dir: Path, tmp_path: Path) -> Non
     problems = Manifest.load(copy).problems()
     assert len(problems) == 1 and f"subject {manifest.subject_ids[1]}: fat:" in problems[0]
     assert "truncated" in problems[0]
+
+
+def test_bad_target_values_are_listed_and_never_used(phantom_dir: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "cohort"
+    shutil.copytree(phantom_dir, copy)
+    table = pd.read_csv(copy / "subjects.csv", dtype=str, keep_default_na=False)
+    scored = table.index[table["liver_pdff_pct"] != ""][:3]
+    table.loc[scored, "liver_pdff_pct"] = ["inf", "-5", "abc"]
+    table.to_csv(copy / "subjects.csv", index=False)
+    manifest = Manifest.load(copy)
+    ids = table.loc[scored, "subject_id"].tolist()
+    assert manifest.target("liver_pdff_pct").reindex(ids).isna().all()
+    text = "\n".join(manifest.problems())
+    assert f"{ids[0]}: liver_pdff_pct inf is not finite" in text
+    assert f"{ids[1]}: liver_pdff_pct -5 outside [0, 100]" in text
+    assert f"{ids[2]}: liver_pdff_pct 'abc' is not a number" in text
