@@ -37,6 +37,8 @@ IMAGE_COLUMNS = (
     "rois",
     "image",
 )
+#: The images a subject's masks delineate, in the order the first present one is checked.
+MASKED_IMAGE_COLUMNS = ("water", "fat_fraction", "in_phase", "image")
 #: Image columns that must share one voxel grid within a subject (``image`` stands alone).
 GRID_COLUMNS = IMAGE_COLUMNS[:-1]
 #: Covariate columns a manifest may carry (age years, sex 0/1, height cm, weight kg, BMI kg/m²).
@@ -327,7 +329,22 @@ class Manifest:
                 f"subject {subject_id}: liver_mask "
                 f"{self.image_path(subject_id, 'liver_mask')} is empty"
             )
+        self._check_on_image_grid(subject_id, mask, "liver_mask")
         return sitk.Cast(mask, sitk.sitkUInt8)
+
+    def _check_on_image_grid(self, subject_id: str, image: sitk.Image, column: str) -> None:
+        """A mask must lie on the grid of the image it delineates (same size is not enough: an
+        origin 30 mm off would be used as if aligned)."""
+        for reference in MASKED_IMAGE_COLUMNS:
+            path = self.image_path(subject_id, reference)
+            if path is None:
+                continue
+            problem = geometry_mismatch(geometry_of(read_header(path)), geometry_of(image))
+            if problem:
+                raise ImageError(
+                    f"subject {subject_id}: {column} and {reference} differ in geometry: {problem}"
+                )
+            return
 
     # Validation ----------------------------------------------------------------------------------
     def problems(self, *, check_files: bool = True, check_geometry: bool = True) -> list[str]:

@@ -178,3 +178,17 @@ def test_bad_target_values_are_listed_and_never_used(phantom_dir: Path, tmp_path
     assert f"{ids[0]}: liver_pdff_pct inf is not finite" in text
     assert f"{ids[1]}: liver_pdff_pct -5 outside [0, 100]" in text
     assert f"{ids[2]}: liver_pdff_pct 'abc' is not a number" in text
+
+
+def test_a_mask_on_another_grid_is_refused(phantom_dir: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "cohort"
+    shutil.copytree(phantom_dir, copy)
+    manifest = Manifest.load(copy)
+    sid = manifest.subject_ids[0]
+    path = manifest.image_path(sid, "liver_mask")
+    mask = sitk.ReadImage(str(path))
+    mask.SetOrigin([o + 30.0 for o in mask.GetOrigin()])  # same size, 30 mm off
+    sitk.WriteImage(mask, str(path))
+    with pytest.raises(ImageError, match=f"subject {sid}: liver_mask and water differ.*origin"):
+        manifest.liver_mask(sid)
+    assert manifest.liver_mask(manifest.subject_ids[1]).GetSize() == mask.GetSize()
