@@ -236,12 +236,15 @@ class AtlasEngine(Engine):
         self._check_fitted()
         start = time.perf_counter()
         readout = self.raw_readout(manifest, progress=f"{self.method} predict")
+        bounds = manifest.target_range(self.target) if self.target in manifest.targets else (0, 100)
         rows = []
         for sid, result in readout.iterrows():
             if result["status"] == "failed" or not np.isfinite(result["value"]):
                 rows.append(failed_row(sid, self.method, self.target, str(result["message"])))
                 continue
-            value = result["value"] if raw else self.calibration_.apply(float(result["value"]))
+            value = float(result["value"])
+            if not raw:
+                value = float(self.calibration_.apply(value, bounds))
             rows.append(
                 prediction_row(
                     sid,

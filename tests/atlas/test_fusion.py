@@ -116,3 +116,11 @@ def test_calibration_summary_leaves_out_flagged_readouts():
     assert cal.before["mae"] == pytest.approx(np.mean(np.abs(raw[keep] - reference[keep])))
     assert cal.before["r"] > 0.99 and unflagged.before["r"] < 0.5
     assert cal.after["mae"] < cal.before["mae"]
+
+
+def test_calibrated_values_stay_inside_the_target_range():
+    line = LinearCalibration(slope=1.1, intercept=-1.8)
+    assert line.apply(0.2) == pytest.approx(-1.58)  # the line alone leaves the range
+    assert line.apply(0.2, (0.0, 100.0)) == 0.0
+    assert line.apply(50.0, (0.0, 100.0)) == pytest.approx(53.2)
+    assert line.apply(95.0, (0.0, 100.0)) == 100.0
