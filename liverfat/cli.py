@@ -1,7 +1,8 @@
 """The ``liverfat`` command line: a thin layer over the package, no logic of its own.
 
 Each subcommand has an ``add_parser(subparsers)`` that registers its parser and sets ``func``, a
-``main(args) -> int``. User errors (:class:`~liverfat.errors.LiverfatError`) exit 2 with one line.
+``main(args) -> int``. User errors (:class:`~liverfat.errors.LiverfatError`), and damaged files or
+unusable paths (:func:`_input_failures`), exit 2 with one line.
 Engine subcommands live beside their engines (``liverfat/<engine>/cli.py``) and are listed in
 :data:`SUBCOMMAND_MODULES`.
 """
@@ -60,6 +61,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("liverfat: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    except _input_failures() as exc:  # a damaged file or an unusable path: one line, no traceback
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        message = one_line(f"{type(exc).__name__}{where}: {exc}", limit=500)
+        print(f"liverfat {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+def _input_failures() -> tuple[type[BaseException], ...]:
+    """The exception families a damaged input or output path raises: files and folders (OS),
+    JSON, text encodings, YAML, safetensors. Anything else is a bug and keeps its traceback."""
+    import json
+
+    import yaml
+    from safetensors import SafetensorError
+
+    return (OSError, json.JSONDecodeError, UnicodeDecodeError, yaml.YAMLError, SafetensorError)
 
 
 if __name__ == "__main__":
