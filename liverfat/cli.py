@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from liverfat import __version__
+from liverfat.cli_common import check_writable
 from liverfat.errors import LiverfatError, one_line
 
 #: Modules that each provide ``add_parser(subparsers)``; one line per command group.
@@ -51,6 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if getattr(args, "out", None):
+            check_writable(args.out)  # before any work, not after an hour of it
         return int(args.func(args) or 0)
     except LiverfatError as exc:
         first, *extra = str(exc).splitlines() or [""]

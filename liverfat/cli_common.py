@@ -10,10 +10,13 @@ arguments they give, and choices read from a package constant only when first ne
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from liverfat.data.manifest import Manifest
+from liverfat.errors import LiverfatError
 from liverfat.parallel import EXECUTORS
 
 #: Help of the positional ``manifest`` argument.
@@ -113,6 +116,18 @@ class LazyChoices(Sequence[str]):
 
     def __contains__(self, value: object) -> bool:
         return value in self._values()
+
+
+def check_writable(out: str | os.PathLike[str]) -> None:
+    """Raise a one-line :class:`LiverfatError` unless ``out`` (a file or folder to write) can be
+    created: the nearest existing folder above it must be a writable folder, not a file."""
+    path = Path(out).absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if existing != path and not existing.is_dir():
+        raise LiverfatError(f"--out {out}: {existing} is a file, not a folder")
+    folder = existing if existing.is_dir() else existing.parent
+    if not os.access(folder, os.W_OK):
+        raise LiverfatError(f"--out {out}: {folder} is not writable")
 
 
 def fit_and_save(engine: Any, manifest: Manifest, out: str) -> None:

@@ -67,3 +67,12 @@ def test_a_garbage_study_file_and_an_out_that_is_a_file(phantom_dir, tmp_path, c
     code = main(["phantom", "--n", "1", "--scale", "quarter", "--out", str(occupied)])
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_an_unusable_out_fails_before_any_work(phantom_dir, tmp_path, capsys):
+    occupied = tmp_path / "occupied"
+    occupied.write_text("a file, not a folder", encoding="utf-8")
+    argv = ["segmentation", "fit", str(phantom_dir), "--iterations", "100000"]
+    assert main([*argv, "--out", str(occupied / "engine")]) == 2  # would train for hours
+    err = capsys.readouterr().err
+    assert f"{occupied} is a file, not a folder" in err and len(err.strip().splitlines()) == 1
