@@ -210,8 +210,42 @@ def _serial(worker: _Worker, items, n_workers, scheduler) -> Iterator[Outcome]:
 START_METHOD = "forkserver"
 
 
+#: How often (s) a pool worker checks that the process that started the pool is alive.
+PARENT_POLL_S = 0.5
+
+
 def _pool(n_workers: int) -> cf.ProcessPoolExecutor:
-    return cf.ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context(START_METHOD))
+    return cf.ProcessPoolExecutor(
+        n_workers,
+        mp_context=multiprocessing.get_context(START_METHOD),
+        initializer=_end_with_parent,
+        initargs=(os.getpid(),),
+    )
+
+
+def _end_with_parent(parent_pid: int) -> None:
+    """In a pool worker: exit as soon as the process that started the pool is gone.
+
+    A SIGTERM or SIGKILL to the parent runs none of its clean-up, and a forkserver worker's own
+    parent is the fork server, so without this the workers would compute on for minutes.
+    """
+    import threading
+    import time
+
+    import psutil
+
+    def alive() -> bool:
+        try:  # a killed parent its own parent has not reaped yet is a zombie: gone as well
+            return psutil.Process(parent_pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+    def watch() -> None:
+        while alive():
+            time.sleep(PARENT_POLL_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="end-with-parent", daemon=True).start()
 
 
 def _processes(worker: _Worker, items, n_workers, scheduler) -> Iterator[Outcome]:

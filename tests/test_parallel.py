@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
 
+import psutil
 import pytest
 
 from liverfat.errors import LiverfatError
 from liverfat.parallel import map_subjects
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def square_or_fail(x: int) -> int:
@@ -233,3 +242,37 @@ def test_importing_the_atlas_engine_and_parallel_skips_optional_packages():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]", out.stdout
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_pool_workers_end_with_their_parent(tmp_path, sig):
+    """A SIGTERM or SIGKILL to a `processes` batch leaves no worker computing."""
+    code = textwrap.dedent(
+        f"""
+        import os, time
+        from pathlib import Path
+        from liverfat.parallel import map_subjects
+
+        def work(i):
+            Path({str(tmp_path)!r}, f"worker{{i}}.pid").write_text(str(os.getpid()))
+            time.sleep(120)
+
+        if __name__ == "__main__":
+            list(map_subjects(work, range(2), executor="processes", n_workers=2))
+        """
+    )
+    script = tmp_path / "batch.py"
+    script.write_text(code, encoding="utf-8")
+    parent = subprocess.Popen([sys.executable, str(script)], cwd=REPO)
+    deadline = time.monotonic() + 60
+    while len(list(tmp_path.glob("worker*.pid"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    workers = [int(p.read_text()) for p in tmp_path.glob("worker*.pid")]
+    assert len(workers) == 2, "workers did not start"
+    parent.send_signal(sig)
+    parent.wait(timeout=10)
+    deadline = time.monotonic() + 5
+    while any(psutil.pid_exists(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = [w for w in workers if psutil.pid_exists(w) and psutil.Process(w).status() != "zombie"]
+    assert not left, f"workers {left} still alive after the parent got {sig.name}"
