@@ -95,13 +95,36 @@ def read_zip_members(zip_path: str | os.PathLike[str], subject_id: str) -> dict[
         members = {}
         for info in infos:
             try:
-                members[info.filename] = archive.read(info)
+                members[info.filename] = read_member(archive, info, subject_id)
             except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as exc:
                 raise ImageError(
                     f"{subject_id}: member {info.filename} is truncated or corrupt "
                     f"({one_line(exc, limit=200)})"
                 ) from exc
     return members
+
+
+#: Bytes decompressed per read: ``ZipFile.read`` decompresses a member in one call, so a small
+#: member that lies about its size could fill the memory before its CRC is checked.
+READ_CHUNK_BYTES = 2**20
+
+
+def read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, subject_id: str) -> bytes:
+    """One member's bytes, decompressed :data:`READ_CHUNK_BYTES` at a time and stopped as soon
+    as it outgrows its declared size or :data:`MAX_MEMBER_BYTES` (a zip bomb with false size
+    fields), so memory stays bounded whatever the member really holds."""
+    limit = min(info.file_size, MAX_MEMBER_BYTES)
+    parts, total = [], 0
+    with archive.open(info) as handle:
+        while chunk := handle.read(READ_CHUNK_BYTES):
+            total += len(chunk)
+            if total > limit:
+                raise ImageError(
+                    f"{subject_id}: member {info.filename} expands beyond its declared "
+                    f"{info.file_size} bytes (zip bomb?)"
+                )
+            parts.append(chunk)
+    return b"".join(parts)
 
 
 def check_zip_limits(infos: Sequence[zipfile.ZipInfo], subject_id: str) -> None:
