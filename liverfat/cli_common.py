@@ -10,6 +10,7 @@ arguments they give, and choices read from a package constant only when first ne
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -73,7 +74,7 @@ def add_executor_args(
         workers_help = "worker processes (default: all cores)"
     else:
         workers_help = "worker processes (default %(default)s)"
-    parser.add_argument("--workers", type=int, default=workers, help=workers_help)
+    parser.add_argument("--workers", type=positive_int, default=workers, help=workers_help)
     if scheduler:
         parser.add_argument("--scheduler", help="Dask scheduler address (with --executor dask)")
 
@@ -138,3 +139,39 @@ def fit_and_save(engine: Any, manifest: Manifest, out: str) -> None:
     print(f"engine saved in {out} ({len(engine.training_subjects_)} training subjects)")
     for message in engine.training_failures_.values():
         print(f"skipped: {message}")
+
+
+# Argument types: a nonsense value is refused by the parser, naming the option ---------------------
+def _number(kind: type, text: str, ok: Callable[[float], bool], expected: str) -> Any:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {expected}") from None
+    if not (math.isfinite(value) and ok(value)):
+        raise argparse.ArgumentTypeError(f"{text!r} is not {expected}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1 (``--workers``, ``--n``, ``--iterations``, ``--folds``)."""
+    return _number(int, text, lambda v: v >= 1, "an integer >= 1")
+
+
+def non_negative_int(text: str) -> int:
+    """An integer >= 0 (``--bootstrap``: 0 for none)."""
+    return _number(int, text, lambda v: v >= 0, "an integer >= 0")
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0 (a learning rate, a spacing in mm)."""
+    return _number(float, text, lambda v: v > 0, "a finite number > 0")
+
+
+def finite_float(text: str) -> float:
+    """A finite number (not nan or inf)."""
+    return _number(float, text, lambda v: True, "a finite number")
+
+
+def fraction(text: str) -> float:
+    """A number in [0, 1]."""
+    return _number(float, text, lambda v: 0 <= v <= 1, "a fraction in [0, 1]")

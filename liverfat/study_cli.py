@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from liverfat.cli_common import positive_int
 from liverfat.demo import PROFILES
 
 
@@ -26,7 +27,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default="quick",
         help="quick: 2-core CPU in minutes; paper: the published settings (GPU)",
     )
-    demo.add_argument("--n", type=int, default=None, help="subjects (default: by profile)")
+    demo.add_argument("--n", type=positive_int, default=None, help="subjects (default: by profile)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--scheduler", help="Dask scheduler address for the engines")
     demo.set_defaults(func=demo_main)

@@ -76,3 +76,25 @@ def test_an_unusable_out_fails_before_any_work(phantom_dir, tmp_path, capsys):
     assert main([*argv, "--out", str(occupied / "engine")]) == 2  # would train for hours
     err = capsys.readouterr().err
     assert f"{occupied} is a file, not a folder" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["phantom", "--n", "0", "--out", "x"],
+        ["phantom", "--noise-floor", "nan", "--out", "x"],
+        ["phantom", "--swap-fraction", "2", "--out", "x"],
+        ["demo", "--n", "0"],
+        ["deep", "cv", "m", "--learning-rate", "nan", "--out", "x"],
+        ["segmentation", "fit", "m", "--workers", "-2", "--out", "x"],
+        ["atlas", "templates", "m", "--n", "0", "--out", "x"],
+        ["compare", "--reference", "r", "--predictions", "p", "--bootstrap", "-5", "--out", "x"],
+    ],
+    ids=lambda a: " ".join(a[:3]),
+)
+def test_nonsense_values_are_refused_by_the_parser(argv, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "error: argument" in err, err

@@ -14,6 +14,8 @@ from liverfat.cli_common import (
     add_manifest_args,
     executor_settings,
     load_manifest,
+    positive_float,
+    positive_int,
 )
 from liverfat.data.atomic import write_json_atomic
 from liverfat.data.manifest import Manifest
@@ -31,7 +33,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--erosion-mm", type=float, help="erosion ball diameter in mm (wins)")
     parser.add_argument(
         "--working-spacing",
-        type=float,
+        type=positive_float,
         nargs=3,
         metavar=("X", "Y", "Z"),
         help="register on a grid no finer than this (mm)",
@@ -53,7 +55,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     templates = sub.add_parser("templates", help="choose templates for shape variance")
     add_manifest_args(templates)
-    templates.add_argument("--n", type=int, default=3)
+    templates.add_argument("--n", type=positive_int, default=3)
     templates.add_argument("--out", required=True, help="JSON file listing the template ids")
     templates.set_defaults(func=templates_main)
 

@@ -9,7 +9,11 @@ from liverfat.cli_common import (
     add_executor_args,
     add_manifest_args,
     executor_settings,
+    finite_float,
+    fraction,
     load_manifest,
+    positive_float,
+    positive_int,
 )
 from liverfat.data.phantom.grid import SCALES
 
@@ -18,7 +22,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     phantom = subparsers.add_parser(
         "phantom", help="generate the synthetic Dixon cohort (images, manifest, truth table)"
     )
-    phantom.add_argument("--n", type=int, default=20, help="number of subjects (default 20)")
+    phantom.add_argument(
+        "--n", type=positive_int, default=20, help="number of subjects (default 20)"
+    )
     phantom.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     phantom.add_argument(
         "--scale",
@@ -29,14 +35,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     phantom.add_argument("--out", required=True, help="output folder (resumes if it exists)")
     add_executor_args(phantom)
     phantom.add_argument(
-        "--swap-fraction", type=float, help="fraction of subjects with a water-fat swap"
+        "--swap-fraction", type=fraction, help="fraction of subjects with a water-fat swap"
     )
-    phantom.add_argument("--outlier-fraction", type=float, help="fraction of reference outliers")
+    phantom.add_argument("--outlier-fraction", type=fraction, help="fraction of reference outliers")
     phantom.add_argument(
-        "--noise-floor", type=float, help="noise-floor bias of body fat fraction (%%)"
+        "--noise-floor", type=finite_float, help="noise-floor bias of body fat fraction (%%)"
     )
     phantom.add_argument(
-        "--proportional-bias", type=float, help="proportional bias factor (1 = none)"
+        "--proportional-bias", type=positive_float, help="proportional bias factor (1 = none)"
     )
     phantom.set_defaults(func=phantom_main)
 

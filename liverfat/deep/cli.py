@@ -13,6 +13,8 @@ from liverfat.cli_common import (
     add_manifest_args,
     executor_settings,
     load_manifest,
+    positive_float,
+    positive_int,
 )
 from liverfat.deep.formats import format_names
 from liverfat.deep.profiles import DEFAULT_PROFILE
@@ -71,10 +73,12 @@ def _engine_options(parser: argparse.ArgumentParser) -> None:
         metavar="PROFILE",
         help="%(choices)s (default %(default)s on every device; auto: paper on a GPU, else cpu)",
     )
-    parser.add_argument("--iterations", type=int)
-    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--iterations", type=positive_int)
+    parser.add_argument("--batch-size", type=positive_int)
     parser.add_argument("--input-scale", type=float, help="resize formats before the network")
-    parser.add_argument("--learning-rate", type=float, help="Adam (default: the profile's)")
+    parser.add_argument(
+        "--learning-rate", type=positive_float, help="Adam (default: the profile's)"
+    )
     parser.add_argument("--nll-beta", type=float, help="beta-NLL weight (default: the profile's)")
     parser.add_argument(
         "--balance-bins", type=int, help="balanced batches over N bins (default: the profile's)"
@@ -116,7 +120,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     cv = sub.add_parser("cv", help="k-fold cross-validation: out-of-fold predictions + metrics")
     _engine_options(cv)
-    cv.add_argument("--folds", type=int, default=10)
+    cv.add_argument("--folds", type=positive_int, default=10)
     cv.add_argument("--fold-seed", type=int, default=0)
     cv.set_defaults(func=cv_main)
 

@@ -19,6 +19,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+from liverfat.cli_common import non_negative_int
 from liverfat.data.manifest import Manifest, is_manifest_path
 from liverfat.data.predictions import PredictionsTable
 from liverfat.evaluation.agreement import ICC_ALIASES, ICC_FORMS
@@ -109,7 +110,11 @@ def _add_settings(parser: argparse.ArgumentParser) -> None:
         help="skip |reference| below this in MAPE (default %(default)s)",
     )
     parser.add_argument(
-        "--bootstrap", dest="n_boot", type=int, default=DEFAULTS.n_boot, help="bootstrap replicates"
+        "--bootstrap",
+        dest="n_boot",
+        type=non_negative_int,
+        default=DEFAULTS.n_boot,
+        help="bootstrap replicates",
     )
     parser.add_argument("--seed", type=int, default=DEFAULTS.seed, help="bootstrap seed")
     parser.add_argument(

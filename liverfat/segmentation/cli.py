@@ -15,6 +15,8 @@ from liverfat.cli_common import (
     executor_settings,
     fit_and_save,
     load_manifest,
+    positive_float,
+    positive_int,
 )
 
 MODEL_CHOICES = LazyChoices(lambda: _segmentation_models())
@@ -54,15 +56,20 @@ def _engine_options(parser: argparse.ArgumentParser) -> None:
     add("--targets", nargs="+", help="readouts: liver_volume_ml liver_pdff_pct (default both)")
     add("--channels", nargs="+", help="image columns (default: water fat, else image)")
     add("--context-slices", type=int, help="neighbouring slices on each side (default 1)")
-    add("--pixel-spacing-mm", type=float, nargs=2, help="x y (default: the subjects' median)")
+    add(
+        "--pixel-spacing-mm",
+        type=positive_float,
+        nargs=2,
+        help="x y (default: the subjects' median)",
+    )
     add("--slice-size", type=int, nargs=2, help="height width, multiples of 16 (default: fit)")
     add("--normalisation", choices=("volume", "slice", "none"), help="default volume")
     add("--model", choices=MODEL_CHOICES, metavar="MODEL", help="%(choices)s (default unet)")
     add("--features", type=int, nargs=6, help="U-Net stage channels (default 16 16 32 64 128 16)")
     add("--loss", choices=("ce", "dice_ce"), help="default ce")
-    add("--iterations", type=int, help="Adam steps (default 2000)")
-    add("--batch-size", type=int, help="slices per step (default 16)")
-    add("--learning-rate", type=float, help="Adam (default 1e-3)")
+    add("--iterations", type=positive_int, help="Adam steps (default 2000)")
+    add("--batch-size", type=positive_int, help="slices per step (default 16)")
+    add("--learning-rate", type=positive_float, help="Adam (default 1e-3)")
     add("--elastic-sigma-px", type=float, help="elastic displacement (px; 0: none; default 4)")
     add("--flip-prob", type=float, help="left-right flips (default 0)")
     add("--intensity-jitter", type=float, help="channel scale/shift SD (default 0)")
@@ -83,7 +90,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     cv = sub.add_parser("cv", help="k-fold cross-validation: out-of-fold masks, Dice, readout")
     add_manifest_args(cv, split=True, data_root=True)
     _engine_options(cv)
-    cv.add_argument("--folds", type=int, default=5)
+    cv.add_argument("--folds", type=positive_int, default=5)
     cv.add_argument("--fold-seed", type=int, default=0)
     cv.set_defaults(func=cv_main)
 
