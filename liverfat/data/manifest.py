@@ -363,9 +363,26 @@ class Manifest:
             )
         problems += self._split_problems(table)
         problems += self._value_problems(table)
+        problems += self._layout_problems(table)
         if check_files:
             for _, row in self.subjects.iterrows():
                 problems += self._subject_file_problems(row, check_geometry)
+        return problems
+
+    def _layout_problems(self, table: str) -> list[str]:
+        """What every engine would trip over: no subjects, half a Dixon pair, a label that is
+        not a number."""
+        problems = []
+        if self.subjects.empty:
+            problems.append(f"{table}: no subjects (a header without rows)")
+        columns = set(self.image_columns)
+        for pair in (("water", "fat"), ("in_phase", "opposed_phase")):
+            if len(columns & set(pair)) == 1:
+                missing = next(c for c in pair if c not in columns)
+                problems.append(f"{table}: {' and '.join(pair)} come in pairs; no {missing} column")
+        label = self.card.get("liver_label")
+        if label is not None and (isinstance(label, bool) or not isinstance(label, int)):
+            problems.append(f"{self.path.name}: liver_label must be an integer, got {label!r}")
         return problems
 
     def _split_problems(self, table: str) -> list[str]:

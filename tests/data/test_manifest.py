@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import SimpleITK as sitk
+import yaml
 
 from liverfat.cli import main
 from liverfat.data.manifest import Manifest, is_manifest_path
@@ -192,3 +193,19 @@ def test_a_mask_on_another_grid_is_refused(phantom_dir: Path, tmp_path: Path) ->
     with pytest.raises(ImageError, match=f"subject {sid}: liver_mask and water differ.*origin"):
         manifest.liver_mask(sid)
     assert manifest.liver_mask(manifest.subject_ids[1]).GetSize() == mask.GetSize()
+
+
+def test_check_finds_layouts_every_engine_would_trip_over(
+    phantom_dir: Path, tmp_path: Path
+) -> None:
+    copy = tmp_path / "cohort"
+    shutil.copytree(phantom_dir, copy)
+    table = pd.read_csv(copy / "subjects.csv", dtype=str, keep_default_na=False)
+    table.drop(columns=["fat"]).iloc[:0].to_csv(copy / "subjects.csv", index=False)
+    card = yaml.safe_load((copy / "manifest.yaml").read_text(encoding="utf-8"))
+    card["liver_label"] = "liver"
+    (copy / "manifest.yaml").write_text(yaml.safe_dump(card), encoding="utf-8")
+    text = "\n".join(Manifest.load(copy).problems())
+    assert "no subjects (a header without rows)" in text
+    assert "water and fat come in pairs; no fat column" in text
+    assert "liver_label must be an integer, got 'liver'" in text
