@@ -175,3 +175,16 @@ def finite_float(text: str) -> float:
 def fraction(text: str) -> float:
     """A number in [0, 1]."""
     return _number(float, text, lambda v: 0 <= v <= 1, "a fraction in [0, 1]")
+
+
+def torch_device(text: str) -> str:
+    """``auto``, ``cpu`` or a CUDA device this machine has (checked when the option is given;
+    torch is imported only then)."""
+    from liverfat.errors import LiverfatError
+    from liverfat.nn.device import check_device
+
+    try:
+        check_device(text)
+    except LiverfatError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text

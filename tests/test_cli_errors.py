@@ -87,6 +87,8 @@ def test_an_unusable_out_fails_before_any_work(phantom_dir, tmp_path, capsys):
         ["demo", "--n", "0"],
         ["deep", "cv", "m", "--learning-rate", "nan", "--out", "x"],
         ["segmentation", "fit", "m", "--workers", "-2", "--out", "x"],
+        ["segmentation", "fit", "m", "--device", "cuda:7", "--out", "x"],
+        ["deep", "fit", "m", "--device", "gpu", "--out", "x"],
         ["atlas", "templates", "m", "--n", "0", "--out", "x"],
         ["compare", "--reference", "r", "--predictions", "p", "--bootstrap", "-5", "--out", "x"],
     ],

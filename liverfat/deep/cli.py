@@ -15,6 +15,7 @@ from liverfat.cli_common import (
     load_manifest,
     positive_float,
     positive_int,
+    torch_device,
 )
 from liverfat.deep.formats import format_names
 from liverfat.deep.profiles import DEFAULT_PROFILE
@@ -91,7 +92,7 @@ def _engine_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--pretrained", help="local weights file (safetensors / state dict)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", type=torch_device, default="auto")
     parser.add_argument(
         "--cache", help="working folder: formats, finished folds (default: <out>/work)"
     )

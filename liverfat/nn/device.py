@@ -30,6 +30,26 @@ def pick_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+def check_device(device: str) -> None:
+    """Raise a one-line :class:`LiverfatError` unless ``device`` can be used here: ``auto``,
+    ``cpu``, or a CUDA device that exists (``cuda``, ``cuda:N`` with N below the count)."""
+    from liverfat.errors import LiverfatError
+
+    if device in ("auto", "cpu"):
+        return
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise LiverfatError(f"device {device!r}: not a torch device ({exc})") from exc
+    if parsed.type != "cuda":
+        raise LiverfatError(f"device {device!r}: use auto, cpu or cuda[:N]")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise LiverfatError(f"device {device!r}: no CUDA device here (use auto or cpu)")
+    if parsed.index is not None and parsed.index >= count:
+        raise LiverfatError(f"device {device!r}: this machine has {count} CUDA device(s)")
+
+
 def autocast_dtype(device: torch.device) -> torch.dtype | None:
     """The mixed-precision type on ``device``: bfloat16 on a CUDA device that has it natively
     (Ampere and later), float16 on older CUDA devices, None (full float32) elsewhere."""

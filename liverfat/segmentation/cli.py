@@ -17,6 +17,7 @@ from liverfat.cli_common import (
     load_manifest,
     positive_float,
     positive_int,
+    torch_device,
 )
 
 MODEL_CHOICES = LazyChoices(lambda: _segmentation_models())
@@ -76,7 +77,7 @@ def _engine_options(parser: argparse.ArgumentParser) -> None:
     add("--pretrained", help="local weights file (safetensors / state dict)")
     add("--erosion-mm", type=float, help="fat-fraction mask margin (mm, default 5)")
     add("--seed", type=int, help="default 0")
-    add("--device", help="auto, cpu or cuda (default auto)")
+    add("--device", type=torch_device, help="auto, cpu or cuda (default auto)")
     add("--cache", help="working folder: finished folds (default: <out>/work)")
     add_executor_args(parser, default="serial")
     add("--threads", type=int, help="torch CPU threads (default: torch's choice)")

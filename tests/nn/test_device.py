@@ -142,3 +142,16 @@ def test_limit_cuda_memory_caps_the_allocator():
     finally:
         D.limit_cuda_memory(1.0)
         torch.cuda.empty_cache()
+
+
+def test_check_device_names_what_cannot_be_used():
+    from liverfat.errors import LiverfatError
+    from liverfat.nn.device import check_device
+
+    check_device("auto")
+    check_device("cpu")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    with pytest.raises(LiverfatError, match=r"cuda:\d+"):
+        check_device(f"cuda:{max(count, 7)}")  # more than this machine has
+    with pytest.raises(LiverfatError, match="not a torch device|use auto"):
+        check_device("gpu")
