@@ -31,7 +31,7 @@ from liverfat.data.folds import Folds, resolve_folds, training_ids
 from liverfat.data.manifest import Manifest
 from liverfat.data.predictions import PredictionsTable, failed_row, prediction_row, run_info
 from liverfat.engine import Engine
-from liverfat.errors import LiverfatError, subject_message
+from liverfat.errors import LiverfatError, one_line, subject_message
 from liverfat.parallel import EXECUTORS, map_subjects
 
 
@@ -158,6 +158,12 @@ class AtlasEngine(Engine):
                 subject_ids=[s for s in manifest.subject_ids if s not in chosen]
             )
             raw = self.raw_readout(others)
+            failed = raw["status"] == "failed"
+            if len(raw) and failed.all():  # not an identity line fitted on nobody
+                raise LiverfatError(
+                    f"every readout for the calibration failed ({len(raw)} subjects); the "
+                    f"first: {one_line(raw['message'].iloc[0])}"
+                )
             reference = others.target(self.target)
             flagged = raw["status"] == "flagged"
             self.calibration_ = LinearCalibration.fit(raw["value"], reference, flagged=flagged)

@@ -223,3 +223,15 @@ def test_cached_readout_is_not_reused_when_the_backend_defaults_change(
     assert SubjectJob(phantom_manifest, sid, templates, "torch", BackendSettings()).key() == before
     monkeypatch.setitem(registration.TORCH_DEFAULTS, "deformable_iterations", 999)
     assert job.key() != before
+
+
+def test_calibrating_on_nothing_but_failures_is_an_error(phantom_dir, tmp_path, capsys):
+    from liverfat.cli import main
+
+    card = str(phantom_dir / "manifest.yaml")
+    bad = json.dumps({**FAST, "affine_iterations": "abc"})
+    argv = ["atlas", "calibrate", card, "--backend", "torch", "--executor", "serial"]
+    code = main([*argv, "--n-templates", "2", "--options", bad, "--out", str(tmp_path / "e")])
+    err = capsys.readouterr().err
+    assert code == 2 and "every readout for the calibration failed" in err, err
+    assert not (tmp_path / "e" / "engine.json").exists()  # no identity calibration saved
