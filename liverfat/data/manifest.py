@@ -20,6 +20,7 @@ import SimpleITK as sitk
 import yaml
 
 from liverfat.data.atomic import atomic_path, write_text_atomic
+from liverfat.data.card_schema import check_card
 from liverfat.data.dixon import fat_fraction_image, two_point_dixon_images
 from liverfat.data.geometry import check_same_geometry, geometry_mismatch, geometry_of
 from liverfat.data.io import nifti_payload_problem, read_header, read_volume
@@ -127,6 +128,7 @@ class Manifest:
         missing = [k for k in REQUIRED_CARD_KEYS if k not in card]
         if missing:
             raise ManifestError(f"{card_path}: card lacks {', '.join(missing)}")
+        check_card(card, str(card_path))
         table_path = card_path.parent / str(card["subjects"])
         if not table_path.is_file():
             raise ManifestError(f"{card_path}: subject table {table_path} not found")
@@ -370,8 +372,7 @@ class Manifest:
         return problems
 
     def _layout_problems(self, table: str) -> list[str]:
-        """What every engine would trip over: no subjects, half a Dixon pair, a label that is
-        not a number."""
+        """What every engine would trip over: no subjects, half a Dixon pair."""
         problems = []
         if self.subjects.empty:
             problems.append(f"{table}: no subjects (a header without rows)")
@@ -380,9 +381,6 @@ class Manifest:
             if len(columns & set(pair)) == 1:
                 missing = next(c for c in pair if c not in columns)
                 problems.append(f"{table}: {' and '.join(pair)} come in pairs; no {missing} column")
-        label = self.card.get("liver_label")
-        if label is not None and (isinstance(label, bool) or not isinstance(label, int)):
-            problems.append(f"{self.path.name}: liver_label must be an integer, got {label!r}")
         return problems
 
     def _split_problems(self, table: str) -> list[str]:

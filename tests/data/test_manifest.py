@@ -202,10 +202,41 @@ def test_check_finds_layouts_every_engine_would_trip_over(
     shutil.copytree(phantom_dir, copy)
     table = pd.read_csv(copy / "subjects.csv", dtype=str, keep_default_na=False)
     table.drop(columns=["fat"]).iloc[:0].to_csv(copy / "subjects.csv", index=False)
-    card = yaml.safe_load((copy / "manifest.yaml").read_text(encoding="utf-8"))
-    card["liver_label"] = "liver"
-    (copy / "manifest.yaml").write_text(yaml.safe_dump(card), encoding="utf-8")
     text = "\n".join(Manifest.load(copy).problems())
     assert "no subjects (a header without rows)" in text
     assert "water and fat come in pairs; no fat column" in text
-    assert "liver_label must be an integer, got 'liver'" in text
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        ({"liver_label": "liver"}, "card key liver_label: Input should be a valid integer"),
+        ({"splits": "A"}, "card key splits: Input should be a valid dictionary"),
+        (
+            {"targets": {"liver_pdff_pct": {"range": [0]}}},
+            "card key targets.liver_pdff_pct.range.1: Field required",
+        ),
+        (
+            {"targets": {"liver_pdff_pct": {"range": [10, 0]}}},
+            "card key targets.liver_pdff_pct: range must be [low, high] with low < high",
+        ),
+    ],
+)
+def test_a_malformed_card_is_one_line_naming_the_key(
+    phantom_dir: Path, tmp_path: Path, change, expected
+) -> None:
+    copy = tmp_path / "cohort"
+    shutil.copytree(phantom_dir, copy)
+    card = yaml.safe_load((copy / "manifest.yaml").read_text(encoding="utf-8"))
+    (copy / "manifest.yaml").write_text(yaml.safe_dump({**card, **change}), encoding="utf-8")
+    with pytest.raises(ManifestError) as caught:
+        Manifest.load(copy)
+    assert expected in str(caught.value) and "\n" not in str(caught.value), caught.value
+
+
+def test_a_card_that_is_not_utf8_is_one_line(phantom_dir: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "cohort"
+    shutil.copytree(phantom_dir, copy)
+    (copy / "manifest.yaml").write_bytes(b"name: \xff\xfe broken\n")
+    with pytest.raises(ManifestError, match="not valid YAML for the card"):
+        Manifest.load(copy)
