@@ -43,6 +43,7 @@ from liverfat.data.predictions import PredictionsTable, package_versions
 from liverfat.errors import LiverfatError
 from liverfat.evaluation.values import REFERENCE, reference_table
 from liverfat.parallel import dask_scheduler
+from liverfat.study_schema import study_problem
 
 if TYPE_CHECKING:
     from liverfat.learning_curve import LearningCurve
@@ -126,6 +127,9 @@ class Study:
         for key in ("manifest", "engines"):
             if key not in raw:
                 raise StudyError(f"{path}: missing '{key}'")
+        problem = study_problem(raw)
+        if problem:
+            raise StudyError(f"{path}: {problem}")
         splits = raw.get("splits") or {}
         train = str(splits.get("train", "A"))
         engines = tuple(_engine_stage(name, entry, path) for name, entry in raw["engines"].items())

@@ -28,6 +28,7 @@ FLOORS = {
     "demo": 4,
     "testing": 4,
     "study_cli": 4,
+    "study_schema": 4,
     "serve_cli": 4,
     "cli": 4,
 }

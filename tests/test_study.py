@@ -195,3 +195,29 @@ def test_study_refuses_a_callable_that_is_not_an_engine(tmp_path: Path, phantom_
     with pytest.raises(StudyError, match="not an engine class"):
         run_study(Study.load(path), log=lambda m: None)
     assert not (Path.cwd() / "hacked").exists() and not (tmp_path / "hacked").exists()
+
+
+@pytest.mark.parametrize(
+    "body, key",
+    [
+        ({"engines": ["a", "b"]}, "engines"),
+        ({"engines": {"n": {"engine": "deep", "folds": "abc", "cross_validate": True}}}, "folds"),
+        ({"seed": "abc"}, "seed"),
+        ({"engines": {"n": {"engine": "deep", "settings": [1], "predict_on": "B"}}}, "settings"),
+        ({"splits": "A"}, "splits"),
+        ({"executor": "processes"}, "executor"),
+        ({"comparison": {"pairs": 3}}, "comparison.pairs"),
+        ({"engines": {"n": {"engine": "deep", "cross_validate": "yes please"}}}, "cross_validate"),
+    ],
+)
+def test_a_study_key_of_the_wrong_type_is_one_line(tmp_path, body, key):
+    study = {
+        "manifest": "m.yaml",
+        "engines": {"n": {"engine": "deep", "cross_validate": True}},
+        **body,
+    }
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study), encoding="utf-8")
+    with pytest.raises(StudyError, match=f"study key [a-z.]*{key}") as caught:
+        Study.load(path)
+    assert "\n" not in str(caught.value)
