@@ -445,10 +445,12 @@ class Manifest:
                 continue
             path = self.root / value.strip()
             try:
-                headers[column] = (path, read_header(path))
-                truncated = nifti_payload_problem(path)  # the header alone reads as whole
-                if truncated:
-                    problems.append(f"subject {sid}: {column}: {path}: {truncated}")
+                header = read_header(path)
+                headers[column] = (path, header)
+                problems += [
+                    f"subject {sid}: {column}: {path}: {p}"
+                    for p in _file_problems(path, header, column)
+                ]
             except ImageError as exc:
                 problems.append(f"subject {sid}: {column}: {exc}")
         if not any(c in headers or row.get(c, "").strip() for c in IMAGE_COLUMNS):
@@ -499,6 +501,26 @@ class Manifest:
         derived = Manifest(card=card, subjects=table, path=Path(card_path), root=self.root)
         derived.write(card_path)
         return derived
+
+
+def _file_problems(path: Path, header: sitk.ImageFileReader, column: str) -> list[str]:
+    """What the header and the payload say is wrong with one image file of a subject."""
+    problems = []
+    if header.GetDimension() != 3:
+        problems.append(f"a {header.GetDimension()}D image; a 3D volume is needed")
+    if header.GetNumberOfComponents() != 1:
+        problems.append(f"a vector image ({header.GetNumberOfComponents()} components per voxel)")
+    truncated = nifti_payload_problem(path)  # the header alone reads as whole
+    if truncated:
+        problems.append(truncated)
+    elif column == "liver_mask" and not problems and not _has_voxels(path):
+        problems.append("the liver mask is empty")
+    return problems
+
+
+def _has_voxels(path: Path) -> bool:
+    mask = read_volume(path, allow_empty=True)
+    return bool(np.any(sitk.GetArrayViewFromImage(mask)))  # the view while ``mask`` lives
 
 
 def is_manifest_path(path: str | os.PathLike[str]) -> bool:

@@ -240,3 +240,23 @@ def test_a_card_that_is_not_utf8_is_one_line(phantom_dir: Path, tmp_path: Path) 
     (copy / "manifest.yaml").write_bytes(b"name: \xff\xfe broken\n")
     with pytest.raises(ManifestError, match="not valid YAML for the card"):
         Manifest.load(copy)
+
+
+def test_check_finds_empty_masks_and_images_that_are_not_volumes(
+    phantom_dir: Path, tmp_path: Path
+) -> None:
+    copy = tmp_path / "cohort"
+    shutil.copytree(phantom_dir, copy)
+    manifest = Manifest.load(copy)
+    first, second, third = manifest.subject_ids[:3]
+    mask = manifest.image_path(first, "liver_mask")
+    empty = sitk.Image(sitk.ReadImage(str(mask)).GetSize(), sitk.sitkUInt8)
+    empty.CopyInformation(sitk.ReadImage(str(mask)))
+    sitk.WriteImage(empty, str(mask))
+    sitk.WriteImage(sitk.Image(8, 8, sitk.sitkUInt16), str(manifest.image_path(second, "water")))
+    vector = sitk.Image([8, 8, 8], sitk.sitkVectorUInt16, 3)
+    sitk.WriteImage(vector, str(manifest.image_path(third, "fat")))
+    text = "\n".join(Manifest.load(copy).problems(check_geometry=False))
+    assert f"subject {first}: liver_mask: {mask}: the liver mask is empty" in text
+    assert f"subject {second}: water:" in text and "a 2D image; a 3D volume is needed" in text
+    assert f"subject {third}: fat:" in text and "a vector image (3 components per voxel)" in text
