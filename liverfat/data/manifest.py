@@ -23,7 +23,7 @@ from liverfat.data.atomic import atomic_path, write_text_atomic
 from liverfat.data.card_schema import check_card
 from liverfat.data.dixon import fat_fraction_image, two_point_dixon_images
 from liverfat.data.geometry import check_same_geometry, geometry_mismatch, geometry_of
-from liverfat.data.io import nifti_payload_problem, read_header, read_volume
+from liverfat.data.io import read_header, read_volume
 from liverfat.errors import ImageError, LiverfatError, ManifestError, one_line
 
 #: Columns holding image paths, relative to the manifest's data root.
@@ -350,124 +350,11 @@ class Manifest:
 
     # Validation ----------------------------------------------------------------------------------
     def problems(self, *, check_files: bool = True, check_geometry: bool = True) -> list[str]:
-        """Every problem, one line each (empty list: the manifest is sound)."""
-        problems: list[str] = []
-        table = self.table_path.name
-        ids = self.subjects["subject_id"]
-        if ids.eq("").any():
-            rows = [str(i + 2) for i in np.flatnonzero(ids.eq(""))]
-            problems.append(f"{table}: empty subject_id on line(s) {', '.join(rows[:10])}")
-        for dup in sorted(set(ids[ids.duplicated() & ids.ne("")])):
-            problems.append(f"{table}: duplicate subject_id {dup}")
-        if not self.image_columns:
-            problems.append(
-                f"{table}: no image column (expected some of {', '.join(IMAGE_COLUMNS)})"
-            )
-        problems += self._split_problems(table)
-        problems += self._value_problems(table)
-        problems += self._layout_problems(table)
-        if check_files:
-            for _, row in self.subjects.iterrows():
-                problems += self._subject_file_problems(row, check_geometry)
-        return problems
+        """Every problem, one line each (empty list: the manifest is sound); see
+        :mod:`liverfat.data.manifest_check`."""
+        from liverfat.data.manifest_check import manifest_problems
 
-    def _layout_problems(self, table: str) -> list[str]:
-        """What every engine would trip over: no subjects, half a Dixon pair."""
-        problems = []
-        if self.subjects.empty:
-            problems.append(f"{table}: no subjects (a header without rows)")
-        columns = set(self.image_columns)
-        for pair in (("water", "fat"), ("in_phase", "opposed_phase")):
-            if len(columns & set(pair)) == 1:
-                missing = next(c for c in pair if c not in columns)
-                problems.append(f"{table}: {' and '.join(pair)} come in pairs; no {missing} column")
-        return problems
-
-    def _split_problems(self, table: str) -> list[str]:
-        problems = []
-        for name, entry in self.splits.items():
-            parent = (entry or {}).get("subset_of")
-            if parent is not None and parent not in self.splits:
-                problems.append(f"card: split {name} is subset_of unknown split {parent}")
-        if "split" in self.subjects.columns:
-            for _, row in self.subjects.iterrows():
-                if row["split"] not in self.splits:
-                    problems.append(
-                        f"{table}: subject {row['subject_id']}: unknown split {row['split']!r} "
-                        f"(card has {', '.join(self.splits)})"
-                    )
-        return problems
-
-    def _value_problems(self, table: str) -> list[str]:
-        problems = []
-        raw = self._raw_values
-        ranges = {name: (entry or {}).get("range") for name, entry in self.targets.items()}
-        ranges.update(
-            {
-                name: (entry or {}).get("range")
-                for name, entry in (self.card.get("covariates") or {}).items()
-            }
-        )
-        for column, values in raw.items():
-            parsed = self.subjects[column]
-            for index in np.flatnonzero(parsed.isna() & values.ne("")):
-                sid = self.subjects["subject_id"].iloc[index]
-                problems.append(
-                    f"{table}: subject {sid}: {column} {values.iloc[index]!r} is not a number"
-                )
-            for index in np.flatnonzero(np.isinf(parsed.to_numpy(float))):
-                sid = self.subjects["subject_id"].iloc[index]
-                problems.append(
-                    f"{table}: subject {sid}: {column} {parsed.iloc[index]} is not finite"
-                )
-            bounds = ranges.get(column)
-            if bounds:
-                low, high = (float(b) for b in bounds)
-                outside = np.isfinite(parsed) & ((parsed < low) | (parsed > high))
-                for index in np.flatnonzero(outside):
-                    sid = self.subjects["subject_id"].iloc[index]
-                    problems.append(
-                        f"{table}: subject {sid}: {column} {parsed.iloc[index]:g} "
-                        f"outside [{low:g}, {high:g}]"
-                    )
-        for column in self.targets:
-            if column not in self.subjects.columns:
-                problems.append(f"{table}: target column {column} missing")
-        return problems
-
-    def _subject_file_problems(self, row: pd.Series, check_geometry: bool) -> list[str]:
-        sid = row["subject_id"]
-        problems = []
-        headers = {}
-        for column in self.image_columns:
-            value = row[column]
-            if not value.strip():
-                continue
-            path = self.root / value.strip()
-            try:
-                header = read_header(path)
-                headers[column] = (path, header)
-                problems += [
-                    f"subject {sid}: {column}: {path}: {p}"
-                    for p in _file_problems(path, header, column)
-                ]
-            except ImageError as exc:
-                problems.append(f"subject {sid}: {column}: {exc}")
-        if not any(c in headers or row.get(c, "").strip() for c in IMAGE_COLUMNS):
-            problems.append(f"subject {sid}: no image at all")
-        if check_geometry:
-            grid = [(c, headers[c]) for c in GRID_COLUMNS if c in headers]
-            if grid:
-                first_column, (first_path, first_header) = grid[0]
-                for column, (path, header) in grid[1:]:
-                    problem = geometry_mismatch(geometry_of(first_header), geometry_of(header))
-                    if problem:
-                        problems.append(
-                            f"subject {sid}: {first_column} {first_path.name} and "
-                            f"{column} {path.name} "
-                            f"differ in geometry: {problem}"
-                        )
-        return problems
+        return manifest_problems(self, check_files=check_files, check_geometry=check_geometry)
 
     # Writing -------------------------------------------------------------------------------------
     def write(
@@ -501,26 +388,6 @@ class Manifest:
         derived = Manifest(card=card, subjects=table, path=Path(card_path), root=self.root)
         derived.write(card_path)
         return derived
-
-
-def _file_problems(path: Path, header: sitk.ImageFileReader, column: str) -> list[str]:
-    """What the header and the payload say is wrong with one image file of a subject."""
-    problems = []
-    if header.GetDimension() != 3:
-        problems.append(f"a {header.GetDimension()}D image; a 3D volume is needed")
-    if header.GetNumberOfComponents() != 1:
-        problems.append(f"a vector image ({header.GetNumberOfComponents()} components per voxel)")
-    truncated = nifti_payload_problem(path)  # the header alone reads as whole
-    if truncated:
-        problems.append(truncated)
-    elif column == "liver_mask" and not problems and not _has_voxels(path):
-        problems.append("the liver mask is empty")
-    return problems
-
-
-def _has_voxels(path: Path) -> bool:
-    mask = read_volume(path, allow_empty=True)
-    return bool(np.any(sitk.GetArrayViewFromImage(mask)))  # the view while ``mask`` lives
 
 
 def is_manifest_path(path: str | os.PathLike[str]) -> bool:
