@@ -95,9 +95,11 @@ def nifti_payload_problem(path: str | os.PathLike[str]) -> str:
     """Why a NIfTI-1 file (``.nii`` or ``.nii.gz``) cannot be trusted, or "" if it is whole.
 
     SimpleITK reads a truncated ``.nii.gz`` as an image whose missing part is zeros, and NaN or
-    infinite float voxels as 0: here the gzip stream must end properly (its CRC checked), hold
-    every voxel byte the header declares, and float voxels must be finite. Other formats, and
-    NIfTI-2, give "".
+    infinite float voxels as 0. Cheap for integer images, which are most reads: the file (a
+    ``.nii``) or its gzip stream's recorded length (the trailer of a ``.nii.gz``) must match what
+    the header declares; a cut file ends in compressed data instead of that trailer. Float
+    images are decompressed in full (the CRC checked) and their voxels must be finite. Other
+    formats, and NIfTI-2, give "".
     """
     import gzip
     import zlib
@@ -105,25 +107,44 @@ def nifti_payload_problem(path: str | os.PathLike[str]) -> str:
     path = Path(path)
     if not path.name.endswith((".nii", ".nii.gz")):
         return ""
-    opener = gzip.open if path.name.endswith(".gz") else open
+    compressed = path.name.endswith(".gz")
+    opener = gzip.open if compressed else open
     try:
         with opener(path, "rb") as handle:
-            payload = handle.read()
+            head = handle.read(_NIFTI1_HEADER_BYTES)
+            if len(head) < _NIFTI1_HEADER_BYTES:
+                return f"truncated: {len(head)} bytes, not even a NIfTI header"
+            layout = _nifti1_layout(head)
+            if layout is None:
+                return ""
+            offset, needed, dtype = layout
+            if dtype is None:
+                if compressed:
+                    whole = _gzip_length(path) == needed % 2**32
+                    length = "a gzip trailer that does not match"
+                else:
+                    whole = path.stat().st_size >= needed
+                    length = f"{path.stat().st_size} bytes"
+                return "" if whole else f"truncated: {length} where the header declares {needed}"
+            payload = handle.read()  # the rest, from the voxel data's offset on
     except (EOFError, OSError, zlib.error) as exc:
         return f"truncated or corrupt file ({one_line(exc, limit=120)})"
-    layout = _nifti1_layout(payload[:_NIFTI1_HEADER_BYTES])
-    if layout is None:
-        return ""
-    offset, needed, dtype = layout
-    if len(payload) < needed:
-        return f"truncated: {len(payload)} bytes where the header declares {needed}"
-    if dtype is not None:
-        count = (needed - offset) // dtype.itemsize
-        values = np.frombuffer(payload, dtype, count=count, offset=offset)
-        bad = int(np.count_nonzero(~np.isfinite(values)))
-        if bad:
-            return f"{bad} NaN or infinite voxel(s)"  # SimpleITK would read them as 0
+    size = len(payload) + _NIFTI1_HEADER_BYTES
+    if size < needed:
+        return f"truncated: {size} bytes where the header declares {needed}"
+    count = (needed - offset) // dtype.itemsize
+    values = np.frombuffer(payload, dtype, count=count, offset=offset - _NIFTI1_HEADER_BYTES)
+    bad = int(np.count_nonzero(~np.isfinite(values)))
+    if bad:
+        return f"{bad} NaN or infinite voxel(s)"  # SimpleITK would read them as 0
     return ""
+
+
+def _gzip_length(path: Path) -> int:
+    """The uncompressed length (mod 2**32) a gzip file's trailer records."""
+    with open(path, "rb") as handle:
+        handle.seek(-4, os.SEEK_END)
+        return int.from_bytes(handle.read(4), "little")
 
 
 def _nifti1_layout(head: bytes) -> tuple[int, int, np.dtype | None] | None:
