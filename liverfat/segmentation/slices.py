@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
+from liverfat.data.geometry import geometry_of
 from liverfat.errors import ImageError
 
 #: Normalisation modes: percentile clipping then min-max to [0, 1] over the whole volume or each
@@ -35,8 +36,9 @@ class PreparedVolume:
     ----------
     slices:
         float32 (z, channels, height, width), normalised.
-    original:
-        A one-voxel-valued image with the subject's geometry (size, spacing, origin, direction).
+    geometry:
+        The subject's grid: size, spacing (mm), origin (mm) and direction
+        (:func:`liverfat.data.geometry.geometry_of`).
     resampled_size:
         In-plane size (x, y) after resampling, before pad/crop.
     offset:
@@ -46,7 +48,7 @@ class PreparedVolume:
     """
 
     slices: np.ndarray
-    original: sitk.Image
+    geometry: dict[str, tuple]
     resampled_size: tuple[int, int]
     offset: tuple[int, int]
     pixel_spacing_mm: tuple[float, float]
@@ -62,10 +64,21 @@ class PreparedVolume:
         src_x, dst_x = _overlap(ox, w, nx)
         out[:, dst_y, dst_x] = probability[:, src_y, src_x]
         image = sitk.GetImageFromArray(out)
-        image.SetSpacing((*self.pixel_spacing_mm, self.original.GetSpacing()[2]))
-        image.SetOrigin(self.original.GetOrigin())
-        image.SetDirection(self.original.GetDirection())
-        return sitk.Resample(image, self.original, sitk.Transform(), sitk.sitkLinear, 0.0)
+        grid = self.geometry
+        image.SetSpacing((*self.pixel_spacing_mm, grid["spacing"][2]))
+        image.SetOrigin(grid["origin"])
+        image.SetDirection(grid["direction"])
+        return sitk.Resample(
+            image,
+            grid["size"],
+            sitk.Transform(),
+            sitk.sitkLinear,
+            grid["origin"],
+            grid["spacing"],
+            grid["direction"],
+            0.0,
+            sitk.sitkFloat32,
+        )
 
 
 def _overlap(offset: int, padded: int, resampled: int) -> tuple[slice, slice]:
@@ -137,9 +150,8 @@ def prepare_volume(
         if not np.isfinite(array).all():
             raise ImageError(f"subject {subject_id}: channel {c} has NaN or infinite voxels")
         stack[:, c, src_y, src_x] = normalise(array, normalisation)[:, dst_y, dst_x]
-    blank = sitk.Image(first.GetSize(), sitk.sitkUInt8)
-    blank.CopyInformation(first)
-    return PreparedVolume(stack, blank, size, offset, tuple(float(s) for s in pixel_spacing_mm))
+    spacing = tuple(float(s) for s in pixel_spacing_mm)
+    return PreparedVolume(stack, geometry_of(first), size, offset, spacing)
 
 
 def prepare_mask(mask: sitk.Image, prepared: PreparedVolume) -> np.ndarray:

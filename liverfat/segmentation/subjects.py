@@ -192,6 +192,17 @@ def segment_images(
     return Segmented(mask, readout)
 
 
+def _needs_stored_fat_fraction(
+    engine: SegmentationEngine, manifest: Manifest, sid: str, images: dict[str, sitk.Image]
+) -> bool:
+    """Whether the readout's fat fraction must come from the manifest: a stored column, or
+    in/opposed-phase images; from water and fat already read, :func:`segment_images` computes
+    it without reading them again."""
+    if "liver_pdff_pct" not in engine.targets or "fat_fraction" in images:
+        return False
+    return manifest.has(sid, "fat_fraction") or not {"water", "fat"} <= set(images)
+
+
 def _predict_one(
     engine: SegmentationEngine, manifest: Manifest, folder: Path | None, key: str, sid: str
 ) -> dict[str, Any]:
@@ -202,9 +213,10 @@ def _predict_one(
         if finished.get("key") == key:  # the same network and readout: resume
             return finished
     images = subject_images(manifest, sid, engine.channels_)
-    fat_fraction = fat_fraction_of(manifest, sid) if "liver_pdff_pct" in engine.targets else None
-    if fat_fraction is not None:
-        images.setdefault("fat_fraction", fat_fraction)
+    if _needs_stored_fat_fraction(engine, manifest, sid, images):
+        fat_fraction = fat_fraction_of(manifest, sid)
+        if fat_fraction is not None:
+            images["fat_fraction"] = fat_fraction
     result = segment_images(engine, images, sid)
     record = {
         "subject_id": sid,
