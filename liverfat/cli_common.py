@@ -131,11 +131,9 @@ def check_writable(out: str | os.PathLike[str]) -> None:
         raise LiverfatError(f"--out {out}: {folder} is not writable")
 
 
-def fit_and_save(engine: Any, manifest: Manifest, out: str) -> None:
-    """Fit ``engine`` (any engine with ``training_subjects_`` and ``training_failures_``) on
-    ``manifest``, save it in ``out`` and say so, naming each subject it skipped."""
-    engine.fit(manifest)
-    engine.save(out)
+def report_saved(engine: Any, out: str) -> None:
+    """Say where a fitted, saved engine is (any engine with ``training_subjects_`` and
+    ``training_failures_``), naming each subject it skipped."""
     print(f"engine saved in {out} ({len(engine.training_subjects_)} training subjects)")
     for message in engine.training_failures_.values():
         print(f"skipped: {message}")

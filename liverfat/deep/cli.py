@@ -15,6 +15,7 @@ from liverfat.cli_common import (
     load_manifest,
     positive_float,
     positive_int,
+    report_saved,
     torch_device,
 )
 from liverfat.deep.formats import format_names
@@ -189,9 +190,7 @@ def fit_main(args: argparse.Namespace) -> int:
     if args.calibration:
         engine.set_calibration(saved_variance_scale(args.calibration))
     engine.save(Path(args.out))
-    print(f"engine saved in {args.out} ({len(engine.training_subjects_)} training subjects)")
-    for message in engine.training_failures_.values():
-        print(f"skipped: {message}")
+    report_saved(engine, args.out)
     return 0
 
 

@@ -13,10 +13,10 @@ from liverfat.cli_common import (
     add_executor_args,
     add_manifest_args,
     executor_settings,
-    fit_and_save,
     load_manifest,
     positive_float,
     positive_int,
+    report_saved,
     torch_device,
 )
 
@@ -162,7 +162,9 @@ def cv_main(args: argparse.Namespace) -> int:
 
 
 def fit_main(args: argparse.Namespace) -> int:
-    fit_and_save(_engine(args), load_manifest(args), args.out)
+    engine = _engine(args).fit(load_manifest(args))
+    engine.save(args.out)
+    report_saved(engine, args.out)
     return 0
 
 
