@@ -28,6 +28,7 @@ SUBCOMMAND_MODULES = (
     "liverfat.deep.cli",
     "liverfat.atlas.cli",
     "liverfat.baseline.cli",
+    "liverfat.grade_cli",
     "liverfat.segmentation.cli",
     "liverfat.serve_cli",
 )

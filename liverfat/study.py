@@ -46,6 +46,7 @@ from liverfat.parallel import dask_scheduler
 from liverfat.study_schema import study_problem
 
 if TYPE_CHECKING:
+    from liverfat.graders import GradingOptions
     from liverfat.learning_curve import LearningCurve
 
 #: Engine aliases; any ``package.module:Class`` path also works (user engines).
@@ -71,6 +72,7 @@ STUDY_KEYS = (
     "executor",
     "seed",
     "learning_curve",
+    "grading",
 )
 TRUTH = "truth"
 
@@ -109,6 +111,7 @@ class Study:
     executor: dict[str, Any]
     seed: int
     learning_curve: LearningCurve | None = None  # liverfat.learning_curve
+    grading: GradingOptions | None = None  # liverfat.graders
 
     @classmethod
     def load(cls, path: str | Path, *, out: str | Path | None = None) -> Study:
@@ -159,6 +162,11 @@ class Study:
 
             stages = [e.name for e in engines]
             curve = parse_learning_curve(raw["learning_curve"], path, stages, seed)
+        grading = None
+        if "grading" in raw:
+            from liverfat.graders import parse_grading
+
+            grading = parse_grading(raw["grading"], path)
         return cls(
             path=path,
             name=str(raw.get("name", path.stem)),
@@ -174,6 +182,7 @@ class Study:
             executor=executor,
             seed=seed,
             learning_curve=curve,
+            grading=grading,
         )
 
     def load_manifest(self) -> Manifest:
@@ -408,6 +417,10 @@ def run_study(study: Study, *, log: Callable[[str], None] = print) -> Path:
             tables[-1].write(out / "predictions" / f"{stage.name}.csv")
         if study.learning_curve is not None:
             extra.append(run_learning_curve(study, manifest, truth, log))
+        if study.grading is not None:
+            from liverfat.graders import run_grading_stage
+
+            extra.append(run_grading_stage(study, manifest, log))
     if truth is not None:
         tables.append(truth)
     log("[compare] running ...")

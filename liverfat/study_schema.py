@@ -51,6 +51,7 @@ class _Study(BaseModel):
     executor: _Executor | None = None
     seed: int = 0
     learning_curve: Any = None  # checked by liverfat.learning_curve, with its own messages
+    grading: Any = None  # checked by liverfat.graders, with its own messages
 
 
 def study_problem(raw: dict[str, Any]) -> str | None:

@@ -380,11 +380,24 @@ class Manifest:
         """A copy whose ``liver_mask`` column holds ``masks`` (subject -> absolute path; empty
         where a subject has none), written at ``card_path``. The masks are binary, so a label
         value on the card (``liver_label``) is dropped."""
-        table = self.subjects.copy()
-        table["liver_mask"] = [
-            str(Path(masks[s]).resolve()) if masks.get(s) else "" for s in table["subject_id"]
-        ]
         card = {k: v for k, v in self.card.items() if k != "liver_label"}
+        return self.with_paths("liver_mask", masks, card_path, card=card)
+
+    def with_paths(
+        self,
+        column: str,
+        paths: Mapping[str, str | None],
+        card_path: str | os.PathLike[str],
+        *,
+        card: dict[str, Any] | None = None,
+    ) -> Manifest:
+        """A copy whose file column ``column`` (e.g. ``rois``) holds ``paths`` (subject -> path,
+        stored absolute; empty where a subject has none), written at ``card_path``."""
+        table = self.subjects.copy()
+        table[column] = [
+            str(Path(paths[s]).resolve()) if paths.get(s) else "" for s in table["subject_id"]
+        ]
+        card = dict(self.card) if card is None else card
         derived = Manifest(card=card, subjects=table, path=Path(card_path), root=self.root)
         derived.write(card_path)
         return derived

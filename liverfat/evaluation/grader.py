@@ -174,3 +174,50 @@ def grade_probability_metrics(
         "accuracy_lower": acc_low,
         "accuracy_upper": acc_high,
     }
+
+
+def delong_test(positive: ArrayLike, score_a: ArrayLike, score_b: ArrayLike) -> dict[str, float]:
+    """DeLong's paired test of two correlated AUCs (DeLong, DeLong & Clarke-Pearson 1988).
+
+    Both scores belong to the same subjects; ``positive`` says which subjects are positive.
+    The covariance of the two AUCs comes from the placement values of each score
+    (:func:`~liverfat.evaluation.classification.delong_placements`); the test is two-sided on
+    ``z = (auc_a - auc_b) / se``. Identical scores give ``difference = se = 0`` and ``p = 1``.
+
+    Returns
+    -------
+    dict
+        ``n_positive, n_negative, auc_a, auc_b, difference, se, z, p`` (AUCs dimensionless).
+    """
+    from scipy import stats
+
+    positive = np.asarray(positive, bool)
+    a, b = np.asarray(score_a, float), np.asarray(score_b, float)
+    m, n = int(positive.sum()), int((~positive).sum())
+    if m < 2 or n < 2:
+        raise LiverfatError(
+            f"DeLong's test needs 2+ positive and 2+ negative subjects, got {m} and {n}"
+        )
+    placements = [delong_placements(s[positive], s[~positive]) for s in (a, b)]
+    aucs = np.array([p[0] for p in placements])
+    s10 = np.cov(np.vstack([p[1] for p in placements]))
+    s01 = np.cov(np.vstack([p[2] for p in placements]))
+    contrast = np.array([1.0, -1.0])
+    variance = float(contrast @ s10 @ contrast / m + contrast @ s01 @ contrast / n)
+    difference = float(aucs[0] - aucs[1])
+    se = float(np.sqrt(max(variance, 0.0)))
+    if se == 0.0:
+        z, p = (0.0, 1.0) if difference == 0.0 else (float("inf"), 0.0)
+    else:
+        z = difference / se
+        p = float(2 * stats.norm.sf(abs(z)))
+    return {
+        "n_positive": m,
+        "n_negative": n,
+        "auc_a": float(aucs[0]),
+        "auc_b": float(aucs[1]),
+        "difference": difference,
+        "se": se,
+        "z": float(z),
+        "p": p,
+    }

@@ -105,3 +105,46 @@ def to_latex(frame: pd.DataFrame, *, caption: str = "", label: str = "") -> str:
         lines.append(" & ".join(esc(v) for v in row) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
     return "\n".join(lines) + "\n"
+
+
+#: Sets of the grading table, in order, with their column labels (see :func:`grading_layout`).
+GRADING_SETS = {"train": "training", "train_cv": "training CV", "test": "test"}
+
+
+def grading_layout(metrics: pd.DataFrame, *, decimals: int = 2) -> pd.DataFrame:
+    """The grading table of the steatosis-grading study, as text cells.
+
+    ``metrics`` is long (``model, set, auc, auc_lower, auc_upper, accuracy, accuracy_lower,
+    accuracy_upper``, proportions 0-1), as :func:`liverfat.grading.run_grading` writes it. One
+    row per model, in the order first met; per set of :data:`GRADING_SETS` that is present, the
+    columns ``AUC <set> (95% CI)`` as ``0.81 (0.70-0.90)`` and ``ACC <set> (95% CI)`` in % with
+    one decimal, as ``78.3 (66.0-87.0)``; ``n/a`` where undefined.
+    """
+
+    def cell(value: float, low: float, high: float, scale: float, places: int) -> str:
+        if not np.isfinite(value):
+            return "n/a"
+        text = f"{value * scale:.{places}f}"
+        if np.isfinite(low) and np.isfinite(high):
+            text += f" ({low * scale:.{places}f}-{high * scale:.{places}f})"
+        return text
+
+    present = [s for s in GRADING_SETS if s in set(metrics["set"])]
+    rows = []
+    for model in dict.fromkeys(metrics["model"]):
+        row = {"Model": model}
+        for name in present:
+            hit = metrics[(metrics["model"] == model) & (metrics["set"] == name)]
+            label = GRADING_SETS[name]
+            if hit.empty:
+                row[f"AUC {label} (95% CI)"] = row[f"ACC {label} (95% CI), %"] = "n/a"
+                continue
+            m = hit.iloc[0]
+            row[f"AUC {label} (95% CI)"] = cell(
+                m["auc"], m["auc_lower"], m["auc_upper"], 1.0, decimals
+            )
+            row[f"ACC {label} (95% CI), %"] = cell(
+                m["accuracy"], m["accuracy_lower"], m["accuracy_upper"], 100.0, 1
+            )
+        rows.append(row)
+    return pd.DataFrame(rows)

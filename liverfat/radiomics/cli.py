@@ -14,9 +14,9 @@ from liverfat.cli_common import (
     add_executor_args,
     add_manifest_args,
     executor_settings,
+    grading_arg,
     load_manifest,
 )
-from liverfat.errors import LiverfatError
 from liverfat.evaluation.grader import GRADING_SCHEMES, grading_scheme
 from liverfat.radiomics.models import MODELS, TASKS
 from liverfat.radiomics.rois import RoiSettings
@@ -85,6 +85,7 @@ def _engine_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", choices=MODELS, default="xgboost")
     parser.add_argument(
         "--grading",
+        type=grading_arg,
         default="mri_pdff",
         help=f"{', '.join(GRADING_SCHEMES)} or comma-separated cut-offs in %%",
     )
@@ -98,16 +99,6 @@ def _engine_args(parser: argparse.ArgumentParser) -> None:
         "--cache", help="working folder with the feature cache (default: <out>/work)"
     )
     parser.add_argument("--seed", type=int, default=0)
-
-
-def _grading(text: str) -> str | list[float]:
-    """A scheme name, or the cut-offs (%) of ``--grading 5,20``."""
-    if text in GRADING_SCHEMES:
-        return text
-    try:
-        return [float(v) for v in text.split(",")]
-    except ValueError as exc:
-        raise LiverfatError(f"--grading: {text!r} is neither a scheme nor cut-offs") from exc
 
 
 def _roi_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -126,7 +117,7 @@ def _engine_settings(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         "target": args.target,
         "task": args.task,
         "model": args.model,
-        "grading": _grading(args.grading),
+        "grading": args.grading,
         "channels": tuple(args.channels),
         **_roi_settings(args),
         "augment_copies": args.augment,

@@ -1,13 +1,9 @@
-"""The published protocol: a stratified, seeded train/test split; per model, AUC and accuracy with
-95% CIs on the training and test sets; regression MAE / R^2; Spearman correlation of grade with
-covariates, overall and by sex.
-
-The numbers come from :mod:`liverfat.evaluation`: AUC and accuracy with their intervals from
-:func:`~liverfat.evaluation.grader.grade_probability_metrics` (binary schemes use the probability
-of the higher grade, multi-grade schemes the macro mean of one-vs-rest AUCs over grades present
-with both classes; a seeded percentile bootstrap over subjects for the AUC, Wilson for accuracy),
-MAE and R^2 from :func:`~liverfat.evaluation.agreement.agreement` (NaN below 3 subjects), Spearman
-from :func:`~liverfat.evaluation.covariates.covariate_correlations`.
+"""``liverfat radiomics cv``: the trees through the shared grading protocol
+(:mod:`liverfat.grading`: the stratified, seeded train/test split; AUC and accuracy with 95% CIs
+on the training and test sets; Spearman of grade with covariates, overall and by sex), plus what
+only the trees do here: each model as a fat-fraction regressor on the same split (MAE / R^2
+from :func:`~liverfat.evaluation.agreement.agreement`, NaN below 3 subjects) and out-of-fold
+predictions of one engine.
 """
 
 from __future__ import annotations
@@ -17,65 +13,18 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from liverfat.data.manifest import REPORTED_COVARIATES, Manifest
+from liverfat.data.manifest import Manifest
 from liverfat.data.predictions import PredictionsTable
-from liverfat.errors import LiverfatError
 from liverfat.evaluation.agreement import agreement
-from liverfat.evaluation.covariates import covariate_correlations
-from liverfat.evaluation.grader import grade_probability_metrics
+from liverfat.grading import covariate_spearman, run_grading
 from liverfat.radiomics.engine import RadiomicsEngine
 from liverfat.radiomics.models import MODELS
-
-
-def train_test_subjects(
-    reference: pd.Series, grades: np.ndarray, test_fraction: float, seed: int
-) -> tuple[list[str], list[str]]:
-    """A seeded split of subject ids, stratified on grade where every grade has 2+ subjects."""
-    from sklearn.model_selection import train_test_split
-
-    ids = np.asarray(reference.index, dtype=str)
-    counts = np.bincount(grades)
-    stratify = grades if counts[counts > 0].min() >= 2 else None
-    train, test = train_test_split(
-        ids, test_size=test_fraction, random_state=seed, stratify=stratify
-    )
-    return sorted(train.tolist()), sorted(test.tolist())
-
-
-def covariate_spearman(
-    grades: pd.Series,
-    covariates: pd.DataFrame,
-    columns: Sequence[str] = REPORTED_COVARIATES,
-) -> pd.DataFrame:
-    """Spearman rho (and p) of grade with each covariate, over all subjects and by sex.
-
-    The published layout of :func:`liverfat.evaluation.covariates.covariate_correlations`: columns
-    ``group`` (``all``, ``female``, ``male``), ``covariate``, ``n``, ``rho``, ``p``. Sex is coded
-    0 female, 1 male; within a sex group the sex column itself is skipped; a group or covariate
-    without data gives a row with n = 0 and NaN.
-    """
-    present = [c for c in columns if c in covariates.columns]
-    if not present:
-        return pd.DataFrame(columns=["group", "covariate", "n", "rho", "p"])
-    values = pd.DataFrame({"grade": np.asarray(grades, float)}, index=grades.index.astype(str))
-    frames = [covariate_correlations(values, covariates[present]).assign(group="all")]
-    groups = [("all", c) for c in present]
-    if "sex" in present:
-        by_sex = covariate_correlations(values, covariates[present], by="sex")
-        code = pd.to_numeric(by_sex["stratum"].str.removeprefix("sex="), errors="coerce")
-        for number, group in ((0, "female"), (1, "male")):
-            frames.append(by_sex[code == number].assign(group=group))
-            groups += [(group, c) for c in present if c != "sex"]
-    table = pd.concat(frames).set_index(["group", "covariate"])
-    table = table.reindex(pd.MultiIndex.from_tuples(groups, names=["group", "covariate"]))
-    table["n"] = table["n"].fillna(0).astype(int)
-    return table[["n", "rho", "p"]].astype({"rho": float, "p": float}).reset_index()
 
 
 @dataclass
@@ -136,31 +85,34 @@ def _protocol(
 ) -> ProtocolResult:
     """:func:`run_protocol` with settings that hold a ``work_dir``."""
     probe = RadiomicsEngine(**engine_settings)
-    reference = manifest.target(probe.target).dropna()
-    if len(reference) < 10:
-        raise LiverfatError(
-            f"the protocol needs 10+ subjects with {probe.target}, got {len(reference)}"
+    graders = {
+        model: partial(
+            RadiomicsEngine,
+            **{**engine_settings, "model": model, "seed": seed, "task": "classification"},
         )
-    scheme = probe.scheme
-    grades = pd.Series(scheme.grade(reference.to_numpy()), index=reference.index)
-    train, test = train_test_subjects(reference, grades.to_numpy(), test_fraction, seed)
+        for model in models
+    }
+    grading = run_grading(
+        manifest,
+        graders,
+        target=probe.target,
+        scheme=probe.scheme,
+        test_fraction=test_fraction,
+        folds=0,
+        seed=seed,
+        n_boot=n_boot,
+    )
+    train, test = grading.split.train, grading.split.test
     parts = {"train": manifest.select(subject_ids=train), "test": manifest.select(subject_ids=test)}
-    references = {"reference": reference, "truth": truth}
-    class_rows, reg_rows = [], []
+    references = {"reference": manifest.target(probe.target).dropna(), "truth": truth}
+    reg_rows = []
     for model in models:
-        settings = {**engine_settings, "model": model, "seed": seed}
-        grader = RadiomicsEngine(**{**settings, "task": "classification"}).fit(parts["train"])
-        regressor = RadiomicsEngine(**{**settings, "task": "regression"}).fit(parts["train"])
+        settings = {**engine_settings, "model": model, "seed": seed, "task": "regression"}
+        regressor = RadiomicsEngine(**settings).fit(parts["train"])
         for split, part in parts.items():
-            scores, _ = grader.predict_scores(part)
-            p = scores[[f"p_grade{k}" for k in range(scheme.n_grades)]].to_numpy()
-            g = grades.loc[scores.index].to_numpy()
-            metrics = grade_probability_metrics(g, p, n_boot=n_boot, seed=seed)
-            class_rows.append({"model": model, "set": split, **metrics})
             scores, _ = regressor.predict_scores(part)
             reg_rows.append({"model": model, "set": split, **_regression(references, scores)})
-    spearman = covariate_spearman(grades, manifest.subjects.set_index("subject_id"))
-    return ProtocolResult(pd.DataFrame(class_rows), pd.DataFrame(reg_rows), spearman, train, test)
+    return ProtocolResult(grading.metrics, pd.DataFrame(reg_rows), grading.spearman, train, test)
 
 
 def _regression(references: dict[str, pd.Series | None], scores: pd.DataFrame) -> dict[str, float]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import stats
 from sklearn.metrics import roc_auc_score
 from statsmodels.stats.proportion import proportion_confint
 
@@ -16,6 +17,7 @@ from liverfat.evaluation.classification import (
 from liverfat.evaluation.grader import (
     GRADING_SCHEMES,
     bootstrap_interval,
+    delong_test,
     grade_auc,
     grade_probability_metrics,
     grading_scheme,
@@ -113,3 +115,45 @@ def test_grade_probability_metrics():
         bootstrap_interval(grade_auc, grades, p, n_boot=200, seed=1)
     )
     assert metrics["auc_lower"] < metrics["auc"] < metrics["auc_upper"]
+
+
+def _brute_force_delong(positive, a, b):
+    """Independent DeLong: the O(m n) psi kernel per score, then the 2 x 2 covariance."""
+    pos, neg = np.flatnonzero(positive), np.flatnonzero(~positive)
+    v10, v01, aucs = [], [], []
+    for s in (a, b):
+        psi = (s[pos][:, None] > s[neg][None, :]) + 0.5 * (s[pos][:, None] == s[neg][None, :])
+        v10.append(psi.mean(axis=1))
+        v01.append(psi.mean(axis=0))
+        aucs.append(psi.mean())
+    s10, s01 = np.cov(v10), np.cov(v01)
+    var = (s10[0, 0] + s10[1, 1] - 2 * s10[0, 1]) / pos.size
+    var += (s01[0, 0] + s01[1, 1] - 2 * s01[0, 1]) / neg.size
+    z = (aucs[0] - aucs[1]) / np.sqrt(var)
+    return aucs, z, 2 * stats.norm.sf(abs(z))
+
+
+def test_delong_test_matches_the_brute_force_kernel():
+    rng = np.random.default_rng(3)
+    positive = rng.random(120) < 0.35
+    latent = positive * 1.0 + rng.normal(0, 1, 120)
+    a = np.round(latent + rng.normal(0, 0.3, 120), 1)  # rounded: ties count half
+    b = np.round(0.4 * latent + rng.normal(0, 1, 120), 1)
+    result = delong_test(positive, a, b)
+    aucs, z, p = _brute_force_delong(positive, a, b)
+    assert result["auc_a"] == pytest.approx(aucs[0])
+    assert result["auc_b"] == pytest.approx(aucs[1])
+    assert result["z"] == pytest.approx(z)
+    assert result["p"] == pytest.approx(p)
+    assert result["auc_a"] > result["auc_b"] and result["p"] < 0.05
+    swapped = delong_test(positive, b, a)
+    assert swapped["z"] == pytest.approx(-result["z"]) and swapped["p"] == pytest.approx(p)
+
+
+def test_delong_test_of_identical_scores_and_too_few_subjects():
+    positive = np.array([True, True, False, False, False])
+    score = np.array([0.9, 0.4, 0.5, 0.1, 0.2])
+    same = delong_test(positive, score, score)
+    assert same["difference"] == 0.0 and same["se"] == 0.0 and same["p"] == 1.0
+    with pytest.raises(LiverfatError, match="2\\+ positive"):
+        delong_test(np.array([True, False, False]), score[:3], score[:3])

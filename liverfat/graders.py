@@ -1,0 +1,253 @@
+"""Graders by name, for the grading protocol (:mod:`liverfat.grading`): the boosted trees of the
+radiomics engine and any classification network of the model registry on the same ROI patches.
+
+Both arms read the same ROIs: :func:`shared_rois` places them once (the radiomics engine's
+placement, written as ``<subject>_rois.json``) and returns a manifest whose ``rois`` column points
+at them, unless the manifest brings its own. Engines never import each other; this module, like
+the study runner, sits above them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from liverfat.data.fingerprint import fingerprint
+from liverfat.data.manifest import Manifest
+from liverfat.errors import LiverfatError
+
+#: The boosted-tree models (:data:`liverfat.radiomics.models.MODELS`).
+TREE_MODELS = ("adaboost", "gbdt", "xgboost")
+#: Short names of networks: ``densenet`` is the published arm, a DenseNet sized for 16 x 16 ROIs.
+NETWORK_ALIASES = {"densenet": "patch_densenet"}
+#: The published table's rows.
+DEFAULT_MODELS = (*TREE_MODELS, "densenet")
+
+
+def network_names() -> list[str]:
+    """Models that can take a network row: the aliases and the registry's classification task."""
+    from liverfat.nn.registry import model_names
+
+    return sorted({*NETWORK_ALIASES, *model_names("classification")})
+
+
+def check_models(models: Sequence[str]) -> None:
+    """One line naming the unknown models, before any work."""
+    known = {*TREE_MODELS, *network_names()}
+    unknown = [m for m in models if m not in known]
+    if unknown:
+        raise LiverfatError(
+            f"unknown grading model(s) {', '.join(unknown)}; choose from {', '.join(sorted(known))}"
+        )
+    if len(set(models)) != len(models):
+        raise LiverfatError(f"grading models are named twice: {list(models)}")
+
+
+def shared_rois(
+    manifest: Manifest,
+    folder: str | os.PathLike[str],
+    roi_settings: dict[str, Any],
+    *,
+    executor: str = "processes",
+    n_workers: int | None = 2,
+) -> tuple[Manifest, dict[str, str]]:
+    """The manifest with a ``rois`` column for every subject, and the subjects whose ROIs could
+    not be placed (subject -> one line).
+
+    A manifest with its own ``rois`` column is returned as it is. Otherwise the ROIs are placed
+    (:func:`liverfat.radiomics.review.write_subject_rois`, resumable) into a subfolder of
+    ``folder`` named by the settings, and a derived manifest is written beside them.
+    """
+    if "rois" in manifest.subjects.columns:
+        return manifest, {}
+    from liverfat.radiomics.review import write_subject_rois
+    from liverfat.radiomics.rois import RoiSettings
+
+    settings = RoiSettings(**roi_settings)
+    out = Path(folder) / f"rois-{fingerprint(asdict(settings), length=8)}"
+    review = write_subject_rois(
+        manifest, out, settings, executor=executor, n_workers=n_workers, progress="grade: ROIs"
+    )
+    paths = {sid: str(out / f"{sid}_rois.json") for sid in (*review.placed, *review.existing)}
+    return manifest.with_paths("rois", paths, out / "manifest.yaml"), review.failures
+
+
+def grader_factories(
+    models: Sequence[str],
+    *,
+    target: str,
+    grading: str | list[float],
+    seed: int,
+    work_dir: str | os.PathLike[str],
+    tree_settings: dict[str, Any] | None = None,
+    network_settings: dict[str, Any] | None = None,
+) -> dict[str, Callable[[], Any]]:
+    """Name -> factory of an unfitted grader, for :func:`liverfat.grading.run_grading`.
+
+    Trees are :class:`~liverfat.radiomics.engine.RadiomicsEngine` classifiers (``tree_settings``:
+    its keyword arguments; features cached in ``work_dir/features``); any other name is a
+    :class:`~liverfat.deep.patch_grader.PatchGrader` with that registry model
+    (``network_settings``: its keyword arguments).
+    """
+    check_models(models)
+    common = {"target": target, "grading": grading, "seed": seed}
+    factories: dict[str, Callable[[], Any]] = {}
+    for model in models:
+        if model in TREE_MODELS:
+            from liverfat.radiomics.engine import RadiomicsEngine
+
+            settings = {**(tree_settings or {}), **common, "work_dir": str(work_dir)}
+            factories[model] = partial(
+                RadiomicsEngine, **settings, model=model, task="classification"
+            )
+        else:
+            from liverfat.deep.patch_grader import PatchGrader
+
+            settings = {**(network_settings or {}), **common}
+            factories[model] = partial(
+                PatchGrader, **settings, model=NETWORK_ALIASES.get(model, model)
+            )
+    return factories
+
+
+def grade(
+    manifest: Manifest,
+    out: str | os.PathLike[str],
+    *,
+    models: Sequence[str],
+    target: str = "liver_pdff_pct",
+    grading: str | list[float] = "histology",
+    test_fraction: float = 0.3,
+    folds: int = 5,
+    seed: int = 0,
+    n_boot: int = 1000,
+    roi_settings: dict[str, Any] | None = None,
+    tree_settings: dict[str, Any] | None = None,
+    network_settings: dict[str, Any] | None = None,
+    executor: str = "processes",
+    n_workers: int | None = 2,
+    log: Callable[[str], None] = print,
+) -> Any:
+    """``liverfat grade``: shared ROIs, every model through :func:`liverfat.grading.run_grading`,
+    the tables written into ``out`` (working state in ``out/work``, so a rerun resumes).
+
+    ``roi_settings`` are :class:`~liverfat.radiomics.rois.RoiSettings` fields (``n_rois``,
+    ``n_right``, ``size`` in px, ``border_margin_mm``, ``outlier_mads``); the trees get the same
+    (their augmentation stays inside the allowed liver pixels of that placement).
+    """
+    from liverfat.evaluation.grader import grading_scheme
+    from liverfat.grading import run_grading
+
+    check_models(models)
+    scheme = grading_scheme(grading)
+    work = Path(out) / "work"
+    rois = dict(roi_settings or {})
+    placed, lost = shared_rois(manifest, work, rois, executor=executor, n_workers=n_workers)
+    for message in lost.values():
+        log(message)
+    engine_rois = {("roi_size" if k == "size" else k): v for k, v in rois.items()}
+    parallel = {"executor": executor, "n_workers": n_workers}
+    factories = grader_factories(
+        models,
+        target=target,
+        grading=grading,
+        seed=seed,
+        work_dir=work,
+        tree_settings={**engine_rois, **parallel, **(tree_settings or {})},
+        network_settings={**parallel, **(network_settings or {})},
+    )
+    result = run_grading(
+        placed,
+        factories,
+        target=target,
+        scheme=scheme,
+        test_fraction=test_fraction,
+        folds=folds,
+        seed=seed,
+        n_boot=n_boot,
+        baseline_models=[m for m in models if m in TREE_MODELS],
+        work_dir=work,
+        log=log,
+    )
+    result.settings.update(
+        {"rois": rois, "trees": tree_settings or {}, "networks": network_settings or {}}
+    )
+    result.write(out)
+    return result
+
+
+# The study stage ---------------------------------------------------------------------------------
+class GradingOptions(BaseModel):
+    """A study file's ``grading:`` mapping (every key optional)."""
+
+    model_config = ConfigDict(extra="forbid")
+    models: list[str] = list(DEFAULT_MODELS)
+    scheme: str | list[float] = "histology"
+    test_fraction: float = Field(0.3, gt=0, lt=1)
+    folds: int = Field(5, ge=0)
+    bootstrap: int = Field(1000, ge=1)
+    rois: dict[str, Any] = {}
+    trees: dict[str, Any] = {}
+    networks: dict[str, Any] = {}
+
+
+def parse_grading(raw: Any, path: Path) -> GradingOptions:
+    """The study's ``grading:`` options, or one line naming the wrong key."""
+    from liverfat.evaluation.grader import grading_scheme
+
+    try:
+        options = GradingOptions.model_validate(raw if raw is not None else {})
+        check_models(options.models)
+        grading_scheme(options.scheme)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(p) for p in error["loc"])
+        raise LiverfatError(f"{path}: study key grading.{where}: {error['msg']}") from None
+    except LiverfatError as exc:
+        raise LiverfatError(f"{path}: grading: {exc}") from None
+    return options
+
+
+def run_grading_stage(study: Any, manifest: Manifest, log: Callable[[str], None]) -> Any:
+    """The study's grading comparison on its training split, written to ``OUT/grading/``;
+    returns the report's section (the table in the published layout and DeLong's test)."""
+    from liverfat.evaluation.report import ExtraSection
+
+    options: GradingOptions = study.grading
+    executor = study.executor.get("kind", "serial")
+    result = grade(
+        manifest.select(split=study.train_split),
+        study.out / "grading",
+        models=options.models,
+        target=study.target,
+        grading=options.scheme,
+        test_fraction=options.test_fraction,
+        folds=options.folds,
+        seed=study.seed,
+        n_boot=options.bootstrap,
+        roi_settings=options.rois,
+        tree_settings=options.trees,
+        network_settings=options.networks,
+        executor="processes" if executor == "dask" else executor,
+        n_workers=study.executor.get("workers") or 2,
+        log=log,
+    )
+    split = result.split
+    text = (
+        f"Steatosis grades ({result.scheme.meaning}) from the liver ROIs of split "
+        f"{study.train_split}: every model on one seeded train/test split ({len(split.train)} / "
+        f"{len(split.test)} subjects, stratified on grade, seed {study.seed}) and "
+        f"{len(split.folds)} subject-level folds of the training part ('training CV': out of "
+        "fold). Trees and networks read the same ROIs; augmentation stays inside each fit's "
+        "subjects. AUC with a seeded bootstrap 95 % CI, accuracy with Wilson's."
+    )
+    tables = (
+        [("DeLong's test on the test set", result.delong.round(4))] if len(result.delong) else []
+    )
+    return ExtraSection("Steatosis grading", text, result.table, tables=tables)
