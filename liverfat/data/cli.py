@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from liverfat.cli_common import (
@@ -23,7 +24,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "phantom", help="generate the synthetic Dixon cohort (images, manifest, truth table)"
     )
     phantom.add_argument(
-        "--n", type=positive_int, default=20, help="number of subjects (default 20)"
+        "--n",
+        type=positive_int,
+        help="number of subjects (default 20, or the total of --pdff-bins)",
     )
     phantom.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     phantom.add_argument(
@@ -44,6 +47,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     phantom.add_argument(
         "--proportional-bias", type=positive_float, help="proportional bias factor (1 = none)"
     )
+    phantom.add_argument(
+        "--pdff-bins",
+        type=pdff_bin,
+        nargs="+",
+        metavar="LOW:HIGH:COUNT",
+        help="draw liver PDFF in fixed bins with exact counts instead of UK Biobank's "
+        "distribution: COUNT subjects in [LOW, HIGH) %% each, e.g. 5:33:38 33:66:12; "
+        "the counts add up to --n",
+    )
     phantom.set_defaults(func=phantom_main)
 
     manifest = subparsers.add_parser("manifest", help="validate a manifest")
@@ -52,6 +64,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_manifest_args(check, data_root=True)
     check.add_argument("--no-geometry", action="store_true", help="skip image-geometry comparison")
     check.set_defaults(func=manifest_check)
+
+
+def pdff_bin(text: str) -> tuple[float, float, int]:
+    """One ``LOW:HIGH:COUNT`` bin of ``--pdff-bins``: PDFF bounds (%) and a subject count."""
+    expected = "LOW:HIGH:COUNT with 0 <= LOW < HIGH <= 100 (%) and a whole COUNT >= 0"
+    parts = text.split(":")
+    try:
+        if len(parts) != 3:
+            raise ValueError
+        low, high, count = float(parts[0]), float(parts[1]), int(parts[2])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {expected}") from None
+    if not (math.isfinite(low) and math.isfinite(high) and 0 <= low < high <= 100 and count >= 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not {expected}")
+    return low, high, count
 
 
 def manifest_check(args: argparse.Namespace) -> int:
@@ -77,15 +104,19 @@ def phantom_main(args: argparse.Namespace) -> int:
         "reference_outlier_fraction": args.outlier_fraction,
         "noise_floor_pct": args.noise_floor,
         "proportional_bias": args.proportional_bias,
+        "pdff_bins": tuple(args.pdff_bins) if args.pdff_bins else None,
     }
     config = replace(PhantomConfig(), **{k: v for k, v in overrides.items() if v is not None})
+    n = args.n
+    if n is None:
+        n = sum(count for _, _, count in args.pdff_bins) if args.pdff_bins else 20
     card = generate_cohort(
-        args.n,
+        n,
         args.out,
         seed=args.seed,
         scale=args.scale,
         config=config,
         **executor_settings(args),
     )
-    print(f"phantom cohort of {args.n} subjects: {card}")
+    print(f"phantom cohort of {n} subjects: {card}")
     return 0

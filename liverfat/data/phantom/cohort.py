@@ -4,15 +4,17 @@ Each subject is drawn from a seeded generator (:func:`draw_subject`), painted
 (:mod:`~liverfat.data.phantom.anatomy`) and imaged (:mod:`~liverfat.data.phantom.imaging`) by
 :func:`build_subject`; :func:`generate_cohort` writes every subject (skipping those already
 written), the dataset card and subject table, and the truth table (``truth/truth.csv``), which
-no engine reads.
+no engine reads. With :attr:`PhantomConfig.pdff_bins` set, liver fat is drawn in fixed bins with
+exact counts (:func:`assign_pdff_bins` says which subject falls in which bin).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -82,11 +84,17 @@ class Subject:
     liver_volume_target_ml: float
 
 
-def draw_subject(rng: np.random.Generator, subject_id: str) -> Subject:
+def draw_subject(
+    rng: np.random.Generator, subject_id: str, *, pdff_bin: tuple[float, float] | None = None
+) -> Subject:
     """Covariates and liver fat, correlated through a shared metabolic latent variable.
 
-    Liver fat is log-normal with median 2 % and mean about 4 % (about 20 % of subjects above
-    5.5 %), as in UK Biobank; it rises with BMI and with visceral fat.
+    Liver fat rises with BMI and with visceral fat through ``z = 0.6 * metabolic + 0.8 * e_fat``
+    (standard normal). With ``pdff_bin`` None it is log-normal, ``2 * exp(1.177 z)`` clipped at
+    45 %: median 2 % and mean about 4 % (about 20 % of subjects above 5.5 %), as in UK Biobank.
+    With ``pdff_bin = (low, high)`` (%) it is ``low + (high - low) * Phi(z)`` (``Phi`` the standard
+    normal distribution function), uniform over the bin and kept inside ``[low, high)`` after
+    rounding to 0.001 %. Every other quantity, and every draw from ``rng``, is the same either way.
     """
     metabolic, e_bmi, e_vat, e_fat, e_sat, e_liver = rng.standard_normal(6)
     sex = int(rng.random() < 0.5)
@@ -95,7 +103,11 @@ def draw_subject(rng: np.random.Generator, subject_id: str) -> Subject:
     bmi = float(np.clip(26.5 * math.exp(0.15 * (0.8 * metabolic + 0.6 * e_bmi)), 17, 50))
     weight = bmi * (height / 100) ** 2
     vat_logit = -0.7 + 0.7 * sex + 0.9 * (0.7 * metabolic + 0.7 * e_vat)
-    pdff = float(np.clip(2.0 * math.exp(1.177 * (0.6 * metabolic + 0.8 * e_fat)), 0.0, 45.0))
+    z = 0.6 * metabolic + 0.8 * e_fat  # unit variance
+    if pdff_bin is None:
+        pdff = round(float(np.clip(2.0 * math.exp(1.177 * z), 0.0, 45.0)), 3)
+    else:
+        pdff = _in_bin(float(z), *pdff_bin)
     sat = (6.0 + 2.6 * (bmi - 18.0)) * (1.35 if sex == 0 else 1.0) * math.exp(0.15 * e_sat)
     liver_volume = float(
         np.clip(1600 * math.exp(0.15 * e_liver + 0.01 * (weight - 78)), 1000, 2500)
@@ -107,11 +119,60 @@ def draw_subject(rng: np.random.Generator, subject_id: str) -> Subject:
         height_cm=round(height, 1),
         weight_kg=round(weight, 1),
         bmi=round(bmi, 2),
-        pdff_pct=round(pdff, 3),
+        pdff_pct=pdff,
         vat_fraction=float(1 / (1 + math.exp(-vat_logit))),
         sat_thickness_mm=float(np.clip(sat, 4, 70)),
         liver_volume_target_ml=liver_volume,
     )
+
+
+def _in_bin(z: float, low: float, high: float) -> float:
+    """``low + (high - low) * Phi(z)`` rounded to 0.001 %, kept inside ``[low, high)`` (%)."""
+    value = round(low + (high - low) * 0.5 * math.erfc(-z / math.sqrt(2.0)), 3)
+    if value >= high:  # only for z beyond about 4 in a bin tens of % wide
+        value = math.nextafter(high, low)
+    return max(value, low)
+
+
+@functools.lru_cache(maxsize=8)
+def assign_pdff_bins(seed: int, config: PhantomConfig) -> tuple[tuple[float, float], ...] | None:
+    """The PDFF bin ``(low, high)`` (%) of each subject index, or None without ``pdff_bins``.
+
+    A seeded permutation of the ``n`` subject indices (``n`` the sum of the bins' counts) is cut
+    into consecutive runs, one per bin in increasing order, as long as the bins' counts: so every
+    bin holds exactly its count, and the assignment depends only on the seed and the bins (not
+    on the executor or the order workers finish in). Its stream is the seed's own, apart from
+    those of the splits and of each subject, so bins and splits are independent.
+    """
+    if config.pdff_bins is None:
+        return None
+    n = sum(count for _, _, count in config.pdff_bins)
+    order = np.random.default_rng([seed, 2**31 - 2]).permutation(n)
+    bins: list[tuple[float, float]] = [(0.0, 0.0)] * n
+    start = 0
+    for low, high, count in config.pdff_bins:
+        for index in order[start : start + count]:
+            bins[int(index)] = (low, high)
+        start += count
+    return tuple(bins)
+
+
+def _pdff_bin_of(index: int, seed: int, config: PhantomConfig) -> tuple[float, float] | None:
+    bins = assign_pdff_bins(seed, config)
+    if bins is None:
+        return None
+    if not 0 <= index < len(bins):
+        raise LiverfatError(
+            f"subject index {index} is outside the {len(bins)} subjects of the PDFF bins"
+        )
+    return bins[index]
+
+
+def _check_bin_counts(n: int, config: PhantomConfig) -> None:
+    if config.pdff_bins is not None:
+        total = sum(count for _, _, count in config.pdff_bins)
+        if total != n:
+            raise LiverfatError(f"the PDFF bins' counts add up to {total}, not to --n {n}")
 
 
 # One subject ---------------------------------------------------------------------------------
@@ -167,13 +228,18 @@ def generate_subject(job: SubjectJob) -> dict[str, Any]:
 def build_subject(
     index: int, seed: int, scale: str, config: PhantomConfig, split: str
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Arrays (water, fat signal x1; labels) and the truth record of subject ``index``."""
+    """Arrays (water, fat signal x1; labels) and the truth record of subject ``index``.
+
+    Deterministic per ``index``, ``seed``, ``scale`` and ``config``; with ``config.pdff_bins``
+    the subject's bin comes from :func:`assign_pdff_bins` (``index`` must be below the bins'
+    total count).
+    """
     # Independent streams, so anatomy, reference and swaps do not depend on the grid's noise draws.
     rng, rng_noise, rng_reference = (
         np.random.default_rng(s) for s in np.random.SeedSequence([seed, index]).spawn(3)
     )
     sid = subject_id_for(index)
-    subject = draw_subject(rng, sid)
+    subject = draw_subject(rng, sid, pdff_bin=_pdff_bin_of(index, seed, config))
     grid = Grid.at_scale(scale)
     marks = Landmarks.for_height(subject.height_cm, shift_mm=float(rng.normal(0, 15)))
     labels = np.zeros(grid.shape, np.uint8)
@@ -236,12 +302,14 @@ def generate_cohort(
     """Generate (or finish generating) a phantom cohort; return the dataset card path.
 
     Subjects already written are kept (the command resumes). Output for one seed, scale and
-    configuration is byte-identical across runs.
+    configuration is byte-identical across runs. With ``config.pdff_bins`` the bins' counts must
+    add up to ``n``.
     """
     if n < 1:
         raise LiverfatError(f"--n must be at least 1, got {n}")
     Grid.at_scale(scale)  # validates the scale
     config = config or PhantomConfig()
+    _check_bin_counts(n, config)
     out = Path(out)
     card_path = out / "manifest.yaml"
     _check_existing(card_path, n, seed, scale, config)
@@ -272,16 +340,29 @@ def generate_cohort(
 
 
 def _check_existing(card_path: Path, n: int, seed: int, scale: str, config: PhantomConfig) -> None:
-    """Refuse to mix subjects of different settings in one folder."""
+    """Refuse to mix subjects of different settings in one folder.
+
+    The settings are recorded with :meth:`PhantomConfig.as_record`, so a folder written before
+    ``pdff_bins`` existed (no such key) still matches the default settings.
+    """
     settings_path = card_path.parent / "truth" / "settings.json"
-    settings = {"seed": seed, "scale": scale, "config": asdict(config)}
+    settings = json.loads(json.dumps({"seed": seed, "scale": scale, "config": config.as_record()}))
     if settings_path.is_file():
         previous = json.loads(settings_path.read_text(encoding="utf-8"))
-        if previous != json.loads(json.dumps(settings)):
+        if previous != settings:
+            before = previous.get("config") if isinstance(previous.get("config"), dict) else {}
+            differ = sorted(
+                {k for k in ("seed", "scale") if previous.get(k) != settings[k]}
+                | {
+                    k
+                    for k in before.keys() | settings["config"].keys()
+                    if before.get(k) != settings["config"].get(k)
+                }
+            )
             raise LiverfatError(
                 f"{card_path.parent}: holds a phantom cohort with other settings "
-                f"(seed {previous.get('seed')}, scale {previous.get('scale')}); "
-                "choose another --out"
+                f"(seed {previous.get('seed')}, scale {previous.get('scale')}; differs in "
+                f"{', '.join(differ) or 'layout'}); choose another --out"
             )
     else:
         write_json_atomic(settings_path, settings)
@@ -336,7 +417,7 @@ def _write_truth(
         truth_rows,
         run_info(
             "truth",
-            configuration={"seed": seed, "scale": scale, **asdict(config)},
+            configuration={"seed": seed, "scale": scale, **config.as_record()},
             seed=seed,
             timestamp=False,
         ),
@@ -372,5 +453,5 @@ def dataset_card(seed: int, scale: str, config: PhantomConfig) -> dict[str, Any]
             "subjects without reference values",
             "a random subset of B (the atlas-versus-network comparison set)",
         ),
-        "phantom": {"seed": seed, "scale": scale, **asdict(config)},
+        "phantom": {"seed": seed, "scale": scale, **config.as_record()},
     }

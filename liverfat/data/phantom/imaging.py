@@ -10,19 +10,26 @@ All configurable in :class:`PhantomConfig`:
   a small fraction of subjects;
 * a simulated reference (a dedicated liver-MRI PDFF read from three manual ROIs): true PDFF plus
   measurement noise plus rare spurious outliers, recorded in the truth table.
+
+The model holds over the whole 0-100 % range of liver PDFF (the fixed bins of
+:attr:`PhantomConfig.pdff_bins` may reach beyond the default draw's 45 %): water and fat are
+written as separate phase-sensitive signals, so a fat-dominant liver is not confined to 0-50 % as
+in magnitude two-point Dixon, and the body fat fraction and the reference stay within 0-100 %.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+import numbers
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import ndimage
 
 from liverfat.data.phantom.anatomy import LABELS, LIVER_LABELS
 from liverfat.data.phantom.grid import Grid, Waves
+from liverfat.errors import LiverfatError
 
 if TYPE_CHECKING:
     from liverfat.data.phantom.cohort import Subject
@@ -49,6 +56,9 @@ TISSUE = {
 class PhantomConfig:
     """Settings of the phantom cohort; every field is recorded in the dataset card.
 
+    ``pdff_bins`` is recorded only when set, so a cohort with the default settings records (and
+    is) exactly what it was before the field existed (see :meth:`as_record`).
+
     Attributes
     ----------
     noise_floor_pct:
@@ -72,6 +82,16 @@ class PhantomConfig:
         Fraction of subjects in split A (with reference); the rest are B, half of which are C.
     blur_sigma_mm:
         Partial-volume point-spread (Gaussian SD, mm).
+    pdff_bins:
+        ``None`` (the default): liver PDFF is log-normal (median 2 %, at most 45 %), as in UK
+        Biobank. Otherwise fixed bins ``((low_pct, high_pct, count), ...)``: exactly ``count``
+        subjects get a liver PDFF in ``[low_pct, high_pct)`` (%), and the counts must add up to
+        the cohort's size. Bins lie within 0-100 % and do not overlap; they are kept in
+        increasing order (so the order they are given in does not matter). Which subject falls
+        in which bin is fixed by the cohort seed
+        (:func:`~liverfat.data.phantom.cohort.assign_pdff_bins`); within its bin a subject's
+        PDFF keeps the rank its metabolic latent gives it
+        (:func:`~liverfat.data.phantom.cohort.draw_subject`).
     """
 
     noise_floor_pct: float = 1.5
@@ -86,11 +106,65 @@ class PhantomConfig:
     fraction_a: float = 0.6
     fraction_c_of_b: float = 0.5
     blur_sigma_mm: float = 2.0
+    pdff_bins: tuple[tuple[float, float, int], ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.pdff_bins is not None:
+            object.__setattr__(self, "pdff_bins", _checked_bins(self.pdff_bins))
+
+    def as_record(self) -> dict[str, Any]:
+        """The settings as recorded in ``truth/settings.json`` and the dataset card (JSON/YAML).
+
+        ``pdff_bins`` appears only when set (as ``[[low, high, count], ...]``), so the record of
+        the default settings, and the resume check of a cohort written before the field
+        existed, are unchanged.
+        """
+        record = asdict(self)
+        bins = record.pop("pdff_bins")
+        if bins is not None:
+            record["pdff_bins"] = [list(b) for b in bins]
+        return record
 
     def body_ff(self, pdff_pct: np.ndarray | float) -> np.ndarray:
         """Expected body-MRI fat fraction (%) for a true PDFF (%), before noise."""
         pdff = np.asarray(pdff_pct, dtype=np.float64)
         return np.clip(self.proportional_bias * np.sqrt(pdff**2 + self.noise_floor_pct**2), 0, 100)
+
+
+def _checked_bins(bins: Any) -> tuple[tuple[float, float, int], ...]:
+    """``pdff_bins`` as sorted ``(low, high, count)`` tuples; a one-line error if unusable."""
+    try:
+        items = [tuple(b) for b in bins]
+    except TypeError:
+        raise LiverfatError(
+            f"pdff_bins must be (low_pct, high_pct, count) triples, got {bins!r}"
+        ) from None
+    if not items:
+        raise LiverfatError("pdff_bins must hold at least one (low_pct, high_pct, count) bin")
+    checked = []
+    for item in items:
+        if len(item) != 3:
+            raise LiverfatError(f"pdff bin {item!r} is not (low_pct, high_pct, count)")
+        low, high, count = item
+        numeric = all(
+            isinstance(v, numbers.Real) and not isinstance(v, bool) for v in (low, high, count)
+        )
+        if not numeric or not (math.isfinite(low) and math.isfinite(high)):
+            raise LiverfatError(f"pdff bin {item!r}: low, high and count must be numbers")
+        if not 0 <= low < high <= 100:
+            raise LiverfatError(f"pdff bin {low:g}-{high:g} %: needs 0 <= low < high <= 100")
+        if not (math.isfinite(count) and count == int(count) and count >= 0):
+            raise LiverfatError(
+                f"pdff bin {low:g}-{high:g} %: count {count!r} is not an integer >= 0"
+            )
+        checked.append((float(low), float(high), int(count)))
+    checked.sort()
+    for (low_a, high_a, _), (low_b, high_b, _) in zip(checked[:-1], checked[1:], strict=True):
+        if low_b < high_a:
+            raise LiverfatError(
+                f"pdff bins {low_a:g}-{high_a:g} % and {low_b:g}-{high_b:g} % overlap"
+            )
+    return tuple(checked)
 
 
 def _station_slices(n_z: int) -> list[slice]:
@@ -170,14 +244,15 @@ def _rician(signal: np.ndarray, sd: float, rng: np.random.Generator) -> np.ndarr
 def simulate_reference(
     pdff_pct: float, config: PhantomConfig, rng: np.random.Generator
 ) -> tuple[float, bool]:
-    """A dedicated liver-MRI PDFF reading (%): noise, and rarely a spurious outlier."""
+    """A dedicated liver-MRI PDFF reading (%): noise, and rarely a spurious outlier; in 0-100 %."""
     value = pdff_pct + rng.normal(
         0, config.reference_noise_sd_pct + config.reference_noise_slope * pdff_pct
     )
     outlier = bool(rng.random() < config.reference_outlier_fraction)
     if outlier:
         value += rng.choice([-1, 1]) * rng.uniform(4, 12)
-    return round(float(max(value, 0.0)), 2), outlier
+    # The upper bound only matters for a PDFF near 100 % (the default draw stops at 45 %).
+    return round(float(min(max(value, 0.0), 100.0)), 2), outlier
 
 
 def apply_swap(
