@@ -110,36 +110,54 @@ def _cached_scores(
     factory: GraderFactory,
     manifest: Manifest,
     fit_ids: list[str],
-    score_ids: list[str],
+    score_ids: Mapping[str, list[str]],
     cache: Path | None,
-) -> tuple[pd.DataFrame, dict[str, str]]:
-    """Scores of ``score_ids`` by a grader fitted on ``fit_ids`` (from the cache when there)."""
+) -> tuple[dict[str, pd.DataFrame], dict[str, str]]:
+    """Scores of each named subject list of ``score_ids`` by one grader fitted on ``fit_ids``
+    (from the cache when there), and the failed subjects."""
     grader = factory()
     key = fingerprint(
         {
             "params": _params(grader),
             "fit": fit_ids,
-            "score": score_ids,
-            "files": [subject_files(manifest, s) for s in sorted({*fit_ids, *score_ids})],
+            "score": dict(score_ids),
+            "files": [
+                subject_files(manifest, s)
+                for s in sorted({*fit_ids, *(s for ids in score_ids.values() for s in ids)})
+            ],
         }
     )
     path = cache / f"{key}.csv" if cache is not None else None
     if path is not None and path.is_file():
-        frame = pd.read_csv(path, dtype={"subject_id": str, "failure": str})
-        failed = frame[frame["failure"].notna()]
-        scores = frame[frame["failure"].isna()].drop(columns="failure").set_index("subject_id")
-        return scores, dict(zip(failed["subject_id"], failed["failure"], strict=True))
-    grader.fit(manifest.select(subject_ids=fit_ids))
-    scores, failures = grader.predict_scores(manifest.select(subject_ids=score_ids))
-    scores = scores[[c for c in scores.columns if c.startswith("p_grade")]]
-    if path is not None:
-        rows = scores.assign(failure=np.nan)
-        lost = pd.DataFrame({"failure": failures}, index=list(failures))
-        table = pd.concat([rows, lost]).rename_axis("subject_id").reset_index()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            table.to_csv(tmp, index=False, float_format="%.8g")
-    return scores, failures
+        table = pd.read_csv(path, dtype={"subject_id": str, "set": str, "failure": str})
+    else:
+        grader.fit(manifest.select(subject_ids=fit_ids))
+        frames = []
+        for name, ids in score_ids.items():
+            scores, failures = grader.predict_scores(manifest.select(subject_ids=ids))
+            scores = scores[[c for c in scores.columns if c.startswith("p_grade")]]
+            lost = pd.DataFrame({"failure": failures}, index=list(failures), dtype=object)
+            frames.append(
+                pd.concat([scores.assign(failure=np.nan), lost])
+                .rename_axis("subject_id")
+                .reset_index()
+                .assign(set=name)
+            )
+        table = pd.concat(frames, ignore_index=True)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path) as tmp:
+                table.to_csv(tmp, index=False, float_format="%.8g")
+    failed = table[table["failure"].notna()]
+    ok = table[table["failure"].isna()]
+    scores = {
+        name: ok[ok["set"] == name]
+        .drop(columns=["failure", "set"])
+        .set_index("subject_id")
+        .dropna(axis=1, how="all")
+        for name in score_ids
+    }
+    return scores, dict(zip(failed["subject_id"], failed["failure"], strict=True))
 
 
 def model_scores(
@@ -148,22 +166,23 @@ def model_scores(
     split: GradingSplit,
     cache: Path | None = None,
 ) -> tuple[dict[str, pd.DataFrame], dict[str, str]]:
-    """Per set of :data:`SETS`, the grade probabilities of one model; and its failed subjects."""
-    failures: dict[str, str] = {}
-    scores = {}
-    for name, score_ids in (("train", split.train), ("test", split.test)):
-        scores[name], lost = _cached_scores(factory, manifest, split.train, score_ids, cache)
-        failures.update(lost)
+    """Per set of :data:`SETS`, the grade probabilities of one model; and its failed subjects.
+
+    One fit on the training part scores ``train`` and ``test``; one fit per fold scores it.
+    """
+    sets = {"train": split.train, "test": split.test}
+    scores, failures = _cached_scores(factory, manifest, split.train, sets, cache)
     folds = []
-    for test_ids in split.folds:
+    for number, test_ids in enumerate(split.folds):
+        fold_ids = {f"fold{number}": test_ids}
         fold, lost = _cached_scores(
-            factory, manifest, training_ids(split.train, test_ids), test_ids, cache
+            factory, manifest, training_ids(split.train, test_ids), fold_ids, cache
         )
-        folds.append(fold)
+        folds.append(fold[f"fold{number}"])
         failures.update(lost)
     if folds:
         scores["train_cv"] = pd.concat(folds)
-    return scores, failures
+    return {name: scores[name] for name in SETS if name in scores}, failures
 
 
 # Tables --------------------------------------------------------------------------------------

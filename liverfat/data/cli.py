@@ -42,6 +42,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     phantom.add_argument("--outlier-fraction", type=fraction, help="fraction of reference outliers")
     phantom.add_argument(
+        "--reference-fraction",
+        type=fraction,
+        help="fraction of subjects in split A, the ones with a reference (default 0.6)",
+    )
+    phantom.add_argument(
         "--noise-floor", type=finite_float, help="noise-floor bias of body fat fraction (%%)"
     )
     phantom.add_argument(
@@ -102,6 +107,7 @@ def phantom_main(args: argparse.Namespace) -> int:
     overrides = {
         "swap_fraction": args.swap_fraction,
         "reference_outlier_fraction": args.outlier_fraction,
+        "fraction_a": args.reference_fraction,
         "noise_floor_pct": args.noise_floor,
         "proportional_bias": args.proportional_bias,
         "pdff_bins": tuple(args.pdff_bins) if args.pdff_bins else None,

@@ -284,3 +284,10 @@ def test_malformed_cli_bin_is_a_one_line_parser_error(value, tmp_path: Path, cap
     assert caught.value.code == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert len(errors) == 1 and "--pdff-bins" in errors[0] and repr(value) in errors[0]
+
+
+def test_reference_fraction_puts_every_subject_in_split_a(tmp_path: Path) -> None:
+    argv = ["phantom", "--n", "4", "--seed", "1", "--scale", "quarter", "--executor", "serial"]
+    assert main([*argv, "--reference-fraction", "1", "--out", str(tmp_path / "all")]) == 0
+    subjects = pd.read_csv(tmp_path / "all" / "subjects.csv")
+    assert (subjects["split"] == "A").all() and subjects["liver_pdff_pct"].notna().all()
