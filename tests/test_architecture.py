@@ -18,6 +18,7 @@ FLOORS = {
     "nn": 1,
     "cli_common": 1,
     "evaluation": 2,
+    "grading": 2,  # the grading protocol, beside evaluation: graders are objects, not engines
     "radiomics": 3,
     "atlas": 3,
     "deep": 3,
@@ -25,6 +26,8 @@ FLOORS = {
     "segmentation": 3,
     "study": 4,
     "learning_curve": 4,
+    "graders": 4,
+    "grade_cli": 4,
     "demo": 4,
     "testing": 4,
     "study_cli": 4,
