@@ -2,12 +2,15 @@
 
 Each maps a batch (batch, in_channels, height, width) to (batch, out_channels): image-level
 outputs for regression or classification, whichever engine uses them. Built from MONAI (pure
-torch; torchvision is not needed) except :class:`SmallCNN`. Weights start from scratch (see
-:mod:`liverfat.nn.weights` for a local pretrained file). Names and Grad-CAM layers are given to
-them in :mod:`liverfat.nn.registry`.
+torch; torchvision is not needed) except :class:`SmallCNN` and :class:`AttentionReadout`;
+:class:`PatchDenseNet` assembles MONAI's dense blocks for 16 x 16 pixel ROI patches. Weights
+start from scratch (see :mod:`liverfat.nn.weights` for a local pretrained file). Names and
+Grad-CAM layers are given to them in :mod:`liverfat.nn.registry`.
 """
 
 from __future__ import annotations
+
+from collections import OrderedDict
 
 import torch
 from torch import nn
@@ -129,3 +132,58 @@ class AttentionReadout(nn.Module):
 def attention_readout(in_channels: int, out_channels: int) -> nn.Module:
     """:class:`AttentionReadout` with 16 channels in its first stage."""
     return AttentionReadout(in_channels, out_channels)
+
+
+class PatchDenseNet(nn.Module):
+    """A DenseNet for small square patches (e.g. 16 x 16 pixel liver ROIs), from MONAI's dense
+    blocks and transitions.
+
+    ``features``: a 3x3 stride-1 stem convolution (``init_features`` channels; no 7x7 stride-2
+    convolution or max-pool, which would leave almost nothing of a 16 x 16 patch), then dense
+    blocks of ``block_config`` layers (growth rate ``growth_rate``, bottleneck ``bn_size`` x
+    growth) with a transition after every block but the last (BN, ReLU, 1x1 convolution halving
+    the channels, 2x2 average pooling: 16 -> 8 -> 4 pixels), then BN and ReLU. The head is global
+    average pooling, dropout and a linear layer. Any input side that survives the poolings
+    (at least 4 pixels for three blocks) works; ``features.denseblock3`` is the Grad-CAM layer.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        init_features: int = 32,
+        growth_rate: int = 16,
+        block_config: tuple[int, ...] = (4, 4, 4),
+        bn_size: int = 4,
+        dropout: float = 0.2,
+    ) -> None:
+        super().__init__()
+        from monai.networks.nets.densenet import _DenseBlock, _Transition
+
+        layers: list[tuple[str, nn.Module]] = [
+            ("conv0", nn.Conv2d(in_channels, init_features, 3, padding=1, bias=False)),
+        ]
+        channels = init_features
+        for number, n_layers in enumerate(block_config, start=1):
+            block = _DenseBlock(2, n_layers, channels, bn_size, growth_rate, dropout_prob=0.0)
+            layers.append((f"denseblock{number}", block))
+            channels += n_layers * growth_rate
+            if number < len(block_config):
+                layers.append((f"transition{number}", _Transition(2, channels, channels // 2)))
+                channels //= 2
+        layers += [("norm5", nn.BatchNorm2d(channels)), ("relu5", nn.ReLU(inplace=True))]
+        self.features = nn.Sequential(OrderedDict(layers))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(channels, out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.dropout(torch.flatten(self.pool(self.features(x)), 1)))
+
+
+def patch_densenet(in_channels: int, out_channels: int) -> nn.Module:
+    """:class:`PatchDenseNet` with its defaults: stem 32, growth 16, blocks 4-4-4 (179,348
+    parameters for one input channel and four classes), for (batch, in_channels, 16, 16) ROI
+    patches."""
+    return PatchDenseNet(in_channels, out_channels)

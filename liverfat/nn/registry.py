@@ -4,6 +4,8 @@ A model factory is ``factory(in_channels: int, out_channels: int) -> torch.nn.Mo
 model's task says what its network maps a batch (batch, in_channels, height, width) to:
 
 - ``regression``: (batch, out_channels), the image-level networks the deep engine trains;
+- ``classification``: (batch, n_classes) logits, e.g. the ROI-patch networks of the patch grader
+  (built-ins ``patch_densenet`` and ``small_cnn``);
 - ``segmentation``: (batch, out_channels, height, width), per-pixel class scores.
 
 Names are unique within a task; every lookup takes the task (default ``regression``), so an
@@ -15,7 +17,8 @@ architectures by declaring, in their ``pyproject.toml``::
     [project.entry-points."liverfat.models"]
     mynet = "mypackage.models:make_mynet"
 
-(group ``liverfat.segmentation_models`` for segmentation networks). A plug-in is imported only
+(group ``liverfat.classification_models`` for classification networks,
+``liverfat.segmentation_models`` for segmentation networks). A plug-in is imported only
 when it is built, so a broken plug-in hurts only itself.
 """
 
@@ -31,11 +34,12 @@ from liverfat.errors import LiverfatError
 from liverfat.nn import architectures
 
 ModelFactory = Callable[[int, int], nn.Module]
-TASKS = ("regression", "segmentation")
+TASKS = ("regression", "classification", "segmentation")
 #: Entry-point group of regression networks (the deep engine's plug-ins).
 ENTRY_POINT_GROUP = "liverfat.models"
 ENTRY_POINT_GROUPS = {
     "regression": ENTRY_POINT_GROUP,
+    "classification": "liverfat.classification_models",
     "segmentation": "liverfat.segmentation_models",
 }
 
@@ -57,6 +61,10 @@ _REGISTERED: dict[str, dict[str, ModelSpec]] = {
         "densenet121": ModelSpec(architectures.densenet121, "features.denseblock4"),
         "small_cnn": ModelSpec(architectures.small_cnn, "features.3"),
         "attention_readout": ModelSpec(architectures.attention_readout, "features"),
+    },
+    "classification": {
+        "patch_densenet": ModelSpec(architectures.patch_densenet, "features.denseblock3"),
+        "small_cnn": ModelSpec(architectures.small_cnn, "features.3"),
     },
     "segmentation": {},
 }

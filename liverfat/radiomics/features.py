@@ -24,17 +24,9 @@ import SimpleITK as sitk
 from liverfat.data.atomic import atomic_path
 from liverfat.data.fingerprint import fingerprint, subject_files
 from liverfat.data.manifest import Manifest, read_yaml_mapping
+from liverfat.data.rois import Roi, subject_rois_from_manifest
 from liverfat.errors import ImageError, LiverfatError, subject_message
-from liverfat.radiomics.rois import (
-    Roi,
-    RoiSettings,
-    allowed_pixels,
-    check_rois_inside,
-    place_rois,
-    rois_from_json,
-    rois_from_label_map,
-    save_rois,
-)
+from liverfat.radiomics.rois import RoiSettings, allowed_pixels, place_rois, save_rois
 
 #: The parameter file shipped with the package (versioned by its name and ``version`` key).
 DEFAULT_PARAMS = Path(__file__).with_name("liver_roi_v1.yaml")
@@ -295,16 +287,11 @@ def subject_rois(
     reference: sitk.Image,
     settings: RoiSettings,
 ) -> list[Roi]:
-    """Manual ROIs from the manifest's ``rois`` column (label map or JSON) or automatic ones."""
-    path = subject.image_path(sid, "rois") if "rois" in subject.subjects.columns else None
-    if path is None:
-        return place_rois(intensities, liver, reference, settings)
-    if path.suffix.lower() == ".json":
-        rois = rois_from_json(path)
-    else:
-        rois = rois_from_label_map(sitk.GetArrayFromImage(subject.read_image(sid, "rois")))
-    check_rois_inside(rois, liver.shape)
-    return rois
+    """Manual ROIs from the manifest's ``rois`` column (label map or JSON, read by
+    :func:`liverfat.data.rois.subject_rois_from_manifest`) or automatic ones."""
+    if subject.has(sid, "rois"):
+        return subject_rois_from_manifest(subject, sid, liver.shape)
+    return place_rois(intensities, liver, reference, settings)
 
 
 def _prefixed(channel: str, features: dict[str, float]) -> dict[str, float]:

@@ -1,5 +1,7 @@
-"""Square regions of interest (ROIs) on axial slices of the liver: automatic placement, manual
-ROIs from a label map or a JSON list, and saving them for review (JSON + overlay PNG).
+"""Square regions of interest (ROIs) on axial slices of the liver: automatic placement and saving
+them for review (JSON + overlay PNG). The ROI file formats (the :class:`Roi` square, manual ROIs
+from a label map or a JSON file) live on the data floor, :mod:`liverfat.data.rois`, and are
+re-exported here.
 
 Arrays are (z, y, x) = (slice, row, column). An ROI is the ``size x size`` pixel square whose
 top-left pixel is ``(row, column)`` on axial slice ``slice``.
@@ -40,36 +42,16 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from liverfat.data.atomic import atomic_path, write_text_atomic
+from liverfat.data.rois import (  # noqa: F401 - re-exported: the formats' old import path
+    Roi,
+    check_rois_inside,
+    load_saved_rois,
+    rois_from_json,
+    rois_from_label_map,
+    rois_to_json,
+    rois_to_label_map,
+)
 from liverfat.errors import ImageError, LiverfatError
-
-
-@dataclass(frozen=True)
-class Roi:
-    """One square ROI: axial ``slice`` index, top-left ``row`` and ``column``, side ``size`` (px).
-
-    ``lobe`` is ``right``, ``left`` or ``manual``.
-    """
-
-    slice: int
-    row: int
-    column: int
-    size: int
-    lobe: str = "manual"
-
-    def window(self) -> tuple[int, slice, slice]:
-        """Index expression selecting the ROI from a (z, y, x) array."""
-        return (
-            self.slice,
-            slice(self.row, self.row + self.size),
-            slice(self.column, self.column + self.size),
-        )
-
-    def overlaps(self, other: Roi) -> bool:
-        return (
-            self.slice == other.slice
-            and abs(self.row - other.row) < max(self.size, other.size)
-            and abs(self.column - other.column) < max(self.size, other.size)
-        )
 
 
 @dataclass(frozen=True)
@@ -278,69 +260,6 @@ def _take(candidates, world, order, n, lobe, size, separation, chosen, chosen_wo
         taken += 1
 
 
-# Manual ROIs --------------------------------------------------------------------------------------
-def rois_from_label_map(labels: np.ndarray) -> list[Roi]:
-    """One ROI per non-zero label of a (z, y, x) label map; each must be a filled square on one
-    slice."""
-    rois = []
-    for label in np.unique(labels[labels > 0]):
-        z, y, x = np.nonzero(labels == label)
-        height, width = y.max() - y.min() + 1, x.max() - x.min() + 1
-        if np.unique(z).size != 1 or height != width or z.size != height * width:
-            raise ImageError(
-                f"ROI label {int(label)} is not a filled square on one axial slice "
-                f"({z.size} voxels over slices {sorted(set(z.tolist()))[:3]})"
-            )
-        rois.append(Roi(int(z[0]), int(y.min()), int(x.min()), int(height), "manual"))
-    if not rois:
-        raise ImageError("the ROI label map is empty")
-    return rois
-
-
-def rois_from_json(path: str | os.PathLike[str]) -> list[Roi]:
-    """ROIs from a JSON list of objects with ``slice``, ``row``, ``column``, ``size``."""
-    try:
-        items = json.loads(Path(path).read_text(encoding="utf-8"))
-        return [
-            Roi(
-                int(i["slice"]),
-                int(i["row"]),
-                int(i["column"]),
-                int(i["size"]),
-                str(i.get("lobe", "manual")),
-            )
-            for i in items
-        ]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ImageError(
-            f"{path}: not a JSON list of {{slice, row, column, size}} ROIs ({exc})"
-        ) from exc
-
-
-def check_rois_inside(rois: list[Roi], shape_zyx: tuple[int, ...]) -> None:
-    """Raise :class:`ImageError` if an ROI leaves the image grid."""
-    for roi in rois:
-        if not (
-            0 <= roi.slice < shape_zyx[0]
-            and roi.row >= 0
-            and roi.row + roi.size <= shape_zyx[1]
-            and roi.column >= 0
-            and roi.column + roi.size <= shape_zyx[2]
-        ):
-            raise ImageError(f"ROI {roi} lies outside the image grid {tuple(shape_zyx)}")
-
-
-def rois_to_json(rois: list[Roi]) -> str:
-    return json.dumps([asdict(r) for r in rois], indent=1)
-
-
-def rois_to_label_map(rois: list[Roi], shape_zyx: tuple[int, ...]) -> np.ndarray:
-    labels = np.zeros(shape_zyx, np.uint8)
-    for number, roi in enumerate(rois, start=1):
-        labels[roi.window()] = number
-    return labels
-
-
 # Review files -------------------------------------------------------------------------------------
 def save_rois(
     rois: list[Roi],
@@ -360,11 +279,6 @@ def save_rois(
     if image is not None:
         overlay_png(rois, image, liver, folder / f"{subject_id}_rois.png", title=subject_id)
     return path
-
-
-def load_saved_rois(path: str | os.PathLike[str]) -> list[Roi]:
-    payload = json.loads(Path(path).read_text(encoding="utf-8"))
-    return [Roi(**r) for r in payload["rois"]]
 
 
 def overlay_png(

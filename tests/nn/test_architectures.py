@@ -26,6 +26,25 @@ def test_densenet121_and_small_cnn_shapes():
     assert build_model("small_cnn", 1, 6)(torch.rand(3, 1, 44, 94)).shape == (3, 6)
 
 
+def test_patch_densenet_keeps_a_16_pixel_patch_and_stays_small():
+    """A 3x3 stride-1 stem and two transitions: 16 -> 8 -> 4 pixels; 179,348 parameters."""
+    net = architectures.patch_densenet(1, 4)
+    assert net.features.conv0.kernel_size == (3, 3) and net.features.conv0.stride == (1, 1)
+    assert not any(isinstance(m, torch.nn.MaxPool2d) for m in net.modules())
+    sides = {}
+    for name in ("denseblock1", "denseblock2", "denseblock3"):
+        getattr(net.features, name).register_forward_hook(
+            lambda _m, _i, out, name=name: sides.__setitem__(name, out.shape[-1])
+        )
+    out = net(torch.rand(5, 1, 16, 16))
+    assert out.shape == (5, 4)
+    assert sides == {"denseblock1": 16, "denseblock2": 8, "denseblock3": 4}
+    assert sum(p.numel() for p in net.parameters()) == 179_348
+    out.sum().backward()
+    assert net.features.conv0.weight.grad is not None
+    assert architectures.patch_densenet(3, 2)(torch.rand(2, 3, 4, 4)).shape == (2, 2)
+
+
 def test_factories_are_usable_without_the_registry():
     """Any engine may call a factory directly: (in_channels, out_channels) -> (batch, out)."""
     net = architectures.resnet18(2, 3)

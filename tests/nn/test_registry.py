@@ -35,6 +35,18 @@ def test_gradcam_layers_of_builtins_are_modules_of_the_model():
         assert layer in dict(net.named_modules())
 
 
+def test_classification_task_has_its_own_builtins():
+    assert registry.TASKS == ("regression", "classification", "segmentation")
+    assert registry.ENTRY_POINT_GROUPS["classification"] == "liverfat.classification_models"
+    assert registry.model_names("classification") == ["patch_densenet", "small_cnn"]
+    assert "patch_densenet" not in registry.model_names()  # not a regression network
+    for name, layer in [("patch_densenet", "features.denseblock3"), ("small_cnn", "features.3")]:
+        net = registry.build_model(name, 2, 4, task="classification")
+        assert net(torch.rand(3, 2, 16, 16)).shape == (3, 4)  # logits per class
+        assert registry.gradcam_layer(name, net, task="classification") == layer
+        assert layer in dict(net.named_modules())
+
+
 def _segmenter(in_channels: int, out_channels: int) -> nn.Module:
     return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, padding=1))
 
@@ -80,7 +92,8 @@ def test_entry_point_plugin(tmp_path, monkeypatch):
     )
     (info / "entry_points.txt").write_text(
         "[liverfat.models]\ntinynet = tinyplug:make\nbroken = tinyplug:missing\n"
-        "[liverfat.segmentation_models]\ntinyseg = tinyplug:make_seg\n",
+        "[liverfat.segmentation_models]\ntinyseg = tinyplug:make_seg\n"
+        "[liverfat.classification_models]\ntinyclass = tinyplug:make\n",
         encoding="utf-8",
     )
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -95,4 +108,9 @@ def test_entry_point_plugin(tmp_path, monkeypatch):
     assert "tinyseg" in registry.model_names("segmentation")
     seg = registry.build_model("tinyseg", 2, 5, task="segmentation")
     assert seg(torch.rand(1, 2, 8, 8)).shape == (1, 5, 8, 8)
+    assert "tinyclass" in registry.model_names("classification")
+    assert "tinyclass" not in registry.model_names()
+    assert registry.build_model("tinyclass", 1, 4, task="classification")(
+        torch.rand(2, 1, 16, 16)
+    ).shape == (2, 4)
     sys.modules.pop("tinyplug", None)
