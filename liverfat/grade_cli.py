@@ -38,7 +38,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="steatosis grading: boosted trees and networks on the same liver ROIs, one table",
         description="Grade steatosis from six 16x16 liver ROIs per subject with boosted trees on "
         "radiomics features and networks on the ROI patches, on one seeded train/test split "
-        "and one set of folds: AUC and accuracy with 95%% CIs, DeLong's test (docs/grading.md).",
+        "and one set of folds: AUC and accuracy with 95% CIs, DeLong's test (docs/grading.md).",
     )
     add_manifest_args(parser, data_root=True, split=True)
     parser.add_argument("--out", required=True, help="output folder (resumes if it exists)")

@@ -93,7 +93,7 @@ def grader_factories(
     Trees are :class:`~liverfat.radiomics.engine.RadiomicsEngine` classifiers (``tree_settings``:
     its keyword arguments; features cached in ``work_dir/features``); any other name is a
     :class:`~liverfat.deep.patch_grader.PatchGrader` with that registry model
-    (``network_settings``: its keyword arguments).
+    (``network_settings``: its keyword arguments; patches cached in ``work_dir/patches``).
     """
     check_models(models)
     common = {"target": target, "grading": grading, "seed": seed}
@@ -109,7 +109,7 @@ def grader_factories(
         else:
             from liverfat.deep.patch_grader import PatchGrader
 
-            settings = {**(network_settings or {}), **common}
+            settings = {**(network_settings or {}), **common, "work_dir": str(work_dir)}
             factories[model] = partial(
                 PatchGrader, **settings, model=NETWORK_ALIASES.get(model, model)
             )

@@ -4,6 +4,7 @@ of the baseline chosen without the test set, resume from the cache, failed subje
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -176,3 +177,66 @@ def test_published_layout_of_the_grading_table():
     assert table.loc["densenet", "AUC test (95% CI)"] == "n/a"
     assert table.loc["densenet", "AUC training (95% CI)"] == "n/a"
     assert list(table.columns)[:2] == ["AUC training (95% CI)", "ACC training (95% CI), %"]
+
+
+def test_liverfat_grade_runs_trees_and_a_network_on_the_same_rois(phantom_dir, tmp_path):
+    """The command end to end on the quarter-scale phantom (4-pixel ROIs fit its livers): one
+    split for both models, the ROI files both read, the tables, and a rerun from the cache."""
+    from liverfat.cli import main
+
+    out = tmp_path / "grade"
+    argv = [
+        "grade",
+        str(phantom_dir / "manifest.yaml"),
+        "--split",
+        "A",
+        "--out",
+        str(out),
+        "--models",
+        "gbdt",
+        "densenet",
+        "--grading",
+        "2",
+        "--roi-size",
+        "4",
+        "--augment",
+        "1",
+        "--estimators",
+        "10",
+        "--iterations",
+        "20",
+        "--bootstrap",
+        "20",
+        "--folds",
+        "2",
+        "--executor",
+        "serial",
+    ]
+    assert main(argv) == 0
+    scores = pd.read_csv(out / "subject_scores.csv", dtype={"subject_id": str})
+    by_model = {
+        m: set(map(tuple, f[["set", "subject_id"]].values)) for m, f in scores.groupby("model")
+    }
+    assert by_model["gbdt"] == by_model["densenet"]  # one split and one set of folds
+    info = json.loads((out / "grading.json").read_text())
+    assert not set(info["train"]) & set(info["test"])
+    rois = list((out / "work").glob("rois-*/*_rois.json"))
+    assert len(rois) == 12  # split A's subjects, placed once for both models
+    table = (out / "grading_table.md").read_text()
+    assert "| gbdt |" in table and "| densenet |" in table
+    metrics = pd.read_csv(out / "grading_metrics.csv")
+    assert set(metrics["set"]) == {"train", "train_cv", "test"}
+    before = {p: p.stat().st_mtime_ns for p in (out / "work" / "scores").rglob("*.csv")}
+    assert main(argv) == 0  # resumes: no score file is written again
+    assert before == {p: p.stat().st_mtime_ns for p in (out / "work" / "scores").rglob("*.csv")}
+
+
+def test_grade_refuses_unknown_models_and_schemes_in_one_line(phantom_dir, tmp_path, capsys):
+    from liverfat.cli import main
+
+    base = ["grade", str(phantom_dir / "manifest.yaml"), "--out", str(tmp_path / "g")]
+    assert main([*base, "--grading", "severe"]) == 2
+    assert "unknown grading scheme 'severe'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*base, "--models", "forest"])
+    assert "invalid choice: 'forest'" in capsys.readouterr().err
