@@ -175,6 +175,12 @@ def grade(
         work_dir=work,
         log=log,
     )
+    said = set(lost)
+    for failures in result.failures.values():  # one line per failed subject, not per model
+        for sid, message in failures.items():
+            if sid not in said:
+                said.add(sid)
+                log(message)
     result.settings.update(
         {"rois": rois, "trees": tree_settings or {}, "networks": network_settings or {}}
     )

@@ -137,6 +137,10 @@ def test_study_runs_resumes_and_orders_rows(
         ({"comparison": {"pairs": ["reference-baseline"]}}, "A:B@SUBSET"),
         ({"target": "nope"}, "target nope is not in the manifest"),
         ({"colour": "red"}, "unknown key"),
+        ({"grading": {"models": ["forest"]}}, "unknown grading model(s) forest"),
+        ({"grading": {"scheme": "severe"}}, "unknown grading scheme 'severe'"),
+        ({"grading": {"folds": -1}}, "study key grading.folds"),
+        ({"grading": {"colour": "red"}}, "study key grading.colour"),
         (
             {"engines": {"x": {"engine": "linear_baseline"}}, "comparison": {}},
             "engine 'x' has nothing to do",
@@ -221,3 +225,25 @@ def test_a_study_key_of_the_wrong_type_is_one_line(tmp_path, body, key):
     with pytest.raises(StudyError, match=f"study key [a-z.]*{key}") as caught:
         Study.load(path)
     assert "\n" not in str(caught.value)
+
+
+def test_a_study_with_grading_gets_its_section(tmp_path: Path, phantom_dir: Path) -> None:
+    """``grading:`` runs the grading protocol on the training split and reports its table."""
+    grading = {
+        "models": ["gbdt", "densenet"],
+        "scheme": [2.0],
+        "folds": 2,
+        "bootstrap": 20,
+        "rois": {"size": 4},
+        "trees": {"augment_copies": 1, "n_estimators": 10},
+        "networks": {"iterations": 20},
+    }
+    path = _write_study(tmp_path, phantom_dir, grading=grading)
+    report = run_study(Study.load(path), log=lambda line: None)
+    html = report.read_text(encoding="utf-8")
+    assert "Steatosis grading" in html and "DeLong" in html
+    metrics = pd.read_csv(tmp_path / "out" / "grading" / "grading_metrics.csv")
+    assert set(metrics["model"]) == {"gbdt", "densenet"}
+    info = json.loads((tmp_path / "out" / "grading" / "grading.json").read_text())
+    split_a = Manifest.load(phantom_dir / "manifest.yaml").select(split="A").subject_ids
+    assert sorted(info["train"] + info["test"]) == sorted(split_a)
