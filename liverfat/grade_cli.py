@@ -82,36 +82,37 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Run (or resume) the grading comparison and print its table."""
-    from liverfat.evaluation.grader import grading_scheme
-    from liverfat.graders import grade
+    from liverfat.graders import grade, parse_grading
 
-    scheme = grading_scheme(args.grading)
     networks = {"iterations": args.iterations, "batch_size": args.batch_size}
+    options = parse_grading(
+        dict(
+            models=args.models,
+            scheme=args.grading,
+            test_fraction=args.test_fraction,
+            folds=args.folds,
+            bootstrap=args.bootstrap,
+            rois={
+                "n_rois": args.n_rois,
+                "n_right": args.n_right,
+                "size": args.roi_size,
+                "border_margin_mm": args.border_margin_mm,
+                "outlier_mads": args.outlier_mads,
+            },
+            trees={"augment_copies": args.augment, "n_estimators": args.estimators},
+            networks={"device": args.device, **{k: v for k, v in networks.items() if v}},
+        ),
+        "option",
+    )
     result = grade(
         load_manifest(args),
         args.out,
-        models=args.models,
+        options,
         target=args.target,
-        grading=args.grading,
-        test_fraction=args.test_fraction,
-        folds=args.folds,
         seed=args.seed,
-        n_boot=args.bootstrap,
-        roi_settings={
-            "n_rois": args.n_rois,
-            "n_right": args.n_right,
-            "size": args.roi_size,
-            "border_margin_mm": args.border_margin_mm,
-            "outlier_mads": args.outlier_mads,
-        },
-        tree_settings={"augment_copies": args.augment, "n_estimators": args.estimators},
-        network_settings={
-            "device": args.device,
-            **{k: v for k, v in networks.items() if v is not None},
-        },
         **executor_settings(args),
     )
-    split = result.split
+    split, scheme = result.split, result.scheme
     print(
         f"train {len(split.train)} / test {len(split.test)} subjects, {len(split.folds)} folds, "
         f"grading {scheme.name} {list(scheme.cuts_pct)} %, {result.seconds['total']:.0f} s"

@@ -116,81 +116,14 @@ def grader_factories(
     return factories
 
 
-def grade(
-    manifest: Manifest,
-    out: str | os.PathLike[str],
-    *,
-    models: Sequence[str],
-    target: str = "liver_pdff_pct",
-    grading: str | list[float] = "histology",
-    test_fraction: float = 0.3,
-    folds: int = 5,
-    seed: int = 0,
-    n_boot: int = 1000,
-    roi_settings: dict[str, Any] | None = None,
-    tree_settings: dict[str, Any] | None = None,
-    network_settings: dict[str, Any] | None = None,
-    executor: str = "processes",
-    n_workers: int | None = 2,
-    log: Callable[[str], None] = print,
-) -> Any:
-    """``liverfat grade``: shared ROIs, every model through :func:`liverfat.grading.run_grading`,
-    the tables written into ``out`` (working state in ``out/work``, so a rerun resumes).
-
-    ``roi_settings`` are :class:`~liverfat.radiomics.rois.RoiSettings` fields (``n_rois``,
-    ``n_right``, ``size`` in px, ``border_margin_mm``, ``outlier_mads``); the trees get the same
-    (their augmentation stays inside the allowed liver pixels of that placement).
-    """
-    from liverfat.evaluation.grader import grading_scheme
-    from liverfat.grading import run_grading
-
-    check_models(models)
-    scheme = grading_scheme(grading)
-    work = Path(out) / "work"
-    rois = dict(roi_settings or {})
-    placed, lost = shared_rois(manifest, work, rois, executor=executor, n_workers=n_workers)
-    for message in lost.values():
-        log(message)
-    engine_rois = {("roi_size" if k == "size" else k): v for k, v in rois.items()}
-    parallel = {"executor": executor, "n_workers": n_workers}
-    factories = grader_factories(
-        models,
-        target=target,
-        grading=grading,
-        seed=seed,
-        work_dir=work,
-        tree_settings={**engine_rois, **parallel, **(tree_settings or {})},
-        network_settings={**parallel, **(network_settings or {})},
-    )
-    result = run_grading(
-        placed,
-        factories,
-        target=target,
-        scheme=scheme,
-        test_fraction=test_fraction,
-        folds=folds,
-        seed=seed,
-        n_boot=n_boot,
-        baseline_models=[m for m in models if m in TREE_MODELS],
-        work_dir=work,
-        log=log,
-    )
-    said = set(lost)
-    for failures in result.failures.values():  # one line per failed subject, not per model
-        for sid, message in failures.items():
-            if sid not in said:
-                said.add(sid)
-                log(message)
-    result.settings.update(
-        {"rois": rois, "trees": tree_settings or {}, "networks": network_settings or {}}
-    )
-    result.write(out)
-    return result
-
-
-# The study stage ---------------------------------------------------------------------------------
 class GradingOptions(BaseModel):
-    """A study file's ``grading:`` mapping (every key optional)."""
+    """What a grading run compares: a study file's ``grading:`` mapping (every key optional), or
+    ``liverfat grade``'s options.
+
+    ``rois`` are :class:`~liverfat.radiomics.rois.RoiSettings` fields (``n_rois``, ``n_right``,
+    ``size`` in px, ``border_margin_mm``, ``outlier_mads``), shared by every model; ``trees`` and
+    ``networks`` are keyword arguments of the radiomics engine and of the patch grader.
+    """
 
     model_config = ConfigDict(extra="forbid")
     models: list[str] = list(DEFAULT_MODELS)
@@ -203,8 +136,69 @@ class GradingOptions(BaseModel):
     networks: dict[str, Any] = {}
 
 
-def parse_grading(raw: Any, path: Path) -> GradingOptions:
-    """The study's ``grading:`` options, or one line naming the wrong key."""
+def grade(
+    manifest: Manifest,
+    out: str | os.PathLike[str],
+    options: GradingOptions,
+    *,
+    target: str = "liver_pdff_pct",
+    seed: int = 0,
+    executor: str = "processes",
+    n_workers: int | None = 2,
+    log: Callable[[str], None] = print,
+) -> Any:
+    """``liverfat grade``: shared ROIs, every model through :func:`liverfat.grading.run_grading`,
+    the tables written into ``out`` (working state in ``out/work``, so a rerun resumes). The
+    trees get the ROI settings too: their augmentation stays inside that placement's liver pixels.
+    """
+    from liverfat.evaluation.grader import grading_scheme
+    from liverfat.grading import run_grading
+
+    check_models(options.models)
+    scheme = grading_scheme(options.scheme)
+    work = Path(out) / "work"
+    placed, lost = shared_rois(manifest, work, options.rois, executor=executor, n_workers=n_workers)
+    for message in lost.values():
+        log(message)
+    engine_rois = {("roi_size" if k == "size" else k): v for k, v in options.rois.items()}
+    parallel = {"executor": executor, "n_workers": n_workers}
+    factories = grader_factories(
+        options.models,
+        target=target,
+        grading=options.scheme,
+        seed=seed,
+        work_dir=work,
+        tree_settings={**engine_rois, **parallel, **options.trees},
+        network_settings={**parallel, **options.networks},
+    )
+    result = run_grading(
+        placed,
+        factories,
+        target=target,
+        scheme=scheme,
+        test_fraction=options.test_fraction,
+        folds=options.folds,
+        seed=seed,
+        n_boot=options.bootstrap,
+        baseline_models=[m for m in options.models if m in TREE_MODELS],
+        work_dir=work,
+        log=log,
+    )
+    said = set(lost)
+    for failures in result.failures.values():  # one line per failed subject, not per model
+        for sid, message in failures.items():
+            if sid not in said:
+                said.add(sid)
+                log(message)
+    result.settings.update(options.model_dump(include={"rois", "trees", "networks"}))
+    result.write(out)
+    return result
+
+
+# The study stage ---------------------------------------------------------------------------------
+def parse_grading(raw: Any, where: str) -> GradingOptions:
+    """Grading options from a mapping (a study's ``grading:``, or the command's options), or one
+    line that starts with ``where`` (e.g. ``study.yaml: study key``) and names the wrong key."""
     from liverfat.evaluation.grader import grading_scheme
 
     try:
@@ -213,10 +207,10 @@ def parse_grading(raw: Any, path: Path) -> GradingOptions:
         grading_scheme(options.scheme)
     except ValidationError as exc:
         error = exc.errors()[0]
-        where = ".".join(str(p) for p in error["loc"])
-        raise LiverfatError(f"{path}: study key grading.{where}: {error['msg']}") from None
+        key = ".".join(str(p) for p in error["loc"])
+        raise LiverfatError(f"{where} grading.{key}: {error['msg']}") from None
     except LiverfatError as exc:
-        raise LiverfatError(f"{path}: grading: {exc}") from None
+        raise LiverfatError(f"{where} grading: {exc}") from None
     return options
 
 
@@ -225,21 +219,13 @@ def run_grading_stage(study: Any, manifest: Manifest, log: Callable[[str], None]
     returns the report's section (the table in the published layout and DeLong's test)."""
     from liverfat.evaluation.report import ExtraSection
 
-    options: GradingOptions = study.grading
     executor = study.executor.get("kind", "serial")
     result = grade(
         manifest.select(split=study.train_split),
         study.out / "grading",
-        models=options.models,
+        study.grading,
         target=study.target,
-        grading=options.scheme,
-        test_fraction=options.test_fraction,
-        folds=options.folds,
         seed=study.seed,
-        n_boot=options.bootstrap,
-        roi_settings=options.rois,
-        tree_settings=options.trees,
-        network_settings=options.networks,
         executor="processes" if executor == "dask" else executor,
         n_workers=study.executor.get("workers") or 2,
         log=log,

@@ -166,7 +166,7 @@ class Study:
         if "grading" in raw:
             from liverfat.graders import parse_grading
 
-            grading = parse_grading(raw["grading"], path)
+            grading = parse_grading(raw["grading"], f"{path}: study key")
         return cls(
             path=path,
             name=str(raw.get("name", path.stem)),

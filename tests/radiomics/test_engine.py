@@ -13,9 +13,9 @@ from liverfat.cli import main as cli_main
 from liverfat.errors import LiverfatError
 from liverfat.evaluation import grader
 from liverfat.evaluation.agreement import agreement
+from liverfat.grading import covariate_spearman
 from liverfat.radiomics import models
 from liverfat.radiomics.engine import RadiomicsEngine
-from liverfat.grading import covariate_spearman
 from liverfat.testing import check_engine
 
 #: Fast settings for the quarter-scale phantom (8.9 mm pixels: 4-pixel ROIs fit its livers).
