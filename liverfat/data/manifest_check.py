@@ -3,8 +3,8 @@
 Table layout (empty or duplicate ids, no image column, half a Dixon pair, no rows), splits,
 target and covariate values (not numbers, not finite, outside the card's range), and each
 subject's files (unreadable, truncated, NaN voxels, not a 3D scalar volume, an empty liver mask,
-grids that differ). :meth:`liverfat.data.manifest.Manifest.problems` calls
-:func:`manifest_problems`.
+an all-zero signal image, ROI JSON that is not ROIs or leaves the grid, grids that differ).
+:meth:`liverfat.data.manifest.Manifest.problems` calls :func:`manifest_problems`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,11 @@ import SimpleITK as sitk
 from liverfat.data.geometry import geometry_mismatch, geometry_of
 from liverfat.data.io import nifti_payload_problem, read_header, read_volume
 from liverfat.data.manifest import GRID_COLUMNS, IMAGE_COLUMNS, Manifest
+from liverfat.data.rois import check_rois_inside, rois_from_json
 from liverfat.errors import ImageError
+
+#: Signal images (not masks or ROIs): each is read in full, as the engines will read it.
+SIGNAL_COLUMNS = ("water", "fat", "fat_fraction", "in_phase", "opposed_phase", "image")
 
 
 def manifest_problems(
@@ -113,11 +117,15 @@ def _subject_file_problems(manifest: Manifest, row: pd.Series, check_geometry: b
     sid = row["subject_id"]
     problems = []
     headers = {}
+    rois_json: list[Path] = []
     for column in manifest.image_columns:
         value = row[column]
         if not value.strip():
             continue
         path = manifest.root / value.strip()
+        if column == "rois" and path.suffix.lower() == ".json":
+            rois_json.append(path)  # not an image: checked against the grid below
+            continue
         try:
             header = read_header(path)
             headers[column] = (path, header)
@@ -127,6 +135,11 @@ def _subject_file_problems(manifest: Manifest, row: pd.Series, check_geometry: b
             ]
         except ImageError as exc:
             problems.append(f"subject {sid}: {column}: {exc}")
+    grid = next((h for c, (_, h) in headers.items() if c in GRID_COLUMNS), None)
+    for path in rois_json:
+        problem = _rois_json_problem(path, grid)
+        if problem:
+            problems.append(f"subject {sid}: rois: {problem}")
     if not any(c in headers or row.get(c, "").strip() for c in IMAGE_COLUMNS):
         problems.append(f"subject {sid}: no image at all")
     if check_geometry:
@@ -156,7 +169,30 @@ def _file_problems(path: Path, header: sitk.ImageFileReader, column: str) -> lis
         problems.append(truncated)
     elif column == "liver_mask" and not problems and not _has_voxels(path):
         problems.append("the liver mask is empty")
+    elif column in SIGNAL_COLUMNS and not problems:
+        problems += _signal_problems(path)
     return problems
+
+
+def _signal_problems(path: Path) -> list[str]:
+    """An image the engines would refuse on reading (:func:`liverfat.data.io.read_volume`): all
+    zero, or NaN / infinite voxels."""
+    try:
+        read_volume(path)
+    except ImageError as exc:
+        return [str(exc).removeprefix(f"{path}: ")]
+    return []
+
+
+def _rois_json_problem(path: Path, grid: sitk.ImageFileReader | None) -> str | None:
+    """What is wrong with an ROI JSON file (not ROIs, or ROIs off the subject's grid)."""
+    try:
+        rois = rois_from_json(path)
+        if grid is not None:
+            check_rois_inside(rois, tuple(reversed(grid.GetSize())))
+    except ImageError as exc:
+        return str(exc)
+    return None
 
 
 def _has_voxels(path: Path) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -260,3 +261,38 @@ def test_check_finds_empty_masks_and_images_that_are_not_volumes(
     assert f"subject {first}: liver_mask: {mask}: the liver mask is empty" in text
     assert f"subject {second}: water:" in text and "a 2D image; a 3D volume is needed" in text
     assert f"subject {third}: fat:" in text and "a vector image (3 components per voxel)" in text
+
+
+def test_check_finds_blank_images_and_roi_files_off_the_grid(
+    phantom_dir: Path, tmp_path: Path
+) -> None:
+    """An all-zero water image and ROI JSON that is not ROIs or
+    leaves the grid are listed; good ROI JSON (both forms) passes."""
+    copy = tmp_path / "cohort"
+    shutil.copytree(phantom_dir, copy)
+    manifest = Manifest.load(copy)
+    ids = manifest.subject_ids
+    water = manifest.image_path(ids[0], "water")
+    blank = sitk.Image(sitk.ReadImage(str(water)).GetSize(), sitk.sitkUInt16)
+    blank.CopyInformation(sitk.ReadImage(str(water)))
+    sitk.WriteImage(blank, str(water))
+    size_zyx = tuple(reversed(blank.GetSize()))
+    files = {
+        ids[2]: json.dumps([{"slice": 0, "row": 0, "column": 0, "size": 4}]),
+        ids[3]: json.dumps(
+            {"subject_id": ids[3], "rois": [{"slice": 1, "row": 2, "column": 2, "size": 4}]}
+        ),
+        ids[4]: json.dumps([{"slice": size_zyx[0], "row": 0, "column": 0, "size": 4}]),
+        ids[5]: "not json",
+    }
+    for sid, text in files.items():
+        (copy / f"{sid}_rois.json").write_text(text, encoding="utf-8")
+    table = pd.read_csv(copy / "subjects.csv", dtype=str, keep_default_na=False)
+    table["rois"] = [f"{s}_rois.json" if s in files else "" for s in table["subject_id"]]
+    table.to_csv(copy / "subjects.csv", index=False)
+    problems = Manifest.load(copy).problems(check_geometry=False)
+    text = "\n".join(problems)
+    assert f"subject {ids[0]}: water:" in text
+    assert f"subject {ids[4]}: rois:" in text and "outside the image grid" in text
+    assert f"subject {ids[5]}: rois:" in text
+    assert not [p for p in problems if ids[2] in p or ids[3] in p]
