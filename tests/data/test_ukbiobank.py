@@ -1,4 +1,8 @@
-"""UK Biobank ingestion: synthetic six-station zips from phantom volumes, round trip, bad zips."""
+"""UK Biobank ingestion: synthetic six-station zips from phantom volumes, round trip, bad zips.
+
+The realistic zips (unequal stations, swaps, missing stations) are tested in
+``test_ukbiobank_real.py``.
+"""
 
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ from liverfat.data.ukbiobank import (
     ingest_zip,
     manifest_filenames,
     read_fields,
+    read_stations,
     read_status,
     select_stations,
     series_kind,
@@ -106,10 +111,6 @@ def ukb_bad_zips(ukb_good_zip, tmp_path_factory) -> dict[str, tuple[Path, str]]:
     corrupt.write_bytes(bytes(raw))
     cases["corrupt_member"] = (corrupt, "truncated or corrupt")
 
-    cases["non_dicom"] = (
-        _rewrite(path(2000005), [*good, ("notes.txt", b"scanner log: nothing to see\n" * 50)]),
-        "is not a DICOM file",
-    )
     ds = pydicom.dcmread(io.BytesIO(good[victim][1]))
     ds.PixelData = ds.PixelData[:100]  # header intact, pixel data cut short
     buffer = io.BytesIO()
@@ -153,19 +154,27 @@ def ukb_fields_csv(tmp_path_factory) -> Path:
 
 
 def test_round_trip_reproduces_the_phantom_fat_fraction(ukb_good_zip, tmp_path):
-    """phantom -> six-station zip -> ingestion -> fused volume on the 2.23 x 2.23 x 3 mm grid."""
+    """phantom -> six-station zip -> ingestion -> fused volume on the native x 3 mm grid."""
     out = tmp_path / "ingested"
     result = ingest_ukb([ukb_good_zip], out, executor="serial", progress=False)
-    assert result.n_ok == 1, result.status.to_dict("records")
+    assert result.n_ingested == 1, result.status.to_dict("records")
+    # z spans the slice centres left after trimming 2 slices at both ends of the scan: the
+    # phantom spans exactly 370 slices of 3 mm, so fewer are left, and the subject is flagged.
+    kept_mm = (QUARTER.shape[0] - 1 - 4) * QUARTER.spacing[2]
+    n_slices = int(kept_mm // 3.0) + 1
+    row = result.status.iloc[0]
+    assert row["status"] == "flagged"
+    assert row["message"] == f"{GOOD_EID}_2: fused volume has {n_slices} slices, fewer than 370"
     manifest = Manifest.load(out)
     assert manifest.problems() == []
     sid = f"{GOOD_EID}_2"
+    assert manifest.row(sid)["ingest_status"] == "flagged"
     water = manifest.read_image(sid, "water")
-    assert np.allclose(water.GetSpacing(), OUTPUT_SPACING_MM)
-    assert water.GetSize()[:2] == (224, 174)  # the phantom's 500 x 388 mm field of view
-    # z spans the slice centres left after trimming 2 slices at both ends of the scan.
-    kept_mm = (QUARTER.shape[0] - 1 - 4) * QUARTER.spacing[2]
-    assert water.GetSize()[2] == int(kept_mm // 3.0) + 1
+    # The stations' own pixels (no in-plane resampling), 3 mm slices.
+    assert np.allclose(water.GetSpacing(), (*QUARTER.spacing[:2], 3.0), rtol=1e-6)
+    assert water.GetSize()[:2] == QUARTER.size[:2]
+    assert set(read_stations(out)["swap"]) == {"normal"}  # no false swap on the phantom
+    assert water.GetSize()[2] == n_slices
 
     arrays, _ = build_subject(0, 0, "quarter", PhantomConfig(), "A")
 
@@ -204,6 +213,7 @@ def test_every_bad_zip_fails_alone_and_the_batch_goes_on(
     zips = [ukb_good_zip, *(path for path, _ in ukb_bad_zips.values())]
     argv = ["ingest", "ukb", *map(str, zips), "--out", str(out), "--fields", str(ukb_fields_csv)]
     argv += ["--spacing-mm", *map(str, COARSE_MM), "--executor", "processes", "--workers", "2"]
+    argv += ["--min-slices", "80"]  # the phantom fused at 12 mm: 88 slices, not flagged
     assert main([*argv, "--quiet"]) == 1
     stderr = capsys.readouterr().err.strip().splitlines()
     assert len(stderr) == len(ukb_bad_zips)  # one line per bad zip, no traceback
@@ -321,7 +331,9 @@ def test_fields_are_read_in_both_extract_styles(tmp_path):
 
 def test_dataset_card_in_data_manifests_names_every_field_with_its_unit():
     card = yaml.safe_load((REPO / "data_manifests" / "ukbiobank.yaml").read_text(encoding="utf-8"))
-    assert card == dataset_card(OUTPUT_SPACING_MM, 2)
+    assert card == dataset_card(None, 2)
+    assert card["grid"]["spacing_mm"] == list(OUTPUT_SPACING_MM)
+    assert card["grid"]["spacing_mm"][0] == pytest.approx(500 / 224)
     for field_id in (20201, 22402, 22436, 31, 34, 52, 53, 12144, 21002, 21001):
         assert card["fields"][str(field_id)]["unit"] == UKB_FIELDS[field_id]["unit"]
 

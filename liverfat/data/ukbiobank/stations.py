@@ -1,6 +1,7 @@
 """DICOM slices to Dixon series to stations: grouping, kinds, repeats, and one station's image.
 
-Slices are grouped into series; series descriptions give the kind (suffix ``_W``, ``_F``,
+Members that are not DICOM at all are skipped (the caller notes them); slices are grouped into
+series; series descriptions give the kind (suffix ``_W``, ``_F``,
 ``_in``, ``_opp``); a station acquired twice keeps its newest series (series date and time);
 water and fat stations must sit at the same positions. A few slices at each end of every station
 are trimmed (fold-over artefacts) when it becomes an image.
@@ -24,7 +25,8 @@ from liverfat.errors import ImageError, one_line
 TRIM_SLICES = 2
 #: Stations of one kind whose centres lie closer than this are one station acquired twice (mm).
 SAME_STATION_MM = 20.0
-#: Water and fat stations must sit within this distance of each other (mm).
+#: Water and fat stations must sit within this distance of each other (mm): their centres, or
+#: their first or last slices when one is cut short.
 STATION_MATCH_MM = 1.0
 
 KINDS = {"w": "water", "f": "fat", "in": "in_phase", "opp": "opposed_phase"}
@@ -64,19 +66,25 @@ def series_kind(description: str) -> str | None:
 
 def read_series(
     members: dict[str, bytes], subject_id: str, *, manifest_name: str | None
-) -> list[Series]:
-    """Parse every DICOM member (all but the manifest must be DICOM) and group Dixon series."""
+) -> tuple[list[Series], list[str]]:
+    """Parse every DICOM member and group the Dixon series.
+
+    Returns the series and the names of the members skipped because they are not DICOM at all
+    (a stray text file, say). A DICOM file that is damaged raises :class:`ImageError`.
+    """
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     groups: dict[str, Series] = {}
+    skipped: list[str] = []
     for name, data in members.items():
         if name == manifest_name:
             continue
         try:
             ds = pydicom.dcmread(io.BytesIO(data))
-        except InvalidDicomError as exc:
-            raise ImageError(f"{subject_id}: member {name} is not a DICOM file") from exc
+        except InvalidDicomError:
+            skipped.append(name)
+            continue
         except Exception as exc:  # noqa: BLE001 - pydicom raises many types on damaged files
             raise ImageError(
                 f"{subject_id}: member {name} is a damaged DICOM file ({one_line(exc, limit=200)})"
@@ -99,14 +107,15 @@ def read_series(
         groups[uid].slices.append(ds)
     for series in groups.values():
         series.slices.sort(key=slice_position_mm)
-    return list(groups.values())
+    return list(groups.values()), skipped
 
 
 def select_stations(series: list[Series], subject_id: str) -> dict[str, list[Series]]:
     """Stations of each kind, feet to head; a station acquired twice keeps its newest series.
 
     Raises :class:`ImageError` when there is no water or fat series or when the water and fat
-    stations do not sit at the same positions.
+    stations do not sit at the same positions (centres, or first or last slices, when one series
+    of a station is cut short).
     """
     by_kind: dict[str, list[Series]] = defaultdict(list)
     for s in sorted(series, key=lambda s: s.centre_mm):
@@ -122,12 +131,22 @@ def select_stations(series: list[Series], subject_id: str) -> dict[str, list[Ser
             raise ImageError(f"{subject_id}: no {kind} series in the zip (found {found})")
     water = np.array([s.centre_mm for s in by_kind["water"]])
     fat = np.array([s.centre_mm for s in by_kind["fat"]])
-    if water.shape != fat.shape or np.abs(water - fat).max() > STATION_MATCH_MM:
+    if water.shape != fat.shape or not all(
+        _same_place(w, f) for w, f in zip(by_kind["water"], by_kind["fat"], strict=True)
+    ):
         raise ImageError(
             f"{subject_id}: water stations at {_mm_list(water)} mm and fat stations at "
             f"{_mm_list(fat)} mm do not match"
         )
     return dict(by_kind)
+
+
+def _same_place(water: Series, fat: Series) -> bool:
+    """Whether two series are one station: their centres, first slices or last slices lie within
+    :data:`STATION_MATCH_MM` (a series cut short at one end still starts or ends in place)."""
+    w, f = water.positions_mm, fat.positions_mm
+    pairs = ((water.centre_mm, fat.centre_mm), (w.min(), f.min()), (w.max(), f.max()))
+    return any(abs(a - b) <= STATION_MATCH_MM for a, b in pairs)
 
 
 def _mm_list(values: np.ndarray) -> str:

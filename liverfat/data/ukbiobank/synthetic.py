@@ -1,20 +1,28 @@
-"""UK Biobank-like field-20201 zips written from arrays: six overlapping Dixon stations as DICOM.
+"""UK Biobank-like field-20201 zips written from arrays: overlapping Dixon stations as DICOM.
 
 The real zips (``<eid>_20201_<instance>_<array>.zip``) hold, for each of six axial stations from
 neck to knee, four series: water (``Dixon_noBH_W``), fat (``_F``), in-phase (``_in``) and
 opposed-phase (``_opp``); the thorax and abdomen stations are breath-hold (``Dixon_BH_17s_*``).
-Beside the slices lies a manifest CSV whose header does not line up with its rows. This module
-writes such zips from water and fat arrays (for example a phantom subject), so ingestion can be
-tested and benchmarked without UK Biobank data: each station samples the source voxels exactly,
-so a correct fusion reproduces the source volume on the output grid.
+The slices carry no rescale slope (stored integers are the signal). Beside them lies
+``manifest.cvs`` (sic) whose header spells ``series discription`` and whose date field,
+``May 12, 2016``, holds an unquoted comma, so every value after it sits one column right of its
+name. This module writes such zips:
+
+* :func:`write_station_zip` from a list of :class:`Station` (each with its own size, spacing and
+  position; water and fat may even differ in size, as in rare real zips);
+* :func:`write_ukb_zip` from one water and one fat volume cut into equal stations that sample the
+  source voxels exactly (so a correct fusion reproduces the source on the output grid);
+* :func:`write_phantom_zip` from a phantom subject.
+
+:mod:`~liverfat.data.ukbiobank.realistic` builds the real protocol's unequal stations.
 """
 
 from __future__ import annotations
 
-import csv
 import io
 import os
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,8 +33,8 @@ from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 #: Echo times (ms) of the 1.5 T two-point Dixon protocol: opposed then in phase.
 ECHO_TIMES_MS = {"opp": 2.39, "in": 4.77, "W": 2.39, "F": 2.39}
-#: Stored value = signal / RESCALE_SLOPE (uint16), read back as stored * slope.
-RESCALE_SLOPE = 0.1
+#: Stored uint16 value = round(signal x STORED_PER_SIGNAL); no RescaleSlope tag (as in UK Biobank).
+STORED_PER_SIGNAL = 10.0
 IMAGE_TYPES = {
     "W": ["DERIVED", "PRIMARY", "DIXON", "WATER"],
     "F": ["DERIVED", "PRIMARY", "DIXON", "FAT"],
@@ -35,6 +43,27 @@ IMAGE_TYPES = {
 }
 #: Stations (counted from the head) acquired in breath-hold.
 BREATH_HOLD_STATIONS = (2, 3, 4)
+#: The zip's manifest: its name (sic) and header, as in UK Biobank.
+MANIFEST_NAME = "manifest.cvs"
+MANIFEST_HEADER = "filename,patientid,studyid,aet,date,tablepos,series discription"
+_MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+
+
+@dataclass(frozen=True)
+class Station:
+    """One station: water and fat signal (z, y, x), voxel spacing and first voxel centre.
+
+    ``spacing_mm`` and ``origin_mm`` are (x, y, z) in mm, identity direction. ``fat`` may be
+    smaller than ``water`` (cropped at the high-index ends), as in rare real zips.
+    ``breath_hold`` names the series ``Dixon_BH_17s_*`` rather than ``Dixon_noBH_*`` (default:
+    by the station's place from the head, :data:`BREATH_HOLD_STATIONS`).
+    """
+
+    water: np.ndarray
+    fat: np.ndarray
+    spacing_mm: tuple[float, float, float]
+    origin_mm: tuple[float, float, float]
+    breath_hold: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -80,37 +109,63 @@ def write_ukb_zip(
     eid: int,
     n_stations: int = 6,
     overlap_slices: int = 8,
-    repeat_station: int | None = None,
-    study_date: str = "20160512",
-    seed: int = 0,
+    **kwargs,
 ) -> Path:
-    """Write a UK Biobank-like Dixon zip of water and fat arrays (z, y, x; signal units).
+    """Write a UK Biobank-like Dixon zip of water and fat volumes (z, y, x; signal units).
 
-    Parameters
-    ----------
-    spacing_mm, origin_mm:
-        Voxel spacing and the first voxel's centre (x, y, z order, mm; identity direction).
-    repeat_station:
-        Also write an older, motion-corrupted acquisition (signal halved) of this station index
-        (0 = knee end); ingestion must keep the newer one.
-    seed:
-        Seeds the UIDs, so one call always writes the same zip.
+    The volumes are cut into ``n_stations`` equal stations overlapping by ``overlap_slices``.
+    ``spacing_mm`` and ``origin_mm`` are the voxel spacing and the first voxel's centre (x, y, z
+    order, mm; identity direction). Other keywords go to :func:`write_station_zip`.
     """
     water = np.asarray(water, np.float64)
     fat = np.asarray(fat, np.float64)
-    signals = {"W": water, "F": fat, "in": water + fat, "opp": np.abs(water - fat)}
-    layout = station_layout(water.shape[0], n_stations, overlap_slices)
-    rng = np.random.default_rng([seed, eid])
+    stations = []
+    for z_low, z_high in station_layout(water.shape[0], n_stations, overlap_slices).ranges:
+        origin = (origin_mm[0], origin_mm[1], origin_mm[2] + z_low * spacing_mm[2])
+        stations.append(Station(water[z_low:z_high], fat[z_low:z_high], tuple(spacing_mm), origin))
+    return write_station_zip(path, stations, eid=eid, **kwargs)
+
+
+def write_station_zip(
+    path: str | os.PathLike[str],
+    stations: Sequence[Station],
+    *,
+    eid: int,
+    repeat_station: int | None = None,
+    study_date: str = "20160512",
+    seed: int = 0,
+    skip_series: Sequence[tuple[int, str]] = (),
+    extra_members: Sequence[tuple[str, bytes]] = (),
+) -> Path:
+    """Write stations (index 0 = knee end) as a UK Biobank-like zip; returns its path.
+
+    Parameters
+    ----------
+    repeat_station:
+        Also write an older, motion-corrupted acquisition (signal halved) of this station index;
+        ingestion must keep the newer one.
+    skip_series:
+        ``(station index, kind)`` pairs not written (kind ``W``, ``F``, ``in`` or ``opp``).
+    extra_members:
+        ``(name, bytes)`` members added as they are (a stray non-DICOM file, say).
+    seed:
+        Seeds the UIDs and member order, so one call always writes the same zip.
+    """
+    n = len(stations)
     study_uid = generate_uid(entropy_srcs=[str(eid), str(seed), "study"])
     members: list[tuple[str, bytes]] = []
-    rows: list[list[str]] = []
+    rows: list[str] = []
     series_number = 0
-    for time_index, (k, corrupted) in enumerate(_acquisitions(n_stations, repeat_station)):
-        z_low, z_high = layout.ranges[k]
-        station_from_head = n_stations - k
-        breath = "BH_17s" if station_from_head in BREATH_HOLD_STATIONS else "noBH"
+    for time_index, (k, corrupted) in enumerate(_acquisitions(n, repeat_station)):
+        station = stations[k]
+        breath_hold = station.breath_hold
+        if breath_hold is None:
+            breath_hold = n - k in BREATH_HOLD_STATIONS
+        breath = "BH_17s" if breath_hold else "noBH"
         for kind in ("in", "opp", "F", "W"):
             series_number += 1
+            if (k, kind) in skip_series:
+                continue
             tags = _SeriesTags(
                 description=f"Dixon_{breath}_{kind}",
                 kind=kind,
@@ -121,17 +176,32 @@ def write_ukb_zip(
                 study_date=study_date,
                 eid=eid,
             )
-            volume = signals[kind][z_low:z_high] * (0.5 if corrupted else 1.0)
-            _add_series(members, rows, volume, (z_low, z_high), tags, spacing_mm, origin_mm)
-    order_in_zip = rng.permutation(len(members))  # slice order in the zip means nothing
-    return _write_zip(Path(path), [members[i] for i in order_in_zip], rows)
+            volume = _signal(station, kind) * (0.5 if corrupted else 1.0)
+            _add_series(members, rows, volume, tags, station.spacing_mm, station.origin_mm)
+    members += list(extra_members)
+    order = np.random.default_rng([seed, eid]).permutation(len(members))  # order means nothing
+    return _write_zip(Path(path), [members[i] for i in order], rows)
 
 
-def _write_zip(path: Path, members: list[tuple[str, bytes]], rows: list[list[str]]) -> Path:
-    """The zip: the manifest CSV of ``rows`` first, then ``members`` in the order given."""
+def _signal(station: Station, kind: str) -> np.ndarray:
+    """One series' signal: water, fat, or the magnitude in-phase / opposed-phase images."""
+    water = np.asarray(station.water, np.float64)
+    fat = np.asarray(station.fat, np.float64)
+    if kind == "W":
+        return water
+    if kind == "F":
+        return fat
+    common = tuple(slice(0, min(a, b)) for a, b in zip(water.shape, fat.shape, strict=True))
+    w, f = water[common], fat[common]
+    return w + f if kind == "in" else np.abs(w - f)
+
+
+def _write_zip(path: Path, members: list[tuple[str, bytes]], rows: list[str]) -> Path:
+    """The zip: the manifest of ``rows`` first, then ``members`` in the order given."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    text = "\n".join([MANIFEST_HEADER, *rows]) + "\n\n"  # a trailing blank line, as in real zips
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
-        archive.writestr("manifest.csv", _manifest_csv(rows))
+        archive.writestr(MANIFEST_NAME, text)
         for name, data in members:
             archive.writestr(name, data)
     return path
@@ -147,21 +217,25 @@ def _acquisitions(n_stations: int, repeat_station: int | None) -> list[tuple[int
     return acquisitions
 
 
+def manifest_date(study_date: str) -> str:
+    """``20160512`` -> ``May 12, 2016``: the manifest's date, with its unquoted comma."""
+    year, month, day = study_date[:4], int(study_date[4:6]), int(study_date[6:8])
+    return f"{_MONTHS[month - 1]} {day}, {year}"
+
+
 def _add_series(
     members: list[tuple[str, bytes]],
-    rows: list[list[str]],
+    rows: list[str],
     volume: np.ndarray,
-    z_range: tuple[int, int],
     tags: _SeriesTags,
     spacing_mm: tuple[float, float, float],
     origin_mm: tuple[float, float, float],
 ) -> None:
-    """Append one series' slices (source z indices ``z_range``) to ``members`` and its manifest
-    rows to ``rows``."""
-    z_low, z_high = z_range
-    table_mm = origin_mm[2] + (z_low + z_high - 1) / 2 * spacing_mm[2]
+    """Append one series' slices (first slice centred at ``origin_mm``) to ``members`` and its
+    manifest lines to ``rows`` (written unquoted: the date's comma shifts the columns)."""
+    table_mm = origin_mm[2] + (volume.shape[0] - 1) / 2 * spacing_mm[2]
     for i in range(volume.shape[0]):
-        position_mm = (origin_mm[0], origin_mm[1], origin_mm[2] + (z_low + i) * spacing_mm[2])
+        position_mm = (origin_mm[0], origin_mm[1], origin_mm[2] + i * spacing_mm[2])
         ds = _slice_dataset(
             volume[i],
             spacing_mm=spacing_mm,
@@ -171,33 +245,14 @@ def _add_series(
         )
         name = f"{ds.SOPInstanceUID}.dcm"
         members.append((name, _dicom_bytes(ds)))
-        rows.append(
-            [
-                str(len(rows) + 1),  # a leading row number the header does not name
-                name,
-                str(tags.eid),
-                tags.study_uid,
-                "UKB_AERA",
-                tags.study_date,
-                f"{table_mm:.1f}",
-                tags.description,
-            ]
-        )
-
-
-def _manifest_csv(rows: list[list[str]]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    # The real header names fewer columns than each row holds, so names and values are shifted.
-    writer.writerow(["filename", "patientid", "studyid", "aet", "date", "tablepos", "seriesdesc"])
-    writer.writerows(rows)
-    return buffer.getvalue()
+        fields = [name, str(tags.eid), tags.study_uid, "UKB_AERA", manifest_date(tags.study_date)]
+        rows.append(",".join([*fields, f"{table_mm:.0f}", tags.description]))
 
 
 def _slice_dataset(
     plane: np.ndarray, *, spacing_mm, position_mm, instance_number: int, tags: _SeriesTags
 ) -> pydicom.Dataset:
-    stored = np.clip(np.round(plane / RESCALE_SLOPE), 0, 65535).astype(np.uint16)
+    stored = np.clip(np.round(plane * STORED_PER_SIGNAL), 0, 65535).astype(np.uint16)
     sop_uid = generate_uid(entropy_srcs=[tags.series_uid, str(instance_number)])
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = MRImageStorage
@@ -225,11 +280,9 @@ def _slice_dataset(
     ds.RepetitionTime = 6.69
     ds.ImagePositionPatient = [f"{v:.4f}" for v in position_mm]
     ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-    ds.PixelSpacing = [f"{spacing_mm[1]:.6g}", f"{spacing_mm[0]:.6g}"]  # row (y), column (x)
+    ds.PixelSpacing = [f"{spacing_mm[1]:.9g}", f"{spacing_mm[0]:.9g}"]  # row (y), column (x)
     ds.SliceThickness = f"{spacing_mm[2]:.6g}"
     ds.SpacingBetweenSlices = f"{spacing_mm[2]:.6g}"
-    ds.RescaleSlope = RESCALE_SLOPE
-    ds.RescaleIntercept = 0
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.Rows, ds.Columns = stored.shape
