@@ -1,7 +1,8 @@
 """The ``liverfat`` command line: a thin layer over the package, no logic of its own.
 
 Each subcommand has an ``add_parser(subparsers)`` that registers its parser and sets ``func``, a
-``main(args) -> int``. User errors (:class:`~liverfat.errors.LiverfatError`), and damaged files or
+``main(args) -> int``; one whose ``--out`` is a file (a CSV, a JSON), not a folder, also sets
+``out_is_file=True``. User errors (:class:`~liverfat.errors.LiverfatError`), and damaged files or
 unusable paths (:func:`_input_failures`), exit 2 with one line.
 Engine subcommands live beside their engines (``liverfat/<engine>/cli.py``) and are listed in
 :data:`SUBCOMMAND_MODULES`.
@@ -53,8 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        if getattr(args, "out", None):
-            check_writable(args.out)  # before any work, not after an hour of it
+        if getattr(args, "out", None):  # before any work, not after an hour of it
+            check_writable(args.out, folder=not getattr(args, "out_is_file", False))
         return int(args.func(args) or 0)
     except LiverfatError as exc:
         first, *extra = str(exc).splitlines() or [""]

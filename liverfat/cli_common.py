@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from liverfat.data.manifest import Manifest
-from liverfat.errors import LiverfatError
+from liverfat.errors import LiverfatError, ManifestError
 from liverfat.parallel import EXECUTORS
 
 #: Help of the positional ``manifest`` argument.
@@ -41,11 +41,21 @@ def add_manifest_args(
         )
 
 
-def load_manifest(args: argparse.Namespace) -> Manifest:
-    """The manifest of :func:`add_manifest_args`' arguments, restricted to ``--split`` if given."""
+def load_manifest(args: argparse.Namespace, *, allow_empty: bool = False) -> Manifest:
+    """The manifest of :func:`add_manifest_args`' arguments, restricted to ``--split`` if given.
+
+    No subjects (a subject table with a header only, an empty split) is a
+    :class:`~liverfat.errors.ManifestError` unless ``allow_empty``: a command would otherwise
+    "succeed" on nothing.
+    """
     manifest = Manifest.load(args.manifest, data_root=getattr(args, "data_root", None))
     split = getattr(args, "split", None)
-    return manifest.select(split=split) if split else manifest
+    if split:
+        manifest = manifest.select(split=split)
+    if not allow_empty and not len(manifest):
+        where = f" in split {split}" if split else " (the subject table has a header only)"
+        raise ManifestError(f"{manifest.path}: no subjects{where}")
+    return manifest
 
 
 def add_executor_args(
@@ -119,10 +129,16 @@ class LazyChoices(Sequence[str]):
         return value in self._values()
 
 
-def check_writable(out: str | os.PathLike[str]) -> None:
+def check_writable(out: str | os.PathLike[str], *, folder: bool | None = None) -> None:
     """Raise a one-line :class:`LiverfatError` unless ``out`` (a file or folder to write) can be
-    created: the nearest existing folder above it must be a writable folder, not a file."""
+    created: the nearest existing folder above it must be a writable folder, not a file. With
+    ``folder`` True (an output folder) ``out`` must not be an existing file, with False (an
+    output file) not an existing folder; None allows either."""
     path = Path(out).absolute()
+    if folder is True and path.exists() and not path.is_dir():
+        raise LiverfatError(f"--out {out}: is a file, not a folder")
+    if folder is False and path.is_dir():
+        raise LiverfatError(f"--out {out}: is a folder, not a file")
     existing = next(p for p in (path, *path.parents) if p.exists())
     if existing != path and not existing.is_dir():
         raise LiverfatError(f"--out {out}: {existing} is a file, not a folder")

@@ -57,7 +57,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_manifest_args(templates)
     templates.add_argument("--n", type=positive_int, default=3)
     templates.add_argument("--out", required=True, help="JSON file listing the template ids")
-    templates.set_defaults(func=templates_main)
+    templates.set_defaults(func=templates_main, out_is_file=True)
 
     calibrate = sub.add_parser("calibrate", help="fit templates + calibration; save the engine")
     add_manifest_args(calibrate, help="validation cohort (subjects with a reference)", split=True)
@@ -74,8 +74,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     predict.add_argument("--out", required=True, help="predictions CSV")
     predict.add_argument("--raw", action="store_true", help="uncalibrated readout")
     add_executor_args(predict, default=None, scheduler=True)
-    predict.add_argument("--work-dir", help="per-subject results (default: as saved)")
-    predict.set_defaults(func=predict_main)
+    predict.add_argument("--work-dir", help="per-subject results (default: work beside --out)")
+    predict.set_defaults(func=predict_main, out_is_file=True)
 
     register = sub.add_parser(
         "register", help="warp template liver masks to each subject; write a manifest with them"
@@ -150,8 +150,10 @@ def calibrate_main(args: argparse.Namespace) -> int:
 def predict_main(args: argparse.Namespace) -> int:
     from liverfat.atlas.engine import AtlasEngine
 
-    given = {**executor_settings(args), "work_dir": args.work_dir}
-    engine = AtlasEngine.load(args.engine)
+    # never the saved engine's own work_dir: the engine folder is an input
+    work_dir = args.work_dir or str(Path(args.out).parent / "work")
+    engine = AtlasEngine.load(args.engine).set_params(work_dir=work_dir)
+    given = executor_settings(args)
     engine.set_params(**{name: value for name, value in given.items() if value})  # else as saved
     table = engine.predict(load_manifest(args), raw=args.raw)
     table.write(args.out)

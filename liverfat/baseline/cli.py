@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from liverfat.cli_common import add_manifest_args, load_manifest
+from liverfat.cli_common import add_manifest_args, load_manifest, positive_int
 from liverfat.data.manifest import BASELINE_COVARIATES
 
 
@@ -20,7 +20,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     sub = parser.add_subparsers(dest="baseline_command", metavar="ACTION", required=True)
     cv = sub.add_parser("cv", help="k-fold out-of-fold predictions + metrics")
     _options(cv)
-    cv.add_argument("--folds", type=int, default=10)
+    cv.add_argument("--folds", type=positive_int, default=10)
     cv.add_argument("--fold-seed", type=int, default=0)
     cv.set_defaults(func=cv_main)
     fit = sub.add_parser("fit", help="fit on every subject with a reference; save it")
@@ -30,7 +30,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_manifest_args(predict, split=True)
     predict.add_argument("--model", required=True, help="folder written by `baseline fit`")
     predict.add_argument("--out", required=True, help="predictions CSV")
-    predict.set_defaults(func=predict_main)
+    predict.set_defaults(func=predict_main, out_is_file=True)
 
 
 def _options(parser: argparse.ArgumentParser) -> None:

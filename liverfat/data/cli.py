@@ -87,7 +87,7 @@ def pdff_bin(text: str) -> tuple[float, float, int]:
 
 
 def manifest_check(args: argparse.Namespace) -> int:
-    manifest = load_manifest(args)
+    manifest = load_manifest(args, allow_empty=True)  # no subjects is one of the problems listed
     problems = manifest.problems(check_geometry=not args.no_geometry)
     for line in problems:
         print(line, file=sys.stderr)

@@ -102,10 +102,11 @@ def _engine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder")
 
 
-def _saved_engine_options(parser: argparse.ArgumentParser, out: str) -> None:
+def _saved_engine_options(parser: argparse.ArgumentParser, out: str, where: str) -> None:
     add_manifest_args(parser, split=True)
     parser.add_argument("--engine", required=True, help="folder written by `deep fit`")
     parser.add_argument("--out", required=True, help=out)
+    parser.add_argument("--cache", help=f"working folder: formats (default: work {where} --out)")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -132,11 +133,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     fit.set_defaults(func=fit_main)
 
     predict = sub.add_parser("predict", help="predict with a saved engine")
-    _saved_engine_options(predict, "predictions CSV")
-    predict.set_defaults(func=predict_main)
+    _saved_engine_options(predict, "predictions CSV", "beside")
+    predict.set_defaults(func=predict_main, out_is_file=True)
 
     saliency = sub.add_parser("saliency", help="Grad-CAM maps per subject and cohort mean (PNG)")
-    _saved_engine_options(saliency, "output folder")
+    _saved_engine_options(saliency, "output folder", "in")
     saliency.add_argument("--target")
     saliency.add_argument("--per-subject", action="store_true", help="one PNG per subject too")
     saliency.set_defaults(func=saliency_main)
@@ -197,7 +198,10 @@ def fit_main(args: argparse.Namespace) -> int:
 def predict_main(args: argparse.Namespace) -> int:
     from liverfat.deep.engine import DeepEngine
 
-    engine = DeepEngine.load(args.engine)
+    # never the saved engine's own work_dir: the engine folder is an input (maybe read-only,
+    # maybe another machine's path)
+    work_dir = args.cache or str(Path(args.out).parent / "work")
+    engine = DeepEngine.load(args.engine).set_params(work_dir=work_dir)
     table = engine.predict(load_manifest(args))
     table.write(args.out)
     failed = int((table.frame["status"] == "failed").sum())
@@ -211,7 +215,7 @@ def saliency_main(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     result = write_cohort_saliency(
-        DeepEngine.load(args.engine),
+        DeepEngine.load(args.engine).set_params(work_dir=args.cache or str(out / "work")),
         load_manifest(args),
         out,
         target=args.target,

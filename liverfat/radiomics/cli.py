@@ -16,6 +16,8 @@ from liverfat.cli_common import (
     executor_settings,
     grading_arg,
     load_manifest,
+    positive_float,
+    positive_int,
 )
 from liverfat.evaluation.grader import GRADING_SCHEMES, grading_scheme
 from liverfat.radiomics.models import MODELS, TASKS
@@ -30,11 +32,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     rois = _command(sub, "rois", rois_main, out="folder for <subject>_rois.json/.png (resumes)")
     _roi_args(rois)
-    features = _command(sub, "features", features_main, out="CSV of ROI feature rows")
+    features = _command(sub, "features", features_main, out="CSV of ROI feature rows", file=True)
     _engine_args(features)
 
     cv = _command(sub, "cv", cv_main, out="output folder for the tables")
-    cv.add_argument("--folds", type=int, default=5)
+    cv.add_argument("--folds", type=positive_int, default=5)
     cv.add_argument("--test-fraction", type=float, default=0.3)
     cv.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     cv.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for AUC CIs")
@@ -45,9 +47,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     fit = _command(sub, "fit", fit_main, out="folder for the saved engine", split=True)
     _engine_args(fit)
-    predict = _command(sub, "predict", predict_main, out="predictions CSV")
+    predict = _command(sub, "predict", predict_main, out="predictions CSV", file=True)
     predict.add_argument("--model", required=True, help="folder written by `radiomics fit`")
-    predict.add_argument("--cache", help="feature cache folder")
+    predict.add_argument("--cache", help="feature cache folder (default: work beside --out)")
     add_executor_args(predict, workers=2)
 
 
@@ -58,14 +60,15 @@ def _command(
     *,
     out: str,
     split: bool = False,
+    file: bool = False,
 ) -> argparse.ArgumentParser:
-    """A subcommand on a manifest (with ``--data-root``) writing to ``--out``, running ``func``;
-    its help is the first line of ``func``'s docstring."""
+    """A subcommand on a manifest (with ``--data-root``) writing to ``--out`` (a folder, or with
+    ``file`` a file), running ``func``; its help is the first line of ``func``'s docstring."""
     summary = (func.__doc__ or "").strip().splitlines()[0].rstrip(".").replace("%", "%%")
     parser = sub.add_parser(name, help=summary[:1].lower() + summary[1:])
     add_manifest_args(parser, split=split, data_root=True)
     parser.add_argument("--out", required=True, help=out)
-    parser.set_defaults(func=func)
+    parser.set_defaults(func=func, out_is_file=file)
     return parser
 
 
@@ -92,7 +95,7 @@ def _engine_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--channels", nargs="+", default=["fat_fraction"])
     parser.add_argument("--augment", type=int, default=8, help="augmented copies per training ROI")
     parser.add_argument("--estimators", type=int, default=200)
-    parser.add_argument("--learning-rate", type=float, default=0.05)
+    parser.add_argument("--learning-rate", type=positive_float, default=0.05)
     parser.add_argument("--max-depth", type=int, default=3)
     parser.add_argument("--params", help="radiomics parameter file (default: liver_roi_v1.yaml)")
     parser.add_argument(
@@ -194,8 +197,9 @@ def predict_main(args: argparse.Namespace) -> int:
     from liverfat.radiomics.engine import RadiomicsEngine
 
     engine = RadiomicsEngine.load(args.model).set_params(**executor_settings(args))
-    if args.cache:
-        engine.set_params(work_dir=args.cache)
+    # never the saved engine's own work_dir: the engine folder is an input (maybe read-only,
+    # maybe another machine's path)
+    engine.set_params(work_dir=args.cache or str(Path(args.out).parent / "work"))
     table = engine.predict(load_manifest(args))
     path = table.write(args.out)
     failed = int((table.frame["status"] == "failed").sum())
