@@ -235,7 +235,8 @@ def delong_table(
     baseline_models: Sequence[str],
 ) -> pd.DataFrame:
     """DeLong's paired test on the test set: the best of ``baseline_models`` by ``train_cv`` AUC
-    (by training AUC without folds) against every other model, on the subjects both scored.
+    (by training AUC without folds; ties broken by accuracy) against every other model, on the
+    subjects both scored.
 
     The score of a subject is its probability of a grade at or above :func:`higher_grade_outcome`.
     """
@@ -245,7 +246,8 @@ def delong_table(
         return pd.DataFrame()
     chosen_on = "train_cv" if (metrics["set"] == "train_cv").any() else "train"
     ranked = metrics[(metrics["set"] == chosen_on) & metrics["model"].isin(baselines)]
-    best = str(ranked.sort_values("auc", ascending=False, kind="stable")["model"].iloc[0])
+    ranked = ranked.sort_values(["auc", "accuracy"], ascending=False, kind="stable")
+    best = str(ranked["model"].iloc[0])  # ties on both: the first in the table's order
     rows = []
     for other in others:
         a, b = scores[best]["test"], scores[other]["test"]
