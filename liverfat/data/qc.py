@@ -21,12 +21,13 @@ y the anterior-posterior one (:func:`subject_qc` turns the images to LPS axes fi
   asks for a look, it rejects nothing.
 * ``noise`` (:func:`relative_noise`): the noise SD of the background (farther than
   :data:`NOISE_MARGIN_MM` in-plane from the body, exactly-zero padding left out), relative to the
-  body's median water signal (%). The background of a magnitude image is Rayleigh-distributed,
-  whose maximum-likelihood SD is ``sqrt(mean(x^2) / 2)``; it is taken over the values up to their
-  :data:`NOISE_TRIM_PERCENTILE` th percentile, so ghosts and stray bright voxels barely move it
-  (a median absolute deviation would be more robust still, but on integer-stored images it moves
-  in whole steps and missed added noise). Above :data:`NOISE_THRESHOLD_PCT` (5 %: the phantom
-  sits near 2 %) it is flagged.
+  body's median ``W + F`` signal (%; not the water signal alone, which a swapped station or a fat
+  body lowers, flagging noise that is not there). A magnitude image's background is Rayleigh-
+  distributed, with maximum-likelihood SD ``sqrt(mean(x^2) / 2)``, here taken over the values up
+  to their :data:`NOISE_TRIM_PERCENTILE` th percentile so that ghosts and stray bright voxels
+  barely move it (a median absolute deviation moves in whole steps on integer-stored images and
+  missed added noise). Above :data:`NOISE_THRESHOLD_PCT` (5 %; the phantom sits near 1 %) it is
+  flagged.
 """
 
 from __future__ import annotations
@@ -186,12 +187,14 @@ def void_check(
     return QcCheck("void", largest, VOID_THRESHOLD_ML, flag, message)
 
 
-def relative_noise(water: np.ndarray, mask: np.ndarray, *, spacing_mm: Sequence[float]) -> float:
-    """Background noise relative to the body's median water signal (%), NaN without background.
+def relative_noise(
+    water: np.ndarray, fat: np.ndarray, mask: np.ndarray, *, spacing_mm: Sequence[float]
+) -> float:
+    """Background noise relative to the body's median ``W + F`` signal (%), NaN without background.
 
     The Rayleigh SD ``sqrt(mean(x^2) / 2)`` of the non-zero water values farther than
     :data:`NOISE_MARGIN_MM` in-plane from the body (``mask``), up to their
-    :data:`NOISE_TRIM_PERCENTILE` th percentile, divided by the median water signal inside it.
+    :data:`NOISE_TRIM_PERCENTILE` th percentile, divided by the median ``W + F`` inside it.
     """
     water = np.asarray(water, np.float32)
     inside = np.asarray(mask) > 0
@@ -199,7 +202,7 @@ def relative_noise(water: np.ndarray, mask: np.ndarray, *, spacing_mm: Sequence[
         return float("nan")
     distance = edge_depth_mm(~fill_holes_in_plane(inside), spacing_mm[:2])
     background = water[(distance > NOISE_MARGIN_MM) & np.isfinite(distance) & (water != 0)]
-    body = float(np.median(water[inside]))
+    body = float(np.median(water[inside] + np.asarray(fat, np.float32)[inside]))
     if background.size < MIN_BACKGROUND_VOXELS or body <= 0:
         return float("nan")
     background = background[background <= np.percentile(background, NOISE_TRIM_PERCENTILE)]
@@ -207,15 +210,17 @@ def relative_noise(water: np.ndarray, mask: np.ndarray, *, spacing_mm: Sequence[
     return 100.0 * sd / body
 
 
-def noise_check(water: np.ndarray, mask: np.ndarray, *, spacing_mm: Sequence[float]) -> QcCheck:
+def noise_check(
+    water: np.ndarray, fat: np.ndarray, mask: np.ndarray, *, spacing_mm: Sequence[float]
+) -> QcCheck:
     """The ``noise`` check: :func:`relative_noise` (%) against :data:`NOISE_THRESHOLD_PCT`."""
-    value = relative_noise(water, mask, spacing_mm=spacing_mm)
+    value = relative_noise(water, fat, mask, spacing_mm=spacing_mm)
     if not np.isfinite(value):
         message = "noise undefined: too little non-zero background outside the body"
         return QcCheck("noise", value, NOISE_THRESHOLD_PCT, False, message)
     flag = value > NOISE_THRESHOLD_PCT
     state = "high noise" if flag else "noise ok"
-    message = f"{state}: background {value:.2f} % of the body's median water signal"
+    message = f"{state}: background {value:.2f} % of the body's median water + fat signal"
     return QcCheck("noise", value, NOISE_THRESHOLD_PCT, flag, message)
 
 
@@ -233,7 +238,7 @@ def array_qc(
     return [
         swap_check(water, fat, mask, spacing_mm=spacing_mm, slab_mm=slab_mm),
         void_check(water, fat, mask, spacing_mm=spacing_mm),
-        noise_check(water, mask, spacing_mm=spacing_mm),
+        noise_check(water, fat, mask, spacing_mm=spacing_mm),
     ]
 
 
