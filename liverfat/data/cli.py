@@ -1,4 +1,4 @@
-"""Data subcommands: ``liverfat phantom`` and ``liverfat manifest check``."""
+"""Data subcommands: ``liverfat phantom``, ``liverfat manifest check`` and ``liverfat qc``."""
 
 from __future__ import annotations
 
@@ -70,6 +70,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     check.add_argument("--no-geometry", action="store_true", help="skip image-geometry comparison")
     check.set_defaults(func=manifest_check)
 
+    qc = subparsers.add_parser(
+        "qc", help="automated scan QC from the images: water-fat swap, signal void, noise"
+    )
+    add_manifest_args(qc, split=True)
+    qc.add_argument("--out", required=True, help="output folder (resumes if it exists)")
+    qc.add_argument(
+        "--slab-mm",
+        type=positive_float,
+        default=100.0,
+        help="height of the z-slabs scored for a water-fat swap (mm, default %(default)s)",
+    )
+    add_executor_args(qc)
+    qc.set_defaults(func=qc_main)
+
 
 def pdff_bin(text: str) -> tuple[float, float, int]:
     """One ``LOW:HIGH:COUNT`` bin of ``--pdff-bins``: PDFF bounds (%) and a subject count."""
@@ -96,6 +110,17 @@ def manifest_check(args: argparse.Namespace) -> int:
         return 1
     targets = ", ".join(manifest.targets) or "none"
     print(f"{manifest.path}: OK, {len(manifest)} subjects, targets: {targets}")
+    return 0
+
+
+def qc_main(args: argparse.Namespace) -> int:
+    from liverfat.data.qc_run import run_qc
+
+    manifest = load_manifest(args)
+    run = run_qc(manifest, args.out, slab_mm=args.slab_mm, **executor_settings(args))
+    for sid, error in run.failures.items():
+        print(f"{sid}: {error}", file=sys.stderr)
+    print(run.line(len(manifest)))
     return 0
 
 
