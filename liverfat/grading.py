@@ -253,14 +253,14 @@ def delong_table(
         a, b = scores[best]["test"], scores[other]["test"]
         common = a.index.intersection(b.index)
         g = grades.loc[common].to_numpy(int)
-        cut = higher_grade_outcome(g)
-        score_a = probabilities(a.loc[common], n_grades)[:, cut:].sum(axis=1)
-        score_b = probabilities(b.loc[common], n_grades)[:, cut:].sum(axis=1)
-        result = delong_test(g >= cut, score_a, score_b)
-        rows.append(
-            {"model_a": best, "model_b": other, "chosen_on": chosen_on, "grade_at_least": cut}
-            | result
-        )
+        row = {"model_a": best, "model_b": other, "chosen_on": chosen_on}
+        try:
+            cut = higher_grade_outcome(g)
+            score_a = probabilities(a.loc[common], n_grades)[:, cut:].sum(axis=1)
+            score_b = probabilities(b.loc[common], n_grades)[:, cut:].sum(axis=1)
+            rows.append(row | {"grade_at_least": cut} | delong_test(g >= cut, score_a, score_b))
+        except LiverfatError as exc:  # too few subjects both models scored: say so, go on
+            rows.append(row | {"n_positive": 0, "n_negative": 0, "p": np.nan, "note": str(exc)})
     return pd.DataFrame(rows)
 
 

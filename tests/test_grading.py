@@ -240,3 +240,18 @@ def test_grade_refuses_unknown_models_and_schemes_in_one_line(phantom_dir, tmp_p
     with pytest.raises(SystemExit):
         main([*base, "--models", "forest"])
     assert "invalid choice: 'forest'" in capsys.readouterr().err
+
+
+def test_delong_row_says_why_when_a_model_scored_too_few_test_subjects(manifest):
+    """A network that failed every test subject leaves a DeLong row with its reason, not a crash."""
+    reference = manifest.target("liver_pdff_pct").dropna()
+    grades = pd.Series((reference >= 5.5).astype(int), index=reference.index)
+    test = grading_split(grades, test_fraction=0.3, folds=2, seed=0).test
+    graders = {
+        "tree": lambda: KnownGrader("tree", 0.3),
+        "net": lambda: KnownGrader("net", 1.0, fail=tuple(test)),
+    }
+    result = _run(manifest, graders, folds=2, baseline_models=["tree"])
+    row = result.delong.iloc[0]
+    assert np.isnan(row["p"]) and "two grades" in row["note"]
+    assert result.metrics.set_index(["model", "set"]).loc[("net", "test"), "n"] == 0
