@@ -43,6 +43,7 @@ from liverfat.data.predictions import PredictionsTable, package_versions
 from liverfat.errors import LiverfatError
 from liverfat.evaluation.values import REFERENCE, reference_table
 from liverfat.parallel import dask_scheduler
+from liverfat.study_qc import QcOptions, parse_qc, scan_qc
 from liverfat.study_schema import study_problem
 
 if TYPE_CHECKING:
@@ -73,6 +74,7 @@ STUDY_KEYS = (
     "seed",
     "learning_curve",
     "grading",
+    "qc",
 )
 TRUTH = "truth"
 
@@ -112,6 +114,7 @@ class Study:
     seed: int
     learning_curve: LearningCurve | None = None  # liverfat.learning_curve
     grading: GradingOptions | None = None  # liverfat.graders
+    qc: QcOptions | None = None  # liverfat.study_qc
 
     @classmethod
     def load(cls, path: str | Path, *, out: str | Path | None = None) -> Study:
@@ -183,6 +186,7 @@ class Study:
             seed=seed,
             learning_curve=curve,
             grading=grading,
+            qc=parse_qc(raw, f"{path}: study key"),
         )
 
     def load_manifest(self) -> Manifest:
@@ -206,8 +210,7 @@ def _engine_stage(name: str, entry: Any, path: Path) -> EngineStage:
     if unknown:
         raise StudyError(f"{path}: engine '{name}': unknown key(s) {', '.join(sorted(unknown))}")
     predict_on = entry.get("predict_on") or []
-    if isinstance(predict_on, str):
-        predict_on = [predict_on]
+    predict_on = [predict_on] if isinstance(predict_on, str) else predict_on
     if not entry.get("cross_validate") and not predict_on:
         raise StudyError(
             f"{path}: engine '{name}' has nothing to do: give it cross_validate: true "
@@ -290,10 +293,7 @@ def method_rows(table: PredictionsTable, method: str, target: str) -> pd.DataFra
     writing several methods, e.g. one per radiomics model, gets ``NAME-METHOD``)."""
     frame = table.frame[table.frame["target"] == target].copy()
     produced = sorted(frame["method"].unique())
-    if len(produced) > 1:  # e.g. radiomics: one method per model
-        frame["method"] = method + "-" + frame["method"]
-    else:
-        frame["method"] = method
+    frame["method"] = method + "-" + frame["method"] if len(produced) > 1 else method
     return frame
 
 
@@ -314,8 +314,7 @@ def run_stage(
     table = compute()
     table.run.setdefault("timings_s", {})["stage"] = round(time.perf_counter() - start, 2)
     table.write(csv)
-    status = table.frame["status"]
-    if len(status) and (status == "failed").all():  # nothing to reuse: a rerun tries again
+    if len(table.frame) and table.frame["status"].eq("failed").all():  # a rerun tries again
         log(f"[{stage_name}] every row failed ({table.frame['message'].iloc[0]}); not finished")
         return table
     write_json_atomic(done, {"fingerprint": fingerprint})
@@ -409,11 +408,12 @@ def run_study(study: Study, *, log: Callable[[str], None] = print) -> Path:
     if study.truth is not None:
         truth = PredictionsTable.read(study.truth)
         truth = PredictionsTable(truth.frame[truth.frame["target"] == study.target], truth.run)
+    manifest, qc = scan_qc(study, manifest, log)  # OUT/qc/: 'exclude' flags leave from here on
     tables = [reference_table(manifest, study.target)]
-    extra = []
+    extra = qc.sections()
     with dask_scheduler(study.executor.get("scheduler")):
         for stage in study.engines:
-            tables.append(run_engine(stage, study, manifest, log))
+            tables.append(qc.mark(run_engine(stage, study, manifest, log)))
             tables[-1].write(out / "predictions" / f"{stage.name}.csv")
         if study.learning_curve is not None:
             extra.append(run_learning_curve(study, manifest, truth, log))
@@ -544,5 +544,6 @@ tables/learning_curve.csv, learning_curve_summary.csv
                       MAE and R2 per cell, and their median and min-max over repeats
 figures/learning_curve.png/.svg
                       MAE and R2 against N, one line per method
+qc/                   with a qc option: qc.csv, qc_summary.csv, excluded.csv, thumbnails/
 report.html           one self-contained report with every table and figure
 """

@@ -52,6 +52,7 @@ class _Study(BaseModel):
     seed: int = 0
     learning_curve: Any = None  # checked by liverfat.learning_curve, with its own messages
     grading: Any = None  # checked by liverfat.graders, with its own messages
+    qc: Any = None  # checked by liverfat.study_qc, with its own messages
 
 
 def study_problem(raw: dict[str, Any]) -> str | None:

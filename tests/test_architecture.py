@@ -32,6 +32,7 @@ FLOORS = {
     "testing": 4,
     "study_cli": 4,
     "study_schema": 4,
+    "study_qc": 4,
     "serve_cli": 4,
     "cli": 4,
 }

@@ -141,6 +141,10 @@ def test_study_runs_resumes_and_orders_rows(
         ({"grading": {"scheme": "severe"}}, "unknown grading scheme 'severe'"),
         ({"grading": {"folds": -1}}, "study key grading.folds"),
         ({"grading": {"colour": "red"}}, "study key grading.colour"),
+        ({"qc": {"policy": {"blur": "mark"}}}, "study key qc.policy.blur: unknown check"),
+        ({"qc": {"policy": {"swap": "drop"}}}, "study key qc.policy.swap: must be exclude or mark"),
+        ({"qc": {"slab_mm": 0}}, "study key qc.slab_mm"),
+        ({"qc": {"colour": "red"}}, "study key qc.colour"),
         (
             {"engines": {"x": {"engine": "linear_baseline"}}, "comparison": {}},
             "engine 'x' has nothing to do",
