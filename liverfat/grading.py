@@ -320,9 +320,10 @@ class GradingResult:
         folds, scheme, settings, seconds)."""
         out = Path(folder)
         out.mkdir(parents=True, exist_ok=True)
+        layout = self.table
         tables = {
             "grading_metrics.csv": self.metrics,
-            "grading_table.csv": self.table,
+            "grading_table.csv": layout,
             "delong.csv": self.delong,
             "spearman.csv": self.spearman,
             "subject_scores.csv": self.scores,
@@ -337,8 +338,8 @@ class GradingResult:
                 frame.to_csv(tmp, index=False, float_format="%.4f")
             paths.append(out / name)
         caption = f"Steatosis grading ({self.scheme.name}: {self.scheme.meaning})"
-        write_text_atomic(out / "grading_table.md", to_markdown(self.table))
-        write_text_atomic(out / "grading_table.tex", to_latex(self.table, caption=caption))
+        write_text_atomic(out / "grading_table.md", to_markdown(layout))
+        write_text_atomic(out / "grading_table.tex", to_latex(layout, caption=caption))
         info = {
             "scheme": {"name": self.scheme.name, "cuts_pct": list(self.scheme.cuts_pct)},
             "train": self.split.train,

@@ -7,11 +7,28 @@ from pathlib import Path
 
 import pytest
 
-from liverfat.data.manifest import Manifest
+from liverfat.data.manifest import Manifest, target_entry
 from liverfat.data.phantom import generate_cohort
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("LIVERFAT_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def write_pdff_manifest(folder: Path, rows: list[dict], name: str) -> Manifest:
+    """A manifest in ``folder`` of the subject-table ``rows``: one split A and the target
+    ``liver_pdff_pct`` (%, 0-100)."""
+    import pandas as pd
+    import yaml
+
+    pd.DataFrame(rows).to_csv(folder / "subjects.csv", index=False)
+    card = {
+        "name": name,
+        "subjects": "subjects.csv",
+        "targets": {"liver_pdff_pct": target_entry("liver PDFF", "%", 100)},
+        "splits": {"A": {"meaning": "all"}},
+    }
+    (folder / "manifest.yaml").write_text(yaml.safe_dump(card), encoding="utf-8")
+    return Manifest.load(folder / "manifest.yaml")
 
 
 @pytest.fixture(scope="session")

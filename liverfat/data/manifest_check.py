@@ -164,19 +164,21 @@ def _file_problems(path: Path, header: sitk.ImageFileReader, column: str) -> lis
         problems.append(f"a {header.GetDimension()}D image; a 3D volume is needed")
     if header.GetNumberOfComponents() != 1:
         problems.append(f"a vector image ({header.GetNumberOfComponents()} components per voxel)")
+    if column in SIGNAL_COLUMNS and not problems:
+        # Read as the engines will: truncation, NaN / infinite and all-zero voxels, one read.
+        problems += _read_problems(path)
+        return problems
     truncated = nifti_payload_problem(path)  # the header alone reads as whole
     if truncated:
         problems.append(truncated)
     elif column == "liver_mask" and not problems and not _has_voxels(path):
         problems.append("the liver mask is empty")
-    elif column in SIGNAL_COLUMNS and not problems:
-        problems += _signal_problems(path)
     return problems
 
 
-def _signal_problems(path: Path) -> list[str]:
-    """An image the engines would refuse on reading (:func:`liverfat.data.io.read_volume`): all
-    zero, or NaN / infinite voxels."""
+def _read_problems(path: Path) -> list[str]:
+    """Why :func:`liverfat.data.io.read_volume` refuses ``path`` (truncated, NaN / infinite or
+    all-zero voxels), without the path it names, or nothing."""
     try:
         read_volume(path)
     except ImageError as exc:

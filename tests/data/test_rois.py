@@ -7,13 +7,11 @@ import json
 from dataclasses import asdict
 
 import numpy as np
-import pandas as pd
 import pytest
 import SimpleITK as sitk
-import yaml
 
 from liverfat.data.io import write_volume
-from liverfat.data.manifest import Manifest, target_entry
+from liverfat.data.manifest import Manifest
 from liverfat.data.rois import (
     Roi,
     load_saved_rois,
@@ -25,6 +23,7 @@ from liverfat.data.rois import (
     subject_rois_from_manifest,
 )
 from liverfat.errors import ImageError
+from tests.conftest import write_pdff_manifest
 
 SHAPE = (3, 20, 24)  # (z, y, x)
 ROIS = [Roi(1, 5, 6, 4, "right"), Roi(2, 0, 0, 4, "left"), Roi(0, 16, 20, 4)]
@@ -46,22 +45,12 @@ def manifest(tmp_path) -> Manifest:
     labels = sitk.GetImageFromArray(rois_to_label_map(ROIS, SHAPE))
     write_volume(labels, tmp_path / "s2_rois.nii.gz")
     images = {n: f"{n}.nii.gz" for n in ("water", "fat", "fat_fraction")}
-    table = pd.DataFrame(
-        [
-            {"subject_id": "S1", **images, "rois": "s1_rois.json", "split": "A"},
-            {"subject_id": "S2", **images, "rois": "s2_rois.nii.gz", "split": "A"},
-            {"subject_id": "S3", **images, "rois": "", "split": "A"},
-        ]
-    )
-    table.to_csv(tmp_path / "subjects.csv", index=False)
-    card = {
-        "name": "roi test",
-        "subjects": "subjects.csv",
-        "targets": {"liver_pdff_pct": target_entry("PDFF", "%", 100)},
-        "splits": {"A": {"meaning": "all"}},
-    }
-    (tmp_path / "manifest.yaml").write_text(yaml.safe_dump(card), encoding="utf-8")
-    return Manifest.load(tmp_path / "manifest.yaml")
+    rows = [
+        {"subject_id": "S1", **images, "rois": "s1_rois.json", "split": "A"},
+        {"subject_id": "S2", **images, "rois": "s2_rois.nii.gz", "split": "A"},
+        {"subject_id": "S3", **images, "rois": "", "split": "A"},
+    ]
+    return write_pdff_manifest(tmp_path, rows, "roi test")
 
 
 def test_json_round_trip_in_both_forms(tmp_path):

@@ -17,6 +17,7 @@ from liverfat.data.io import write_volume
 from liverfat.data.manifest import Manifest, target_entry
 from liverfat.data.rois import Roi, rois_to_json
 from liverfat.nn.device import torch_threads
+from tests.conftest import write_pdff_manifest
 
 #: Cut-off (%) of the phantom's grading in the tests: six of its twelve split-A subjects each side.
 PHANTOM_CUTS = [2.0]
@@ -133,15 +134,4 @@ def synthetic_cohort(out: Path, n: int, *, seed: int = 0, size: int = 8) -> Mani
                 "liver_pdff_pct": round(pdff, 3),
             }
         )
-    import pandas as pd
-    import yaml
-
-    pd.DataFrame(rows).to_csv(out / "subjects.csv", index=False)
-    card = {
-        "name": "synthetic ROI cohort",
-        "subjects": "subjects.csv",
-        "targets": {"liver_pdff_pct": target_entry("liver PDFF", "%", 100)},
-        "splits": {"A": {"meaning": "all"}},
-    }
-    (out / "manifest.yaml").write_text(yaml.safe_dump(card), encoding="utf-8")
-    return Manifest.load(out / "manifest.yaml")
+    return write_pdff_manifest(out, rows, "synthetic ROI cohort")
