@@ -83,7 +83,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_manifest_args(register, split=True)
     register.add_argument("--templates", required=True, help="JSON from `atlas templates`")
     register.add_argument("--template-manifest", help="manifest holding the templates")
-    register.add_argument("--out", required=True, help="folder for masks and the new manifest")
+    register.add_argument(
+        "--out", required=True, help="folder: masks/SUBJECT_liver_mask.nii.gz and manifest.yaml"
+    )
     _common(register)
     register.set_defaults(func=register_main)
 
@@ -164,7 +166,7 @@ def predict_main(args: argparse.Namespace) -> int:
 
 def register_main(args: argparse.Namespace) -> int:
     from liverfat.atlas.engine import AtlasEngine
-    from liverfat.atlas.masks import manifest_with_atlas_masks
+    from liverfat.atlas.masks import MASK_FOLDER, manifest_with_atlas_masks
 
     out = Path(args.out)
     templates = _template_ids(args.templates)
@@ -175,9 +177,10 @@ def register_main(args: argparse.Namespace) -> int:
     result = manifest_with_atlas_masks(engine, load_manifest(args), out)
     for sid, message in result.failures.items():
         print(f"{sid}: {message}")
-    n_ok = len(result.readout) - len(result.failures)
     print(
-        f"{n_ok} of {len(result.readout)} subjects have atlas liver masks; "
-        f"manifest {result.manifest.path}"
+        f"{len(result.written)} of {len(result.readout)} subjects have atlas liver masks in "
+        f"{out / MASK_FOLDER}; manifest {result.manifest.path}"
     )
+    if result.without_readout:
+        print(f"{len(result.without_readout)} without a fat fraction: masks only, no fat readout")
     return 0

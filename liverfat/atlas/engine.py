@@ -67,6 +67,8 @@ class AtlasEngine(Engine):
         finished subjects; a temporary folder when None.
     save_masks:
         Also write each subject's fused liver mask (NIfTI) for review.
+    mask_dir:
+        Where those masks go (default ``work_dir/masks``).
     """
 
     def __init__(
@@ -89,6 +91,7 @@ class AtlasEngine(Engine):
         scheduler: str | None = None,
         work_dir: str | Path | None = None,
         save_masks: bool = False,
+        mask_dir: str | Path | None = None,
     ) -> None:
         if backend not in BACKENDS:
             raise LiverfatError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -115,6 +118,7 @@ class AtlasEngine(Engine):
         self.scheduler = scheduler
         self.work_dir = work_dir
         self.save_masks = save_masks
+        self.mask_dir = mask_dir
 
     @property
     def method(self) -> str:
@@ -158,8 +162,7 @@ class AtlasEngine(Engine):
                 subject_ids=[s for s in manifest.subject_ids if s not in chosen]
             )
             raw = self.raw_readout(others)
-            failed = raw["status"] == "failed"
-            if len(raw) and failed.all():  # not an identity line fitted on nobody
+            if len(raw) and raw["value"].isna().all():  # not an identity line fitted on nobody
                 raise LiverfatError(
                     f"every readout for the calibration failed ({len(raw)} subjects); the "
                     f"first: {one_line(raw['message'].iloc[0])}"
@@ -188,6 +191,7 @@ class AtlasEngine(Engine):
             min_voxels=self.min_voxels,
             result_dir=self._results_dir(),
             save_mask=self.save_masks,
+            mask_dir=Path(self.mask_dir) if self.mask_dir else None,
         )
 
     def raw_readout(self, manifest: Manifest, *, progress: str | None = None) -> pd.DataFrame:
@@ -245,7 +249,7 @@ class AtlasEngine(Engine):
         bounds = manifest.target_range(self.target) if self.target in manifest.targets else (0, 100)
         rows = []
         for sid, result in readout.iterrows():
-            if result["status"] == "failed" or not np.isfinite(result["value"]):
+            if result["status"] not in ("ok", "flagged") or not np.isfinite(result["value"]):
                 rows.append(failed_row(sid, self.method, self.target, str(result["message"])))
                 continue
             value = float(result["value"])

@@ -23,6 +23,11 @@ from liverfat.data.fingerprint import fingerprint, subject_files
 from liverfat.data.io import write_volume
 from liverfat.data.manifest import Manifest
 
+#: Status of a subject whose scan has no fat fraction: its liver mask is made, its fat readout
+#: skipped (not a failure of the registration; its predictions row has no value).
+NO_READOUT = "no_readout"
+NO_READOUT_MESSAGE = "no fat fraction in this scan: liver mask only, no fat readout"
+
 #: Templates loaded in this process, keyed by id and file signature: every subject of a batch
 #: registers the same few templates, so each is read (and its body mask computed) once.
 _TEMPLATES: dict[str, AtlasImage] = {}
@@ -58,6 +63,7 @@ class SubjectJob:
     min_voxels: int = 20
     result_dir: Path = field(default_factory=Path)
     save_mask: bool = False
+    mask_dir: Path | None = None
 
     def key(self) -> str:
         """Hash of the inputs (image files with size and mtime, templates, settings, the
@@ -80,7 +86,9 @@ class SubjectJob:
 
     @property
     def mask_path(self) -> Path:
-        return Path(self.result_dir) / "masks" / f"{self.subject_id}_liver_mask.nii.gz"
+        """Where the fused liver mask goes: ``mask_dir`` (default ``result_dir/masks``)."""
+        folder = Path(self.mask_dir) if self.mask_dir else Path(self.result_dir) / "masks"
+        return folder / f"{self.subject_id}_liver_mask.nii.gz"
 
 
 def run_subject_job(job: SubjectJob) -> dict[str, Any]:
@@ -117,8 +125,8 @@ def run_subject_job(job: SubjectJob) -> dict[str, Any]:
         "subject_id": job.subject_id,
         "templates": job.templates.subject_ids,
         "value": None if readout is None else readout.value,
-        "status": "failed" if readout is None else readout.status,
-        "message": "no fat fraction in this scan" if readout is None else readout.message,
+        "status": NO_READOUT if readout is None else readout.status,
+        "message": NO_READOUT_MESSAGE if readout is None else readout.message,
         "fused_voxels": n_fused,
         "fused_volume_ml": n_fused * voxel_ml,
         "eroded_voxels": int(sitk.GetArrayViewFromImage(eroded).sum()),
@@ -137,4 +145,7 @@ def finished_result(job: SubjectJob) -> dict[str, Any] | None:
         return None
     if job.save_mask and not job.mask_path.is_file():
         return None
-    return json.loads(path.read_text(encoding="utf-8"))
+    result = json.loads(path.read_text(encoding="utf-8"))
+    if job.save_mask:  # where this job keeps its mask (an earlier run may have put it elsewhere)
+        result["mask"] = str(job.mask_path)
+    return result

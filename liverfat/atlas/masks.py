@@ -15,11 +15,15 @@ from pathlib import Path
 import pandas as pd
 
 from liverfat.atlas.engine import AtlasEngine
+from liverfat.atlas.jobs import NO_READOUT
 from liverfat.data.manifest import Manifest
 from liverfat.errors import LiverfatError
 
 #: Name of the derived manifest's card in the output folder.
 CARD_NAME = "manifest.yaml"
+#: Folder of the output folder holding the masks (``SUBJECT_liver_mask.nii.gz``: the fused,
+#: un-eroded mask on the subject's grid).
+MASK_FOLDER = "masks"
 
 
 @dataclass(frozen=True)
@@ -40,10 +44,20 @@ class AtlasMasks:
     readout: pd.DataFrame
 
     @property
+    def written(self) -> list[str]:
+        """Ids of the subjects whose atlas mask was written."""
+        return [s for s in self.manifest.subject_ids if self.manifest.has(s, "liver_mask")]
+
+    @property
     def failures(self) -> dict[str, str]:
         """Subject id -> one-line message of each subject without an atlas mask."""
-        failed = self.readout[self.readout["status"] == "failed"]
+        failed = self.readout.loc[[s for s in self.readout.index if s not in set(self.written)]]
         return {str(sid): str(message) for sid, message in failed["message"].items()}
+
+    @property
+    def without_readout(self) -> list[str]:
+        """Ids of the subjects with a mask but no fat readout (no fat fraction in the scan)."""
+        return [str(s) for s in self.readout.index[self.readout["status"] == NO_READOUT]]
 
 
 def manifest_with_atlas_masks(
@@ -59,8 +73,9 @@ def manifest_with_atlas_masks(
     ----------
     engine:
         A fitted :class:`AtlasEngine` (its templates chosen) with ``save_masks=True`` and a
-        ``work_dir`` that outlives it: the masks are written there and the manifest refers to
-        them. Finished subjects are not registered again (the engine resumes).
+        ``work_dir``. The masks are written into ``folder/masks/`` (:data:`MASK_FOLDER`) and
+        the manifest refers to them. Finished subjects are not registered again (the engine
+        resumes).
     manifest:
         The subjects to give masks (an existing ``liver_mask`` column is replaced).
     folder:
@@ -73,6 +88,7 @@ def manifest_with_atlas_masks(
     if engine.work_dir is None:
         raise LiverfatError("atlas masks need an engine with a work_dir (the masks live there)")
     out = Path(folder)
+    engine.set_params(mask_dir=str(out / MASK_FOLDER))
     readout = engine.raw_readout(manifest, progress=progress)
     masks = readout["mask"].dropna().to_dict() if "mask" in readout else {}
     derived = manifest.with_liver_masks(masks, out / CARD_NAME)
