@@ -38,9 +38,10 @@ def test_manifest_with_atlas_masks_and_register_cli(phantom_manifest, phantom_di
     assert result.without_readout == []
     derived = Manifest.load(tmp_path / "out" / "manifest.yaml")
     for sid in result.written:  # in the documented place, not in the work folder
-        assert derived.image_path(sid, "liver_mask") == (
-            tmp_path / "out" / "masks" / f"{sid}_liver_mask.nii.gz"
-        ).resolve()
+        assert (
+            derived.image_path(sid, "liver_mask")
+            == (tmp_path / "out" / "masks" / f"{sid}_liver_mask.nii.gz").resolve()
+        )
     assert derived.subject_ids == targets.subject_ids
     assert not derived.has(broken, "liver_mask")
     for sid in targets.subject_ids[:-1]:
@@ -92,7 +93,8 @@ def test_register_cli_on_scans_without_fat_fraction(phantom_manifest, tmp_path, 
     ids = phantom_manifest.subject_ids[:5]
     card = _single_image_card(phantom_manifest, ids, tmp_path / "card" / "manifest.yaml")
     template_file = tmp_path / "t.json"
-    assert main(["atlas", "templates", str(card.path), "--n", "2", "--out", str(template_file)]) == 0
+    templates = ["atlas", "templates", str(card.path), "--n", "2", "--out", str(template_file)]
+    assert main(templates) == 0
     out = tmp_path / "OUT"
     argv = ["atlas", "register", str(card.path), "--templates", str(template_file)]
     argv += ["--out", str(out), "--backend", "torch", "--executor", "serial"]
