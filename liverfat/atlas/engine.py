@@ -25,6 +25,7 @@ from liverfat.atlas.calibration import LinearCalibration
 from liverfat.atlas.fusion import FUSIONS
 from liverfat.atlas.jobs import SubjectJob, finished_result, run_subject_job
 from liverfat.atlas.registration import BACKENDS, BackendSettings, torch_device
+from liverfat.atlas.reliability import AGREEMENT_FLAG_BELOW
 from liverfat.atlas.templates import choose_templates, select_templates
 from liverfat.data.atomic import write_json_atomic
 from liverfat.data.folds import Folds, resolve_folds, training_ids
@@ -33,6 +34,11 @@ from liverfat.data.predictions import PredictionsTable, failed_row, prediction_r
 from liverfat.engine import Engine
 from liverfat.errors import LiverfatError, one_line, subject_message
 from liverfat.parallel import EXECUTORS, map_subjects
+
+#: How templates are chosen: one fixed set for shape variance, or per subject from a pool.
+SELECTIONS = ("shape", "similarity")
+#: The published setting (three fixed templates, product, 7-voxel erosion).
+PAPER = {"n_templates": 3, "template_selection": "shape", "fusion": "intersection"}
 
 
 class AtlasEngine(Engine):
@@ -43,11 +49,24 @@ class AtlasEngine(Engine):
     backend:
         ``elastix``, ``deform`` or ``torch`` (see :mod:`liverfat.atlas.registration`).
     n_templates:
-        Templates chosen for shape variance when ``templates`` is not given.
+        Templates registered to each subject: chosen once for shape variance (``shape``) when
+        ``templates`` is not given, or per subject from the pool (``similarity``).
     templates:
-        Template subject ids (must have liver masks), or None to choose.
+        Template subject ids (must have liver masks), or None to choose; with ``similarity``,
+        the pool.
+    template_selection:
+        ``shape``: one fixed set for every subject (the published setting, :data:`PAPER`);
+        ``similarity``: per subject the ``n_templates`` of the pool most similar after an
+        affine stage (:mod:`liverfat.atlas.selection`; a subject never selects itself).
+    pool_size:
+        With ``similarity``: the pool is this many subjects with liver masks chosen for shape
+        variance (None: every one).
     fusion:
-        ``intersection`` (the study's product), ``majority`` or ``staple``.
+        ``intersection`` (the study's product), ``majority``, ``staple`` or ``weighted`` (the
+        locally weighted vote, :func:`liverfat.atlas.fusion.local_weights`).
+    agreement_flag_below:
+        Flag a readout whose warped templates agree less (mean pairwise Dice; None: never),
+        :data:`liverfat.atlas.reliability.AGREEMENT_FLAG_BELOW` by default.
     erosion_diameter_voxels, erosion_diameter_mm:
         Erosion ball: 7 voxels by default; a diameter in mm (wins when given) honours
         anisotropic spacing.
@@ -77,6 +96,8 @@ class AtlasEngine(Engine):
         backend: str = "elastix",
         n_templates: int = 3,
         templates: Sequence[str] | None = None,
+        template_selection: str = "shape",
+        pool_size: int | None = 15,
         fusion: str = "intersection",
         erosion_diameter_voxels: float | None = 7,
         erosion_diameter_mm: float | None = None,
@@ -92,6 +113,7 @@ class AtlasEngine(Engine):
         work_dir: str | Path | None = None,
         save_masks: bool = False,
         mask_dir: str | Path | None = None,
+        agreement_flag_below: float | None = AGREEMENT_FLAG_BELOW,
     ) -> None:
         if backend not in BACKENDS:
             raise LiverfatError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -101,9 +123,17 @@ class AtlasEngine(Engine):
             raise LiverfatError(f"unknown executor {executor!r}; choose {', '.join(EXECUTORS)}")
         if n_templates < 1:
             raise LiverfatError("n_templates must be at least 1")
+        if template_selection not in SELECTIONS:
+            raise LiverfatError(
+                f"unknown template_selection {template_selection!r}; choose {', '.join(SELECTIONS)}"
+            )
+        if pool_size is not None and pool_size < n_templates:
+            raise LiverfatError(f"pool_size {pool_size} is smaller than n_templates {n_templates}")
         self.backend = backend
         self.n_templates = n_templates
         self.templates = templates
+        self.template_selection = template_selection
+        self.pool_size = pool_size
         self.fusion = fusion
         self.erosion_diameter_voxels = erosion_diameter_voxels
         self.erosion_diameter_mm = erosion_diameter_mm
@@ -119,6 +149,7 @@ class AtlasEngine(Engine):
         self.work_dir = work_dir
         self.save_masks = save_masks
         self.mask_dir = mask_dir
+        self.agreement_flag_below = agreement_flag_below
 
     @property
     def method(self) -> str:
@@ -144,14 +175,23 @@ class AtlasEngine(Engine):
         return self._scratch
 
     # Fitting -----------------------------------------------------------------------------------
+    @property
+    def _pooled(self) -> bool:
+        return self.template_selection == "similarity"
+
     def fit(self, manifest: Manifest) -> AtlasEngine:
-        """Choose templates among subjects with liver masks; calibrate on the others."""
+        """Choose templates (or the pool) among subjects with liver masks; calibrate on the
+        others (with a pool: on every subject, none of which selects itself)."""
         start = time.perf_counter()
         candidates = [s for s in manifest.subject_ids if manifest.has(s, "liver_mask")]
         if self.templates:
             chosen = select_templates(
                 {str(t): None for t in self.templates if t in candidates}, given=self.templates
             )
+        elif self._pooled:
+            wanted = self.pool_size
+            chosen = candidates if wanted is None or wanted >= len(candidates) else None
+            chosen = chosen or choose_templates(manifest, wanted)
         else:
             chosen = choose_templates(manifest, self.n_templates)
         self.templates_ = chosen
@@ -159,7 +199,7 @@ class AtlasEngine(Engine):
         self.calibration_ = LinearCalibration()
         if self.calibrate and self.target in manifest.targets:
             others = manifest.select(
-                subject_ids=[s for s in manifest.subject_ids if s not in chosen]
+                subject_ids=[s for s in manifest.subject_ids if self._pooled or s not in chosen]
             )
             raw = self.raw_readout(others)
             if len(raw) and raw["value"].isna().all():  # not an identity line fitted on nobody
@@ -192,6 +232,8 @@ class AtlasEngine(Engine):
             result_dir=self._results_dir(),
             save_mask=self.save_masks,
             mask_dir=Path(self.mask_dir) if self.mask_dir else None,
+            n_select=self.n_templates if self._pooled else None,
+            agreement_flag_below=self.agreement_flag_below,
         )
 
     def raw_readout(self, manifest: Manifest, *, progress: str | None = None) -> pd.DataFrame:

@@ -15,13 +15,28 @@ from typing import Any
 
 import SimpleITK as sitk
 
-from liverfat.atlas.fusion import erode, fuse, median_readout
+from liverfat.atlas.fusion import (
+    IMAGE_FUSIONS,
+    WEIGHTED_POWER,
+    WEIGHTED_SIGMA_MM,
+    erode,
+    fuse,
+    mean_pairwise_dice,
+    median_readout,
+)
 from liverfat.atlas.images import AtlasImage, align_centres, load_subject
-from liverfat.atlas.registration import BackendSettings, backend_defaults, register
+from liverfat.atlas.registration import BackendSettings, backend_defaults, register, warp_image
+from liverfat.atlas.reliability import disagreement_message, readout_truth
+from liverfat.atlas.selection import (
+    SELECTION_AFFINE_ITERATIONS,
+    SELECTION_SPACING_MM,
+    most_similar,
+)
 from liverfat.data.atomic import write_json_atomic
 from liverfat.data.fingerprint import fingerprint, subject_files
 from liverfat.data.io import write_volume
 from liverfat.data.manifest import Manifest
+from liverfat.errors import LiverfatError
 
 #: Status of a subject whose scan has no fat fraction: its liver mask is made, its fat readout
 #: skipped (not a failure of the registration; its predictions row has no value).
@@ -64,6 +79,8 @@ class SubjectJob:
     result_dir: Path = field(default_factory=Path)
     save_mask: bool = False
     mask_dir: Path | None = None
+    n_select: int | None = None
+    agreement_flag_below: float | None = None
 
     def key(self) -> str:
         """Hash of the inputs (image files with size and mtime, templates, settings, the
@@ -77,7 +94,13 @@ class SubjectJob:
             "fusion": self.fusion,
             "erosion": [self.erosion_diameter_voxels, self.erosion_diameter_mm],
             "min_voxels": self.min_voxels,
+            "agreement_flag_below": self.agreement_flag_below,
         }
+        if self.n_select is not None:
+            selection = [SELECTION_SPACING_MM, SELECTION_AFFINE_ITERATIONS]
+            content["selection"] = [self.n_select, *selection]
+        if self.fusion in IMAGE_FUSIONS:
+            content["weights"] = [WEIGHTED_SIGMA_MM, WEIGHTED_POWER]
         return fingerprint(content)
 
     @property
@@ -95,47 +118,95 @@ def run_subject_job(job: SubjectJob) -> dict[str, Any]:
     """Register the templates to one subject and read out its median fat fraction (%).
 
     Returns (and writes to ``job.result_path``) a dict with ``value`` (raw, % or None),
-    ``status``, ``message``, voxel counts, and seconds per registration.
+    ``status``, ``message``, the templates used (and their affine similarity when chosen from a
+    pool), their agreement, volumes, seconds per registration, and against the subject's own
+    liver mask when it has one, the readout's purity and error.
     """
     target = load_subject(job.manifest, job.subject_id)
-    warped, seconds = [], []
-    for template_id in job.templates.subject_ids:
+    chosen = _chosen_templates(job, target)
+    warped, images, seconds = [], [], []
+    for template_id in chosen:
         template = align_centres(target, load_template(job.templates, template_id))
         result = register(job.backend, target, template, job.settings)
         warped.append(result.warped_mask)
         seconds.append(result.seconds)
-    fused = fuse(warped, job.fusion)
+        if job.fusion in IMAGE_FUSIONS:
+            images.append(warp_image(result.transform, template.channels[0], target.reference))
+    fused = fuse(warped, job.fusion, target=target.reference, warped=images)
     eroded = erode(
         fused, diameter_voxels=job.erosion_diameter_voxels, diameter_mm=job.erosion_diameter_mm
     )
-    if target.fat_fraction is None:
-        readout = None
-    else:
-        union = sitk.Cast(sum(sitk.Cast(w, sitk.sitkUInt16) for w in warped) > 0, sitk.sitkUInt8)
-        readout = median_readout(
-            target.fat_fraction, fused, eroded, min_voxels=job.min_voxels, fallback=union
-        )
+    agreement = mean_pairwise_dice(warped)
+    readout = _readout(job, target, warped, fused, eroded, agreement)
     if job.save_mask:
         job.mask_path.parent.mkdir(parents=True, exist_ok=True)
         write_volume(fused, job.mask_path)
-    spacing = fused.GetSpacing()
-    voxel_ml = spacing[0] * spacing[1] * spacing[2] / 1000.0
-    n_fused = int(sitk.GetArrayViewFromImage(fused).sum())
     result = {
         "subject_id": job.subject_id,
-        "templates": job.templates.subject_ids,
-        "value": None if readout is None else readout.value,
-        "status": NO_READOUT if readout is None else readout.status,
-        "message": NO_READOUT_MESSAGE if readout is None else readout.message,
-        "fused_voxels": n_fused,
-        "fused_volume_ml": n_fused * voxel_ml,
-        "eroded_voxels": int(sitk.GetArrayViewFromImage(eroded).sum()),
+        "templates": list(chosen),
+        "similarity": chosen if isinstance(chosen, dict) else None,
+        **readout,
+        "template_agreement": agreement,
+        **_volumes(fused, eroded),
         "seconds_per_registration": seconds,
         "mask": str(job.mask_path) if job.save_mask else None,
+        **_against_truth(job, eroded, target.fat_fraction),
     }
     Path(job.result_dir).mkdir(parents=True, exist_ok=True)
     write_json_atomic(job.result_path, result)
     return result
+
+
+def _chosen_templates(job: SubjectJob, target: AtlasImage) -> list[str] | dict[str, float]:
+    """Every template (the paper's fixed set), or the ``n_select`` most similar of the pool
+    (id -> affine similarity, best first)."""
+    if job.n_select is None:
+        return list(job.templates.subject_ids)
+    pool = {t: load_template(job.templates, t) for t in job.templates.subject_ids}
+    return dict(most_similar(target, pool, job.n_select))
+
+
+def _readout(job, target, warped, fused, eroded, agreement) -> dict[str, Any]:
+    """``value``, ``status`` and ``message`` of the fat readout, flagged when the templates
+    disagree."""
+    if target.fat_fraction is None:
+        return {"value": None, "status": NO_READOUT, "message": NO_READOUT_MESSAGE}
+    union = sitk.Cast(sum(sitk.Cast(w, sitk.sitkUInt16) for w in warped) > 0, sitk.sitkUInt8)
+    readout = median_readout(
+        target.fat_fraction, fused, eroded, min_voxels=job.min_voxels, fallback=union
+    )
+    status, message = readout.status, readout.message
+    disagreement = disagreement_message(agreement, job.agreement_flag_below)
+    if disagreement and status != "failed":
+        status, message = "flagged", "; ".join(m for m in (message, disagreement) if m)
+    return {"value": readout.value, "status": status, "message": message}
+
+
+def _volumes(fused: sitk.Image, eroded: sitk.Image) -> dict[str, Any]:
+    spacing = fused.GetSpacing()
+    voxel_ml = spacing[0] * spacing[1] * spacing[2] / 1000.0
+    n_fused = int(sitk.GetArrayViewFromImage(fused).sum())
+    n_eroded = int(sitk.GetArrayViewFromImage(eroded).sum())
+    return {
+        "fused_voxels": n_fused,
+        "fused_volume_ml": n_fused * voxel_ml,
+        "eroded_voxels": n_eroded,
+        "eroded_volume_ml": n_eroded * voxel_ml,
+    }
+
+
+def _against_truth(job: SubjectJob, eroded: sitk.Image, fat_fraction) -> dict[str, Any]:
+    """Purity and error of the readout against the subject's own liver mask, when it has a
+    readable one (CHAOS, the phantom); None values otherwise."""
+    empty = {"purity": None, "true_median_pct": None, "readout_error_pp": None}
+    if not job.manifest.has(job.subject_id, "liver_mask"):
+        return empty
+    try:
+        truth = job.manifest.liver_mask(job.subject_id)
+        truth.CopyInformation(eroded)
+    except (LiverfatError, RuntimeError):
+        return empty  # a mask that does not fit the scan costs the truth figures, not the readout
+    return readout_truth(eroded, truth, fat_fraction)
 
 
 def finished_result(job: SubjectJob) -> dict[str, Any] | None:

@@ -109,6 +109,24 @@ def warp_with_field(mask: sitk.Image, reference: sitk.Image, field: sitk.Image) 
     return sitk.Resample(mask, reference, transform, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
 
 
+def warp_image(transform: dict[str, Any], image: sitk.Image, reference: sitk.Image) -> sitk.Image:
+    """Warp a moving intensity ``image`` (linear, float32) onto ``reference`` with a
+    registration's ``transform``: its displacement field, or elastix's parameter maps."""
+    if "displacement_mm" in transform:
+        field = sitk.Cast(transform["displacement_mm"], sitk.sitkVectorFloat64)
+        return sitk.Resample(
+            image,
+            reference,
+            sitk.DisplacementFieldTransform(field),
+            sitk.sitkLinear,
+            0.0,
+            sitk.sitkFloat32,
+        )
+    if "elastix_parameter_maps" in transform:
+        return _transformix_linear(transform["elastix_parameter_maps"], image, reference)
+    raise LiverfatError("this registration kept no transform to warp an image with")
+
+
 # elastix --------------------------------------------------------------------------------------
 #: Fast defaults: 4 levels, 80 affine + 100 B-spline iterations per level, 3000 random
 #: samples per iteration, 30 mm final control-point spacing, fast step-size estimation. About
@@ -203,6 +221,18 @@ def _elastix_registration(itk, fixed, moving, reference, moving_liver, settings)
     warped_sitk = sitk.GetImageFromArray((itk.GetArrayFromImage(warped) > 0.5).astype(np.uint8))
     warped_sitk.CopyInformation(reference)
     return warped_sitk, {"elastix_parameter_maps": maps}
+
+
+def _transformix_linear(maps: list[dict], image: sitk.Image, reference: sitk.Image) -> sitk.Image:
+    import itk
+
+    parameters = itk.ParameterObject.New()
+    for pmap in maps:
+        parameters.AddParameterMap({**pmap, "FinalBSplineInterpolationOrder": ["1"]})
+    warped = itk.transformix_filter(_to_itk(image), parameters, log_to_console=False)
+    out = sitk.GetImageFromArray(itk.GetArrayFromImage(warped).astype(np.float32))
+    out.CopyInformation(reference)
+    return out
 
 
 # deform ---------------------------------------------------------------------------------------
