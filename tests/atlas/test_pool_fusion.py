@@ -1,0 +1,135 @@
+"""Templates from a pool, the locally weighted vote, agreement and readout purity (issue 17)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from liverfat.atlas.fusion import fuse, local_weights, mean_pairwise_dice
+from liverfat.atlas.images import AtlasImage
+from liverfat.atlas.reliability import disagreement_message, readout_truth
+from liverfat.atlas.selection import most_similar
+from liverfat.evaluation.segmentation import dice
+from tests.atlas.test_engine import small_engine
+
+
+def image(array, spacing=(2.0, 2.0, 2.0)) -> sitk.Image:
+    out = sitk.GetImageFromArray(np.asarray(array))
+    out.SetSpacing(spacing)
+    return out
+
+
+def _blob_scene(shift: int = 0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A textured 'body' with a bright 'liver' box (z 8-24, y 8-24, x 8+shift - 24+shift)."""
+    rng = np.random.default_rng(seed)
+    body = rng.normal(0.3, 0.05, (32, 32, 40)).astype(np.float32)
+    liver = np.zeros(body.shape, np.uint8)
+    liver[8:24, 8:24, 8 + shift : 24 + shift] = 1
+    return body + 0.6 * liver, liver
+
+
+def test_weighted_vote_trusts_the_template_that_fits_where_it_fits():
+    """Two of three templates are misplaced the same way (their image and mask shifted by 6
+    voxels): the majority follows them; the weighted vote follows the one whose image matches
+    the target, so its Dice is far higher."""
+    target, truth = _blob_scene()
+    good_image, good_mask = _blob_scene(seed=1)
+    bad = [_blob_scene(shift=6, seed=s) for s in (2, 3)]
+    masks = [image(good_mask)] + [image(m) for _, m in bad]
+    warped = [image(good_image)] + [image(i) for i, _ in bad]
+    majority = sitk.GetArrayFromImage(fuse(masks, "majority"))
+    weighted = sitk.GetArrayFromImage(fuse(masks, "weighted", target=image(target), warped=warped))
+    assert dice(truth, majority) < 0.7  # 0.625: the shifted pair outvotes the good template
+    assert dice(truth, weighted) > 0.9, dice(truth, weighted)
+
+
+def test_local_weights_sum_to_one_and_are_uniform_without_correlation():
+    target, _ = _blob_scene()
+    flat = np.full(target.shape, 0.5, np.float32)
+    weights = local_weights(image(target), [image(target), image(flat), image(flat)])
+    assert weights.shape == (3, *target.shape)
+    np.testing.assert_allclose(weights.sum(axis=0), 1.0, atol=1e-5)
+    assert weights[0].mean() > 0.9  # the identical image takes (nearly) every vote
+    uniform = local_weights(image(flat), [image(flat), image(flat)])
+    np.testing.assert_allclose(uniform, 0.5)
+    with pytest.raises(Exception, match="weighted fusion needs"):
+        fuse([image(flat.astype(np.uint8))], "weighted")
+
+
+def test_mean_pairwise_dice_by_hand():
+    a, b, c = (np.zeros((4, 4, 4), np.uint8) for _ in range(3))
+    a[0:2], b[1:3], c[0:2] = 1, 1, 1  # a~b 0.5, a~c 1.0, b~c 0.5
+    assert mean_pairwise_dice([image(m) for m in (a, b, c)]) == pytest.approx(2.0 / 3.0)
+    assert mean_pairwise_dice([image(a)]) is None
+
+
+def test_readout_truth_purity_and_error():
+    truth = np.zeros((10, 10, 10), np.uint8)
+    truth[2:8, 2:8, 2:8] = 1
+    readout = np.zeros_like(truth)
+    readout[2:8, 2:8, 5:9] = 1  # 3 of 4 x-columns inside the liver
+    ff = np.where(truth > 0, 10.0, 40.0).astype(np.float32)
+    out = readout_truth(image(readout), image(truth), image(ff))
+    assert out["purity"] == pytest.approx(0.75)
+    assert out["true_median_pct"] == pytest.approx(10.0)
+    assert out["readout_error_pp"] == pytest.approx(0.0)  # median of 75 % liver at 10 %
+    readout[:] = 0
+    readout[2:8, 2:8, 6:10] = 1  # half outside: the median lands between
+    assert readout_truth(image(readout), image(truth), image(ff))["purity"] == pytest.approx(0.5)
+    assert readout_truth(image(readout * 0), image(truth), None)["purity"] is None
+    assert disagreement_message(0.4, 0.6).startswith("warped templates disagree")
+    assert disagreement_message(0.7, 0.6) == "" and disagreement_message(0.4, None) == ""
+
+
+def _atlas_image(sid: str, array: np.ndarray, liver: np.ndarray) -> AtlasImage:
+    channel = image(array)
+    body = image((array > 0.1).astype(np.uint8))
+    return AtlasImage(sid, (channel,), body, image(liver))
+
+
+def test_most_similar_ranks_the_look_alike_first_and_never_the_target():
+    target_array, liver = _blob_scene(seed=0)
+    twin, _ = _blob_scene(seed=5)
+    other, other_liver = _blob_scene(shift=8, seed=6)
+    other[:, :, 30:] = 0.9  # different anatomy, not only a shift the affine undoes
+    target = _atlas_image("T", target_array, liver)
+    pool = {
+        "T": target,
+        "twin": _atlas_image("twin", twin, liver),
+        "other": _atlas_image("other", other, other_liver),
+    }
+    ranked = most_similar(target, pool, 2)
+    assert [sid for sid, _ in ranked] == ["twin", "other"]
+    assert ranked[0][1] > ranked[1][1]
+
+
+def test_engine_selects_per_subject_from_the_pool_and_flags_disagreement(
+    phantom_manifest, tmp_path
+):
+    """Pool of 4, 2 chosen per subject: no subject uses itself; a threshold above any real
+    agreement flags every readout with its reason; purity is reported (true masks exist)."""
+    ids = phantom_manifest.subject_ids[:5]
+    manifest = phantom_manifest.select(subject_ids=ids)
+    engine = small_engine(
+        template_selection="similarity",
+        pool_size=4,
+        fusion="weighted",
+        calibrate=False,
+        agreement_flag_below=0.999,
+        work_dir=str(tmp_path / "work"),
+    ).fit(manifest)
+    assert len(engine.templates_) == 4
+    readout = engine.raw_readout(manifest)
+    for sid, row in readout.iterrows():
+        assert len(row["templates"]) == 2 and sid not in row["templates"]
+        assert set(row["templates"]) <= set(engine.templates_)
+        assert row["status"] == "flagged" and "warped templates disagree" in row["message"]
+        assert 0.5 < row["purity"] <= 1.0, (sid, row["purity"])
+        assert 0.0 < row["template_agreement"] < 0.999
+    table = engine.predict(manifest, raw=True)
+    assert set(table.frame["status"]) == {"flagged"}
+    with pytest.raises(Exception, match="pool_size"):
+        small_engine(template_selection="similarity", pool_size=1)
+    with pytest.raises(Exception, match="template_selection"):
+        small_engine(template_selection="nearest")
