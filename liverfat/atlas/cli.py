@@ -9,6 +9,8 @@ from typing import Any
 
 from liverfat.atlas.fusion import FUSIONS
 from liverfat.atlas.registration import BACKENDS
+from liverfat.atlas.reliability import AGREEMENT_FLAG_BELOW
+from liverfat.atlas.selection import SELECTIONS
 from liverfat.cli_common import (
     add_executor_args,
     add_manifest_args,
@@ -17,7 +19,7 @@ from liverfat.cli_common import (
     positive_float,
     positive_int,
 )
-from liverfat.data.atomic import write_json_atomic
+from liverfat.data.atomic import write_json_atomic, write_text_atomic
 from liverfat.data.manifest import Manifest
 
 
@@ -31,6 +33,32 @@ def _common(parser: argparse.ArgumentParser) -> None:
         help="erosion ball diameter in voxels (default 7)",
     )
     parser.add_argument("--erosion-mm", type=float, help="erosion ball diameter in mm (wins)")
+    parser.add_argument(
+        "--n-templates",
+        type=positive_int,
+        default=3,
+        help="templates registered to each subject (default 3)",
+    )
+    parser.add_argument(
+        "--template-selection",
+        choices=SELECTIONS,
+        default="shape",
+        help="shape: one fixed set (the published setting); similarity: per subject the "
+        "--n-templates most similar of a pool after an affine stage",
+    )
+    parser.add_argument(
+        "--pool-size",
+        type=positive_int,
+        default=15,
+        help="with similarity: pool of this many subjects with masks (default 15)",
+    )
+    parser.add_argument(
+        "--agreement-flag-below",
+        type=float,
+        default=AGREEMENT_FLAG_BELOW,
+        help="flag readouts whose warped templates agree less (mean pairwise Dice; default "
+        f"{AGREEMENT_FLAG_BELOW}; 0 never flags)",
+    )
     parser.add_argument(
         "--working-spacing",
         type=positive_float,
@@ -62,7 +90,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     calibrate = sub.add_parser("calibrate", help="fit templates + calibration; save the engine")
     add_manifest_args(calibrate, help="validation cohort (subjects with a reference)", split=True)
     calibrate.add_argument("--templates", help="JSON from `atlas templates` (else chosen here)")
-    calibrate.add_argument("--n-templates", type=int, default=3)
     calibrate.add_argument("--target", default="liver_pdff_pct")
     calibrate.add_argument("--out", required=True, help="engine folder")
     _common(calibrate)
@@ -103,6 +130,10 @@ def _engine_settings(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         "fusion": args.fusion,
         "erosion_diameter_voxels": args.erosion_voxels,
         "erosion_diameter_mm": args.erosion_mm,
+        "n_templates": args.n_templates,
+        "template_selection": args.template_selection,
+        "pool_size": args.pool_size,
+        "agreement_flag_below": args.agreement_flag_below or None,
         "working_spacing_mm": args.working_spacing,
         "backend_options": args.options,
         **executor_settings(args),
@@ -129,7 +160,6 @@ def calibrate_main(args: argparse.Namespace) -> int:
     engine = AtlasEngine(
         **_engine_settings(args, out),
         templates=_template_ids(args.templates),
-        n_templates=args.n_templates,
         target=args.target,
     )
     engine.fit(load_manifest(args))
@@ -157,10 +187,13 @@ def predict_main(args: argparse.Namespace) -> int:
     engine = AtlasEngine.load(args.engine).set_params(work_dir=work_dir)
     given = executor_settings(args)
     engine.set_params(**{name: value for name, value in given.items() if value})  # else as saved
-    table = engine.predict(load_manifest(args), raw=args.raw)
+    manifest = load_manifest(args)
+    table = engine.predict(manifest, raw=args.raw)
     table.write(args.out)
+    details = Path(args.out).with_name(Path(args.out).stem + "_readout.csv")
+    write_text_atomic(details, engine.readout_details(manifest).to_csv(index=False))
     counts = table.frame["status"].value_counts().to_dict()
-    print(f"{len(table.frame)} rows ({counts}) -> {args.out}")
+    print(f"{len(table.frame)} rows ({counts}) -> {args.out}; readout details -> {details}")
     return 0
 
 

@@ -26,6 +26,7 @@ from liverfat.atlas.fusion import FUSIONS
 from liverfat.atlas.jobs import SubjectJob, finished_result, run_subject_job
 from liverfat.atlas.registration import BACKENDS, BackendSettings, torch_device
 from liverfat.atlas.reliability import AGREEMENT_FLAG_BELOW
+from liverfat.atlas.selection import SELECTIONS
 from liverfat.atlas.templates import choose_templates, select_templates
 from liverfat.data.atomic import write_json_atomic
 from liverfat.data.folds import Folds, resolve_folds, training_ids
@@ -35,8 +36,15 @@ from liverfat.engine import Engine
 from liverfat.errors import LiverfatError, one_line, subject_message
 from liverfat.parallel import EXECUTORS, map_subjects
 
-#: How templates are chosen: one fixed set for shape variance, or per subject from a pool.
-SELECTIONS = ("shape", "similarity")
+#: Reliability columns of :meth:`AtlasEngine.readout_details`.
+DETAIL_COLUMNS = (
+    "template_agreement",
+    "fused_volume_ml",
+    "eroded_volume_ml",
+    "purity",
+    "true_median_pct",
+    "readout_error_pp",
+)
 #: The published setting (three fixed templates, product, 7-voxel erosion).
 PAPER = {"n_templates": 3, "template_selection": "shape", "fusion": "intersection"}
 
@@ -127,7 +135,7 @@ class AtlasEngine(Engine):
             raise LiverfatError(
                 f"unknown template_selection {template_selection!r}; choose {', '.join(SELECTIONS)}"
             )
-        if pool_size is not None and pool_size < n_templates:
+        if template_selection == "similarity" and pool_size is not None and pool_size < n_templates:
             raise LiverfatError(f"pool_size {pool_size} is smaller than n_templates {n_templates}")
         self.backend = backend
         self.n_templates = n_templates
@@ -282,6 +290,17 @@ class AtlasEngine(Engine):
             frame = pd.DataFrame(columns=["subject_id", "value", "status", "message"])
         frame["value"] = pd.to_numeric(frame["value"], errors="coerce")
         return frame.set_index("subject_id")
+
+    def readout_details(self, manifest: Manifest) -> pd.DataFrame:
+        """Per subject: the raw readout (%), status, templates used, their agreement, fused and
+        eroded volumes (mL) and, where the subject has a liver mask, the readout's purity and
+        error (pp) against it. Reads finished results (registers what is missing)."""
+        frame = self.raw_readout(manifest).reset_index()
+        frame["templates"] = frame["templates"].map(
+            lambda t: " ".join(t) if isinstance(t, list) else ""
+        )
+        wanted = ["subject_id", "value", "status", "templates", *DETAIL_COLUMNS, "message"]
+        return frame.reindex(columns=wanted).rename(columns={"value": "raw_readout_pct"})
 
     def predict(self, manifest: Manifest, *, raw: bool = False) -> PredictionsTable:
         """Calibrated (or ``raw``) median liver fat fraction (%) per subject."""

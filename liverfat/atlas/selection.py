@@ -18,6 +18,9 @@ from liverfat.atlas.images import AtlasImage, align_centres, at_working_resoluti
 from liverfat.atlas.registration import sitk_affine
 from liverfat.errors import LiverfatError
 
+#: How templates are chosen: one fixed set for shape variance (:mod:`liverfat.atlas.templates`,
+#: the published setting), or per subject the most similar of a pool (this module).
+SELECTIONS = ("shape", "similarity")
 #: The selection's grid (x, y, z mm): coarse, since only the ranking matters.
 SELECTION_SPACING_MM = (5.0, 5.0, 8.0)
 #: Affine iterations per pyramid level of the selection.

@@ -170,6 +170,14 @@ def test_cli_templates_calibrate_predict(phantom_dir, tmp_path):
     table = PredictionsTable.read(out)
     assert len(table.frame) == 4 and table.methods == ["atlas-torch"]
     assert len(list((tmp_path / "predict_work").glob("*.json"))) == 4  # --work-dir was used
+    import pandas as pd
+
+    details = pd.read_csv(tmp_path / "pred_readout.csv")  # the phantom has true masks: purity
+    assert details["subject_id"].tolist() == table.frame["subject_id"].tolist()
+    assert details["purity"].between(0.5, 1.0).all(), details["purity"]
+    assert (details["eroded_volume_ml"] < details["fused_volume_ml"]).all()
+    saved = json.loads((engine_dir / "atlas_engine.json").read_text(encoding="utf-8"))
+    assert set(details["templates"]) == {" ".join(saved["templates_"])}
     assert (
         main(["atlas", "predict", card, "--engine", str(tmp_path / "missing"), "--out", str(out)])
         == 2
