@@ -3,8 +3,11 @@
 Multi-atlas segmentation gains most from templates that resemble the target (Aljabar et al.,
 NeuroImage 2009). Each pool template is registered affinely to the target on a coarse grid
 (SimpleITK, correlation inside the target's body mask) and scored by the normalised
-cross-correlation of the two inside that body mask, averaged over channels; the k best go on
-to the deformable registration. A target never selects itself.
+cross-correlation of the two around the template's mapped liver (dilated by 2 voxels, inside
+the target's body), averaged over channels; the k best go on to the deformable registration. A
+target never selects itself. Around the liver, not the whole body: on the CHAOS leave-one-out
+the liver-region score ranked the templates by their later Dice with a median Spearman rho of
+0.34 against 0.13 for the whole body (docs/atlas.md).
 """
 
 from __future__ import annotations
@@ -32,12 +35,19 @@ def affine_similarity(
     template: AtlasImage,
     spacing_mm: tuple[float, float, float] = SELECTION_SPACING_MM,
 ) -> float:
-    """Mean NCC over channels of ``template`` (centred on ``target``), affinely registered on a
-    ``spacing_mm`` grid, with ``target`` inside the target's body mask (-1 to 1)."""
+    """Mean NCC over channels of ``template`` (centred on ``target``, with a liver mask),
+    affinely registered on a ``spacing_mm`` grid, with ``target`` around the template's mapped
+    liver inside the target's body (-1 to 1)."""
+    from scipy import ndimage
+
     fixed = at_working_resolution(target, spacing_mm)
-    moving = at_working_resolution(align_centres(target, template), spacing_mm)
+    centred = align_centres(target, template)
+    moving = at_working_resolution(centred, spacing_mm)
     affine = sitk_affine(fixed, moving, SELECTION_AFFINE_ITERATIONS)
-    inside = sitk.GetArrayViewFromImage(fixed.body) > 0
+    body = sitk.GetArrayViewFromImage(fixed.body) > 0
+    liver = sitk.Resample(centred.liver, fixed.reference, affine, sitk.sitkNearestNeighbor, 0)
+    near = ndimage.binary_dilation(sitk.GetArrayViewFromImage(liver) > 0, iterations=2)
+    inside = near & body if (near & body).sum() > 10 else body
     scores = []
     for f_channel, m_channel in zip(fixed.channels, moving.channels, strict=True):
         warped = sitk.Resample(m_channel, f_channel, affine, sitk.sitkLinear, 0.0)

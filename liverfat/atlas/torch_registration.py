@@ -24,7 +24,8 @@ import SimpleITK as sitk
 
 
 class LocalNCC:
-    """Negative mean squared local NCC against a fixed ``target``, as MONAI computes it.
+    """Negative mean squared local NCC against a fixed ``target``, as MONAI computes it
+    (summed over a batch of moving images, so each gets the gradient it would alone).
 
     Same value as :class:`monai.losses.LocalNormalizedCrossCorrelationLoss` with a rectangular
     kernel (tested), but the target's local sums are computed once per pyramid level and each
@@ -56,7 +57,8 @@ class LocalNCC:
         p_sum, p2_sum, tp_sum = self._sums(pred, pred * pred, self.target * pred)
         cross = tp_sum - p_sum * self.t_sum / self.volume
         p_var = (p2_sum - p_sum * p_sum / self.volume).clamp_min(self.smooth_dr)
-        return -((cross * cross + self.smooth_nr) / (self.t_var * p_var)).mean()
+        ratio = (cross * cross + self.smooth_nr) / (self.t_var * p_var)
+        return -ratio.flatten(1).mean(1).sum()  # a batch of moving images: the sum of theirs
 
 
 def box_sum(volume, kernel: tuple[int, int, int]):
@@ -147,8 +149,15 @@ def voxel_centres(box: Box, pool: tuple[int, ...], full_shape):
 
 
 def affine_points(centres, theta):
-    """Moving points ``A x + t`` of fixed points ``centres`` (..., 3)."""
-    return centres @ theta[0, :, :3].T + theta[0, :, 3]
+    """Moving points ``A x + t`` (B, d, h, w, 3) of fixed points ``centres`` (1, d, h, w, 3),
+    one set per affine of ``theta`` (B, 3, 4)."""
+    import torch
+
+    batch = theta.shape[0]
+    moved = torch.einsum(
+        "bdhwj,bij->bdhwi", centres.expand(batch, *centres.shape[1:]), theta[..., :3]
+    )
+    return moved + theta[:, None, None, None, :, 3]
 
 
 def _displaced(points, theta, displacement, shape):
@@ -160,7 +169,7 @@ def _displaced(points, theta, displacement, shape):
     import torch
     import torch.nn.functional as F
 
-    moved = torch.einsum("ij,bjdhw->bidhw", theta[0, :, :3], displacement)
+    moved = torch.einsum("bij,bjdhw->bidhw", theta[..., :3], displacement)
     up = F.interpolate(moved, size=shape, mode="trilinear", align_corners=True)
     return points + up.permute(0, 2, 3, 4, 1)
 
@@ -250,7 +259,7 @@ def _roi_box(roi, theta, spacing_zyx, margin_mm: float, full_shape) -> Box:
     centres = voxel_centres(tuple((0, n) for n in full_shape), pool, full_shape).to(roi.device)
     with torch.no_grad():
         mapped = _warp(roi, affine_points(centres, theta))
-    inside = (mapped[0, 0] > 0.5).cpu().numpy()
+    inside = (mapped[:, 0] > 0.5).any(0).cpu().numpy()  # the union over a batch
     if not inside.any():
         return tuple((0, n) for n in full_shape)
     coarse = bounding_box(inside)
@@ -279,29 +288,50 @@ def optimise(
     Returns the moving sample points (D, H, W, 3; normalised xyz in [-1, 1]) at full resolution,
     the affine ``theta`` (3 x 4) and the box where the deformation acts.
     """
+    rois = None if moving_roi is None else moving_roi[None]
+    points, theta, box = optimise_batch(fixed, moving[None], options, device, spacing_zyx, rois)
+    return points[0], theta[0], box
+
+
+def optimise_batch(
+    fixed: np.ndarray,
+    moving: np.ndarray,
+    options: dict[str, Any],
+    device: str,
+    spacing_zyx: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    moving_roi: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, Box]:
+    """:func:`optimise` for a batch of moving images (B, C, D, H, W), with their ROIs
+    (B, D, H, W), in one call: on a GPU, B templates cost little more than one.
+
+    Each template has its own affine and velocity field, and the loss is the sum of theirs, so
+    each gets the gradient (and, with Adam, nearly the steps) it would alone; the deformation
+    box is the union of the templates' boxes. Returns points (B, D, H, W, 3), thetas
+    (B, 3, 4) and the box.
+    """
     import torch
     import torch.nn.functional as F
 
     # MONAI's DiffusionLoss indexes with a list on every call; torch warns each time (harmless).
     warnings.filterwarnings("ignore", message="Using a non-tuple sequence for multidimensional")
     fixed_t = torch.as_tensor(fixed, dtype=torch.float32, device=device).unsqueeze(0)
-    moving_t = torch.as_tensor(moving, dtype=torch.float32, device=device).unsqueeze(0)
-    full_shape = tuple(fixed_t.shape[2:])
+    moving_t = torch.as_tensor(moving, dtype=torch.float32, device=device)
+    batch, full_shape = moving_t.shape[0], tuple(fixed_t.shape[2:])
     body_box = bounding_box(fixed.any(axis=0))
     theta = _affine_stage(fixed_t, moving_t, body_box, options, spacing_zyx)
     box = body_box
     if moving_roi is not None:
-        roi = torch.as_tensor(moving_roi, dtype=torch.float32, device=device)[None, None]
+        roi = torch.as_tensor(moving_roi, dtype=torch.float32, device=device)[:, None]
         box = _roi_box(roi, theta, spacing_zyx, float(options["roi_margin_mm"]), full_shape)
     displacement = _deformable_stage(fixed_t, moving_t, theta, box, options, spacing_zyx)
     with torch.no_grad():
-        points = F.affine_grid(theta, (1, 1, *full_shape), align_corners=True)
+        points = F.affine_grid(theta, (batch, 1, *full_shape), align_corners=True)
         if displacement is not None:
             inner = tuple(slice(*b) for b in box)
             crop_points = points[(slice(None), *inner)]
             crop_shape = tuple(b[1] - b[0] for b in box)
             points[(slice(None), *inner)] = _displaced(crop_points, theta, displacement, crop_shape)
-    return points[0].cpu().numpy(), theta[0].cpu().numpy(), box
+    return points.cpu().numpy(), theta.cpu().numpy(), box
 
 
 def _affine_stage(fixed_t, moving_t, body_box: Box, options: dict[str, Any], spacing_zyx):
@@ -309,7 +339,8 @@ def _affine_stage(fixed_t, moving_t, body_box: Box, options: dict[str, Any], spa
     import torch
 
     kernel = int(options["lncc_kernel"])
-    theta = torch.eye(3, 4, device=fixed_t.device).unsqueeze(0).requires_grad_(True)
+    batch = moving_t.shape[0]
+    theta = torch.eye(3, 4, device=fixed_t.device).repeat(batch, 1, 1).requires_grad_(True)
     optimiser = torch.optim.Adam([theta], lr=float(options["affine_lr"]))
     for factor in options["affine_levels"]:
         pool, sizes = level_geometry(factor, spacing_zyx, kernel)
@@ -344,7 +375,7 @@ def _deformable_stage(fixed_t, moving_t, theta, box: Box, options: dict[str, Any
             device=device,
         ).view(1, 3, 1, 1, 1)
         if velocity is None:
-            start = torch.zeros((1, 3, *control), device=device)
+            start = torch.zeros((moving_t.shape[0], 3, *control), device=device)
         else:
             start = F.interpolate(velocity, size=control, mode="trilinear", align_corners=True)
             start = start / grid.cells * cells
@@ -356,9 +387,9 @@ def _deformable_stage(fixed_t, moving_t, theta, box: Box, options: dict[str, Any
             optimiser.zero_grad()
             displacement = _exponential(velocity * grid.inside, grid, steps)
             warped = m.sample(_displaced(points, theta, displacement, level.shape))
-            loss = level.similarity(warped) + float(options["diffusion_weight"]) * smoothness(
-                velocity
-            )
+            # DiffusionLoss averages over the batch: times B, each template's own term
+            regulariser = smoothness(velocity) * velocity.shape[0]
+            loss = level.similarity(warped) + float(options["diffusion_weight"]) * regulariser
             loss.backward()
             optimiser.step()
         velocity = velocity.detach()
