@@ -25,7 +25,12 @@ from liverfat.atlas.fusion import (
     median_readout,
 )
 from liverfat.atlas.images import AtlasImage, align_centres, load_subject
-from liverfat.atlas.registration import BackendSettings, backend_defaults, register, warp_image
+from liverfat.atlas.registration import (
+    BackendSettings,
+    backend_defaults,
+    register_many,
+    warp_image,
+)
 from liverfat.atlas.reliability import disagreement_message, readout_truth
 from liverfat.atlas.selection import (
     SELECTION_AFFINE_ITERATIONS,
@@ -124,14 +129,16 @@ def run_subject_job(job: SubjectJob) -> dict[str, Any]:
     """
     target = load_subject(job.manifest, job.subject_id)
     chosen = _chosen_templates(job, target)
-    warped, images, seconds = [], [], []
-    for template_id in chosen:
-        template = align_centres(target, load_template(job.templates, template_id))
-        result = register(job.backend, target, template, job.settings)
-        warped.append(result.warped_mask)
-        seconds.append(result.seconds)
-        if job.fusion in IMAGE_FUSIONS:
-            images.append(warp_image(result.transform, template.channels[0], target.reference))
+    templates = [align_centres(target, load_template(job.templates, t)) for t in chosen]
+    registrations = register_many(job.backend, target, templates, job.settings)
+    warped = [r.warped_mask for r in registrations]
+    seconds = [r.seconds for r in registrations]
+    images = []
+    if job.fusion in IMAGE_FUSIONS:
+        images = [
+            warp_image(r.transform, t.channels[0], target.reference)
+            for r, t in zip(registrations, templates, strict=True)
+        ]
     fused = fuse(warped, job.fusion, target=target.reference, warped=images)
     eroded = erode(
         fused, diameter_voxels=job.erosion_diameter_voxels, diameter_mm=job.erosion_diameter_mm

@@ -70,15 +70,7 @@ def register(
     backend: str, fixed: AtlasImage, moving: AtlasImage, settings: BackendSettings
 ) -> Registration:
     """Register ``moving`` (already centred, with a liver mask) to ``fixed`` with ``backend``."""
-    if backend not in BACKENDS:
-        raise LiverfatError(f"unknown registration backend {backend!r}; choose {BACKENDS}")
-    if moving.liver is None:
-        raise LiverfatError(f"template {moving.subject_id} has no liver mask")
-    if len(fixed.channels) != len(moving.channels):
-        raise LiverfatError(
-            f"subject {fixed.subject_id} has {len(fixed.channels)} channels but template "
-            f"{moving.subject_id} has {len(moving.channels)}"
-        )
+    check_pair(backend, fixed, moving)
     work_fixed = at_working_resolution(fixed, settings.working_spacing_mm)
     work_moving = at_working_resolution(moving, settings.working_spacing_mm)
     _import_backend(backend)  # import time (torch + MONAI: seconds) is not registration time
@@ -88,6 +80,19 @@ def register(
     return Registration(
         sitk.Cast(warped > 0, sitk.sitkUInt8), transform, time.perf_counter() - start
     )
+
+
+def check_pair(backend: str, fixed: AtlasImage, moving: AtlasImage) -> None:
+    """One-line errors for a registration that cannot run."""
+    if backend not in BACKENDS:
+        raise LiverfatError(f"unknown registration backend {backend!r}; choose {BACKENDS}")
+    if moving.liver is None:
+        raise LiverfatError(f"template {moving.subject_id} has no liver mask")
+    if len(fixed.channels) != len(moving.channels):
+        raise LiverfatError(
+            f"subject {fixed.subject_id} has {len(fixed.channels)} channels but template "
+            f"{moving.subject_id} has {len(moving.channels)}"
+        )
 
 
 def _import_backend(backend: str) -> None:
@@ -391,3 +396,95 @@ def backend_defaults(backend: str) -> dict[str, Any]:
 def settings_dict(settings: BackendSettings) -> dict[str, Any]:
     """JSON-ready settings."""
     return asdict(settings)
+
+
+# several templates at once ---------------------------------------------------------------------
+#: Bytes of GPU memory one template needs per working-grid voxel in a batched torch registration
+#: (moving channels, sample points, the optimiser's intermediates), with room to spare.
+BATCH_BYTES_PER_VOXEL = 96
+
+
+def register_many(
+    backend: str, fixed: AtlasImage, movings: list[AtlasImage], settings: BackendSettings
+) -> list[Registration]:
+    """Register several templates (centred, with liver masks) to ``fixed``.
+
+    The torch backend on CUDA registers them in batches, as many per call as half the free GPU
+    memory holds (:func:`liverfat.atlas.torch_registration.optimise_batch`); the option
+    ``batch_templates`` (true / false) forces it on or off. Everywhere else, one by one. Each
+    registration's ``seconds`` is its share of its batch's time.
+    """
+    for moving in movings:
+        check_pair(backend, fixed, moving)
+    batch = _batch_size(backend, fixed, len(movings), settings) if movings else 1
+    if batch <= 1:
+        return [register(backend, fixed, m, settings) for m in movings]
+    out: list[Registration] = []
+    for start in range(0, len(movings), batch):
+        out.extend(_torch_batch(fixed, movings[start : start + batch], settings))
+    return out
+
+
+def _batch_size(backend: str, fixed: AtlasImage, n: int, settings: BackendSettings) -> int:
+    """Templates per batched call: 1 off the torch backend or when batching is off."""
+    if backend != "torch" or n < 2:
+        return 1
+    wanted = settings.extra.get("batch_templates")
+    device = torch_device(settings.extra)
+    if wanted is False or (wanted is None and not device.startswith("cuda")):
+        return 1
+    if not device.startswith("cuda"):
+        return n
+    import torch
+
+    free, _total = torch.cuda.mem_get_info(torch.device(device))
+    grid = at_working_resolution(fixed, settings.working_spacing_mm).reference
+    need = int(np.prod(grid.GetSize())) * BATCH_BYTES_PER_VOXEL
+    return max(1, min(n, int(0.5 * free // max(need, 1))))
+
+
+def _torch_batch(
+    fixed: AtlasImage, movings: list[AtlasImage], settings: BackendSettings
+) -> list[Registration]:
+    from liverfat.atlas.torch_registration import (
+        folding_fraction,
+        optimise_batch,
+        sample_points_to_field,
+    )
+    from liverfat.nn.device import torch_threads
+
+    _import_backend("torch")
+    options = {**TORCH_DEFAULTS, **settings.extra}
+    options.pop("batch_templates", None)
+    device = torch_device(options)
+    work_fixed = at_working_resolution(fixed, settings.working_spacing_mm)
+    inputs = [
+        torch_inputs(work_fixed, at_working_resolution(m, settings.working_spacing_mm), m.liver)
+        for m in movings
+    ]
+    start = time.perf_counter()
+    with torch_threads(settings.n_threads):
+        points, thetas, box = optimise_batch(
+            inputs[0]["fixed"],
+            np.stack([i["moving"] for i in inputs]),
+            options,
+            device,
+            inputs[0]["spacing_zyx"],
+            np.stack([i["moving_roi"] for i in inputs]),
+        )
+    results = []
+    for index, moving in enumerate(movings):
+        field = sample_points_to_field(points[index], work_fixed.reference)
+        warped = warp_with_field(moving.liver, fixed.reference, field)
+        transform = {
+            "displacement_mm": field,
+            "affine_theta": thetas[index].tolist(),
+            "folding_fraction": folding_fraction(points[index], box),
+            "device": device,
+            "batch": len(movings),
+        }
+        results.append(Registration(sitk.Cast(warped > 0, sitk.sitkUInt8), transform, 0.0))
+    share = (time.perf_counter() - start) / len(movings)
+    for result in results:
+        result.seconds = share
+    return results
