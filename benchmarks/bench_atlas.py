@@ -217,7 +217,39 @@ def cuda_figures(work: Path, *, scale: str = "full", repeats: int = 3) -> dict:
         2, Path(work) / f"cuda_{scale}", seed=5, scale=scale, executor="serial", progress=False
     )
     fixed, moving = phantom_pair(card)
-    return {"scale": scale, **optimise_figures(fixed, moving, repeats)}
+    return {
+        "scale": scale,
+        **optimise_figures(fixed, moving, repeats),
+        "batch": batch_figures(fixed, moving),
+    }
+
+
+def batch_figures(fixed: AtlasImage, moving: AtlasImage, n: int = 3) -> dict:
+    """The optimiser on ``n`` templates in one batched call
+    (:func:`~liverfat.atlas.torch_registration.optimise_batch`; here ``n`` copies of one),
+    on the default device: seconds of the call after a warm-up one, and per template, to set
+    against ``optimise_s_median`` of one template alone."""
+    import torch
+
+    from liverfat.atlas.torch_registration import optimise_batch
+
+    options = registration.backend_defaults("torch")
+    device = torch.device(registration.torch_device(options))
+    inputs = registration.torch_inputs(fixed, moving, moving.liver)
+    stacked = np.stack([inputs["moving"]] * n)
+    rois = np.stack([inputs["moving_roi"]] * n)
+    seconds = []
+    for _ in range(2):
+        _synchronise(device)
+        start = time.perf_counter()
+        optimise_batch(inputs["fixed"], stacked, options, str(device), inputs["spacing_zyx"], rois)
+        _synchronise(device)
+        seconds.append(time.perf_counter() - start)
+    return {
+        "templates": n,
+        "optimise_batch_s": round(seconds[-1], 3),
+        "per_template_s": round(seconds[-1] / n, 3),
+    }
 
 
 def full_grid_registration(job: tuple[str, str, int]) -> dict:

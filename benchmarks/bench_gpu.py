@@ -162,7 +162,7 @@ def training(_work: Path, device: torch.device, sizes: Sizes) -> dict:
         "format_shape": list(sizes.format_shape),
         "batch_size": sizes.batch_size,
         "timed_iterations": sizes.timed_iterations,
-        "iterations_per_s": round(per_s, 1),
+        "iterations_per_s": float(f"{per_s:.3g}"),  # 3 digits: a slow CPU runs < 1 it/s
         "projected_minutes_per_6000_iterations": round(6000 / per_s / 60, 2),
         "precision": log.precision,
         "skipped_steps": log.skipped_steps,

@@ -91,6 +91,7 @@ def test_every_part_runs_small_on_a_cpu(tmp_path):
     assert inference["subjects_per_min_engine_from_cached_formats"] > 0
     atlas = figures["atlas"]
     assert atlas["scale"] == "quarter" and atlas["optimise_s_median"] > 0
+    assert atlas["batch"]["templates"] == 3 and atlas["batch"]["per_template_s"] > 0
     unet = figures["segmentation"]
     assert unet["slice_hw"] == [48, 64] and unet["train_iterations_per_s"] > 0
     assert unet["predict_s_per_volume"] > 0
