@@ -24,7 +24,7 @@ import pandas as pd
 from liverfat.atlas.calibration import LinearCalibration
 from liverfat.atlas.fusion import FUSIONS
 from liverfat.atlas.jobs import SubjectJob, finished_result, run_subject_job
-from liverfat.atlas.registration import BACKENDS, BackendSettings, torch_device
+from liverfat.atlas.registration import BACKENDS, TORCH_BACKENDS, BackendSettings, torch_device
 from liverfat.atlas.templates import choose_templates, select_templates
 from liverfat.data.atomic import write_json_atomic
 from liverfat.data.folds import Folds, resolve_folds, training_ids
@@ -41,7 +41,8 @@ class AtlasEngine(Engine):
     Parameters
     ----------
     backend:
-        ``elastix``, ``deform`` or ``torch`` (see :mod:`liverfat.atlas.registration`).
+        ``elastix``, ``deform``, ``torch`` or ``fireants`` (see
+        :mod:`liverfat.atlas.registration`).
     n_templates:
         Templates chosen for shape variance when ``templates`` is not given.
     templates:
@@ -128,7 +129,7 @@ class AtlasEngine(Engine):
 
     def _device(self) -> str | None:
         """Where the registrations run (None: no torch), so workers sharing a GPU are capped."""
-        if self.backend != "torch":
+        if self.backend not in TORCH_BACKENDS:
             return None
         return torch_device(dict(self.backend_options or {}))  # imports torch: only here
 
