@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import warnings
 from typing import Any
 
 import numpy as np
@@ -61,6 +62,8 @@ def import_fireants() -> None:
     if not any(isinstance(h, logging.NullHandler) for h in quiet.handlers):
         quiet.addHandler(logging.NullHandler())  # its warnings never reach a handler
     quiet.propagate = False
+    # it calls the deprecated Logger.warn (a DeprecationWarning where warnings show, as in pytest)
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"fireants\.")
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             import fireants.registration.affine  # noqa: F401
