@@ -33,15 +33,16 @@ INSTALL = "pip install --no-deps fireants==1.5.0"
 
 #: An affine then the greedy compositive warp, both at FireANTs scale 4 only (FireANTs divides
 #: every axis by the scale but keeps at least 32 voxels: CHAOS at 2.5 x 2.5 x 7.7 mm is then a
-#: 32 x 32 x 32 grid). The affine's Adam stops early when its loss no longer falls (FireANTs'
-#: convergence test); 25 warp steps of half a voxel at most, the update smoothed with sigma 2
-#: voxels and the warp with 0.75. Tuned on CHAOS targets 1, 5 and 13 (see docs/atlas.md): about
-#: 0.9 s per registration on one CPU thread, as the torch backend, with a higher fused Dice;
-#: the affine at scales 4 and 2 gained about 0.02 there for twice the time.
+#: 32 x 32 x 32 grid). The affine's Adam runs at most 50 steps (FireANTs stops it earlier once
+#: its loss stops falling; 100 steps gained nothing for 30 % more time); 25 warp steps of half a
+#: voxel at most, the update smoothed with sigma 2 voxels and the warp with 0.75 (0.5 folded
+#: about 0.5 % of the voxels of some maps). Tuned on CHAOS targets 1, 5 and 13 (docs/atlas.md):
+#: about the torch backend's time per registration on one CPU thread; the affine at scales 4 and
+#: 2, or the warp at 4 and 2, gained under 0.01 to 0.02 Dice there for about twice the time.
 FIREANTS_DEFAULTS: dict[str, Any] = {
     "moments": 0,
     "affine_scales": [4],
-    "affine_iterations": [100],
+    "affine_iterations": [50],
     "affine_lr": 0.03,
     "deformable_scales": [4],
     "deformable_iterations": [25],
