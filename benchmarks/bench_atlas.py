@@ -5,11 +5,11 @@ chosen (shape variance) from the other 9 and registered to it on the single T2-S
 each backend (after centring the body masks); the warped liver masks are fused by intersection
 and compared with the manual liver mask (Dice). Reported per backend: median / mean Dice of the
 fused mask, median Dice of single registrations, median seconds per registration, the worker
-processes the results ran with (a resumed log may mix runs) and, for torch, the largest fraction
-of voxels where a deformation folds.
+processes the results ran with (a resumed log may mix runs) and, for torch and fireants, the
+largest fraction of voxels where a deformation folds (figures in docs/atlas.md).
 
-Also (``full_grid``): torch and elastix at the full neck-to-knee grid of the phantom, the
-grid the "under 2 s per registration on a CUDA GPU" target refers to. The target is the torch
+Also (``full_grid``): torch and elastix (or the backends named) at the full neck-to-knee grid,
+the "under 2 s per registration on a CUDA GPU" target refers to. The target is the torch
 backend's optimiser (``optimise_s_median``: :func:`~liverfat.atlas.torch_registration.optimise`
 alone, CUDA synchronised at both ends); ``seconds_warm_median`` is the whole registration, which
 adds single-threaded ITK work on the 14.4 M-voxel grid (resampling the moving images onto it,

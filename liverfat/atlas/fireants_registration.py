@@ -35,10 +35,10 @@ INSTALL = "pip install --no-deps fireants==1.5.0"
 #: every axis by the scale but keeps at least 32 voxels: CHAOS at 2.5 x 2.5 x 7.7 mm is then a
 #: 32 x 32 x 32 grid). The affine's Adam runs at most 50 steps (FireANTs stops it earlier once
 #: its loss stops falling; 100 steps gained nothing for 30 % more time); 25 warp steps of half a
-#: voxel at most, the update smoothed with sigma 2 voxels and the warp with 0.75 (0.5 folded
-#: about 0.5 % of the voxels of some maps). Tuned on CHAOS targets 1, 5 and 13 (docs/atlas.md):
+#: voxel at most, the update smoothed with sigma 2 voxels and the warp with 0.75 (0.5 folded up
+#: to 2.5 % of the voxels of some maps). Tuned on CHAOS targets 1, 5 and 13 (docs/atlas.md):
 #: about the torch backend's time per registration on one CPU thread; the affine at scales 4 and
-#: 2, or the warp at 4 and 2, gained under 0.01 to 0.02 Dice there for about twice the time.
+#: 2, or the warp at 4 and 2, gained 0.01-0.02 mean fused Dice there for about twice the time.
 FIREANTS_DEFAULTS: dict[str, Any] = {
     "moments": 0,
     "affine_scales": [4],
