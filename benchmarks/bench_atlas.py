@@ -8,13 +8,14 @@ fused mask, median Dice of single registrations, median seconds per registration
 processes the results ran with (a resumed log may mix runs) and, for torch and fireants, the
 largest fraction of voxels where a deformation folds (figures in docs/atlas.md).
 
-Also (``full_grid``): torch and elastix (or the backends named) at the full neck-to-knee grid,
-the "under 2 s per registration on a CUDA GPU" target refers to. The target is the torch
-backend's optimiser (``optimise_s_median``: :func:`~liverfat.atlas.torch_registration.optimise`
-alone, CUDA synchronised at both ends); ``seconds_warm_median`` is the whole registration, which
-adds single-threaded ITK work on the 14.4 M-voxel grid (resampling the moving images onto it,
-warping the mask through the displacement field). :func:`cuda_figures` gives the optimiser's
-figures alone, on this process's device, for a GPU check.
+Also (``full_grid``): torch and elastix (or the backends named) at the phantom's full
+neck-to-knee grid, the grid the "under 2 s per registration on a CUDA GPU" target refers to.
+The target is the torch backend's optimiser (``optimise_s_median``:
+:func:`~liverfat.atlas.torch_registration.optimise` alone, CUDA synchronised at both ends);
+``seconds_warm_median`` is the whole registration, which adds single-threaded ITK work on the
+14.4 M-voxel grid (resampling the moving images onto it, warping the mask through the
+displacement field). :func:`cuda_figures` gives the optimiser's figures alone, on this
+process's device, for a GPU check.
 
 Environment: ``LIVERFAT_BENCH_ATLAS_BACKENDS`` (default ``torch,deform,elastix``; ``fireants``
 as well where FireANTs is installed),
