@@ -3,6 +3,7 @@ the engine, stays quiet, and names its install command when FireANTs is missing.
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,9 @@ from liverfat.atlas.registration import BACKENDS, BackendSettings, backend_defau
 from liverfat.errors import LiverfatError
 from tests.atlas.test_registration import dice, synthetic
 
-pytest.importorskip("fireants")
+needs_fireants = pytest.mark.skipif(
+    importlib.util.find_spec("fireants") is None, reason="FireANTs is not installed"
+)
 
 #: Fewer steps than the defaults (the synthetic volumes are tiny: FireANTs keeps 32 voxels a side).
 SMALL = {"affine_iterations": [60], "deformable_iterations": [20]}
@@ -38,6 +41,7 @@ def test_fireants_is_a_backend_with_its_defaults():
     assert backend_defaults("fireants") == FIREANTS_DEFAULTS
 
 
+@needs_fireants
 def test_fireants_recovers_a_known_deformation():
     """Shift (12, -8, 10) mm and scale 1.12 of a two-channel body: centring alone leaves a Dice
     of about 0.82; the registration must do clearly better."""
@@ -53,6 +57,7 @@ def test_fireants_recovers_a_known_deformation():
     assert np.all(np.diag(affine)[:2] > 1.05)  # the moving body is 12 % larger in plane
 
 
+@needs_fireants
 def test_fireants_mask_is_on_the_native_fixed_grid():
     """Registered on a coarser working grid, the mask comes back on the fixed subject's own
     grid, uint8 zeros and ones."""
@@ -69,6 +74,7 @@ def test_fireants_mask_is_on_the_native_fixed_grid():
     assert field.GetSize() != fixed.reference.GetSize()  # the map lives on the working grid
 
 
+@needs_fireants
 def test_fireants_restores_the_torch_thread_count():
     import torch
 
@@ -94,6 +100,7 @@ def test_missing_fireants_is_one_line_naming_the_install(monkeypatch):
     assert "pip install --no-deps fireants==1.5.0" in message
 
 
+@needs_fireants
 def test_engine_predicts_with_fireants(small_phantom_dir, tmp_path):
     from liverfat.atlas.engine import AtlasEngine
     from liverfat.data.manifest import Manifest
@@ -132,6 +139,7 @@ assert not logging.getLogger().handlers  # FireANTs' basicConfig undone
 """
 
 
+@needs_fireants
 def test_fireants_prints_nothing_in_a_fresh_process():
     """FireANTs prints at import and logs warnings and progress bars: none of it shows."""
     root = str(Path(__file__).resolve().parents[2])
