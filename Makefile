@@ -11,6 +11,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	# the atlas engine's fireants backend; --no-deps: its simpleitk==2.2.1 pin (it runs with ours)
+	$(BIN)/python -m pip install --quiet --no-deps fireants==1.5.0
 	touch $(STAMP)
 
 demo: $(STAMP)

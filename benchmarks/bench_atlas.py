@@ -5,18 +5,20 @@ chosen (shape variance) from the other 9 and registered to it on the single T2-S
 each backend (after centring the body masks); the warped liver masks are fused by intersection
 and compared with the manual liver mask (Dice). Reported per backend: median / mean Dice of the
 fused mask, median Dice of single registrations, median seconds per registration, the worker
-processes the results ran with (a resumed log may mix runs) and, for torch, the largest fraction
-of voxels where a deformation folds.
+processes the results ran with (a resumed log may mix runs) and, for torch and fireants, the
+largest fraction of voxels where a deformation folds (figures in docs/atlas.md).
 
-Also (``full_grid``): torch and elastix at the full neck-to-knee grid of the phantom, the
-grid the "under 2 s per registration on a CUDA GPU" target refers to. The target is the torch
-backend's optimiser (``optimise_s_median``: :func:`~liverfat.atlas.torch_registration.optimise`
-alone, CUDA synchronised at both ends); ``seconds_warm_median`` is the whole registration, which
-adds single-threaded ITK work on the 14.4 M-voxel grid (resampling the moving images onto it,
-warping the mask through the displacement field). :func:`cuda_figures` gives the optimiser's
-figures alone, on this process's device, for a GPU check.
+Also (``full_grid``): torch and elastix (or the backends named) at the phantom's full
+neck-to-knee grid, the grid the "under 2 s per registration on a CUDA GPU" target refers to.
+The target is the torch backend's optimiser (``optimise_s_median``:
+:func:`~liverfat.atlas.torch_registration.optimise` alone, CUDA synchronised at both ends);
+``seconds_warm_median`` is the whole registration, which adds single-threaded ITK work on the
+14.4 M-voxel grid (resampling the moving images onto it, warping the mask through the
+displacement field). :func:`cuda_figures` gives the optimiser's figures alone, on this
+process's device, for a GPU check.
 
-Environment: ``LIVERFAT_BENCH_ATLAS_BACKENDS`` (default ``torch,deform,elastix``),
+Environment: ``LIVERFAT_BENCH_ATLAS_BACKENDS`` (default ``torch,deform,elastix``; ``fireants``
+as well where FireANTs is installed),
 ``LIVERFAT_BENCH_ATLAS_TARGETS`` (how many subjects to leave out, default all 10),
 ``LIVERFAT_BENCH_ATLAS_WORKERS`` (worker processes, default 2), ``LIVERFAT_BENCH_ATLAS_LOG``
 (a JSON-lines file of finished (backend, target) results: kept across runs, so an interrupted
@@ -292,7 +294,7 @@ def full_grid(work_dir: Path, backends: list[str]) -> dict:
     card = generate_cohort(2, work_dir / "full_grid", seed=5, scale="full", progress=False)
     out: dict = {"grid": FULL_GRID, "templates": 1, "repeats": _repeats()}
     for backend in backends:
-        device = registration.torch_device({}) if backend == "torch" else None
+        device = registration.torch_device({}) if backend in registration.TORCH_BACKENDS else None
         (outcome,) = map_subjects(
             full_grid_registration,
             [(backend, str(card), _repeats())],
@@ -320,7 +322,8 @@ def chaos_leave_one_out(work_dir: Path) -> dict:
     done = {(r["backend"], r["target"]) for r in rows}
     jobs = [(b, t) for b in backends for t in targets if (b, t) not in done]
     errors = []
-    only_torch = backends == ["torch"]  # then workers sharing a GPU are capped
+    # only torch-device backends: then workers sharing a GPU are capped
+    only_torch = set(backends) <= set(registration.TORCH_BACKENDS)
     for outcome in map_subjects(
         leave_one_out,
         jobs,

@@ -24,7 +24,7 @@ import pandas as pd
 from liverfat.atlas.calibration import LinearCalibration
 from liverfat.atlas.fusion import FUSIONS
 from liverfat.atlas.jobs import SubjectJob, finished_result, run_subject_job
-from liverfat.atlas.registration import BACKENDS, BackendSettings, torch_device
+from liverfat.atlas.registration import BACKENDS, TORCH_BACKENDS, BackendSettings, torch_device
 from liverfat.atlas.reliability import AGREEMENT_FLAG_BELOW
 from liverfat.atlas.selection import SELECTIONS
 from liverfat.atlas.templates import choose_templates, select_templates
@@ -55,7 +55,8 @@ class AtlasEngine(Engine):
     Parameters
     ----------
     backend:
-        ``elastix``, ``deform`` or ``torch`` (see :mod:`liverfat.atlas.registration`).
+        ``elastix``, ``deform``, ``torch`` or ``fireants`` (see
+        :mod:`liverfat.atlas.registration`).
     n_templates:
         Templates registered to each subject: chosen once for shape variance (``shape``) when
         ``templates`` is not given, or per subject from the pool (``similarity``).
@@ -171,7 +172,7 @@ class AtlasEngine(Engine):
 
     def _device(self) -> str | None:
         """Where the registrations run (None: no torch), so workers sharing a GPU are capped."""
-        if self.backend != "torch":
+        if self.backend not in TORCH_BACKENDS:
             return None
         return torch_device(dict(self.backend_options or {}))  # imports torch: only here
 

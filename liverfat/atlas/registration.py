@@ -11,6 +11,9 @@ warped (nearest neighbour) onto the fixed subject's grid, plus the transform for
 * ``torch``: affine then a diffeomorphic (stationary velocity) deformation optimised with Adam
   on local NCC (MONAI's definition) and MONAI's diffusion regulariser, around the template
   liver; CUDA when available, CPU otherwise.
+* ``fireants`` (FireANTs, installed without its dependencies: see
+  :mod:`liverfat.atlas.fireants_registration`): affine then a greedy compositive deformation on
+  local cross-correlation, multi-scale; CUDA when available, CPU otherwise.
 """
 
 from __future__ import annotations
@@ -23,10 +26,13 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from liverfat.atlas.fireants_registration import FIREANTS_DEFAULTS
 from liverfat.atlas.images import AtlasImage, at_working_resolution
 from liverfat.errors import LiverfatError
 
-BACKENDS = ("elastix", "deform", "torch")
+BACKENDS = ("elastix", "deform", "torch", "fireants")
+#: Backends that run in torch, on the device :func:`torch_device` names.
+TORCH_BACKENDS = ("torch", "fireants")
 
 
 @dataclass
@@ -75,7 +81,9 @@ def register(
     work_moving = at_working_resolution(moving, settings.working_spacing_mm)
     _import_backend(backend)  # import time (torch + MONAI: seconds) is not registration time
     start = time.perf_counter()
-    runner = {"elastix": _elastix, "deform": _deform, "torch": _torch}[backend]
+    runner = {"elastix": _elastix, "deform": _deform, "torch": _torch, "fireants": _fireants}[
+        backend
+    ]
     warped, transform = runner(work_fixed, work_moving, fixed.reference, moving.liver, settings)
     return Registration(
         sitk.Cast(warped > 0, sitk.sitkUInt8), transform, time.perf_counter() - start
@@ -103,6 +111,10 @@ def _import_backend(backend: str) -> None:
         _ = itk.ElastixRegistrationMethod, itk.ParameterObject, itk.TransformixFilter
     elif backend == "deform":
         import pydeform.sitk_api  # noqa: F401
+    elif backend == "fireants":
+        from liverfat.atlas.fireants_registration import import_fireants
+
+        import_fireants()
     else:
         import monai.losses  # noqa: F401
         import torch  # noqa: F401
@@ -339,8 +351,8 @@ def _on_fixed_grid(image: sitk.Image, fixed: sitk.Image) -> np.ndarray:
 
 
 def torch_device(options: dict[str, Any]) -> str:
-    """The device the torch backend runs on with these options (over ``TORCH_DEFAULTS``): the
-    ``device`` named, or CUDA when present. Imports torch."""
+    """The device the torch (or fireants) backend runs on with these options (over
+    ``TORCH_DEFAULTS``): the ``device`` named, or CUDA when present. Imports torch."""
     from liverfat.nn.device import pick_device
 
     return str(pick_device({**TORCH_DEFAULTS, **options}["device"] or "auto"))
@@ -385,9 +397,21 @@ def _torch(fixed, moving, reference, moving_liver, settings):
     }
 
 
+# fireants -------------------------------------------------------------------------------------
+def _fireants(fixed, moving, reference, moving_liver, settings):
+    from liverfat.atlas.fireants_registration import run
+
+    return run(fixed, moving, reference, moving_liver, settings)
+
+
 def backend_defaults(backend: str) -> dict[str, Any]:
     """A backend's default options (JSON-ready): part of every cache key and benchmark row."""
-    defaults = {"elastix": ELASTIX_DEFAULTS, "deform": DEFORM_DEFAULTS, "torch": TORCH_DEFAULTS}
+    defaults = {
+        "elastix": ELASTIX_DEFAULTS,
+        "deform": DEFORM_DEFAULTS,
+        "torch": TORCH_DEFAULTS,
+        "fireants": FIREANTS_DEFAULTS,
+    }
     if backend not in defaults:
         raise LiverfatError(f"unknown registration backend {backend!r}; choose {BACKENDS}")
     return json.loads(json.dumps(defaults[backend]))
