@@ -379,7 +379,8 @@ def study_folds(study: Study, manifest: Manifest, folds: int) -> list[list[str]]
     folds (seeded by the study's seed, stratified on the reference at the steatosis threshold),
     recorded in ``folds.json``; every engine with the same number of folds gets this one."""
     reference, steatosis = training_reference(study, manifest)
-    partition = subject_folds(list(reference.index), folds, study.seed, strata=steatosis)
+    groups = manifest.participants()  # a participant's visits share one fold
+    partition = subject_folds(reference.index, folds, study.seed, strata=steatosis, groups=groups)
     path = study.out / "folds.json"
     recorded = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     if recorded.get(str(folds)) != partition:
