@@ -14,7 +14,10 @@ an executor. :func:`run_study` runs the protocol stage by stage:
   against the truth table when one is given (the phantom's), with tables, figures and an HTML
   report;
 * with a ``learning_curve`` option, each engine fitted on nested subsets of the training
-  subjects and scored on one fixed held-out part (:mod:`liverfat.learning_curve`).
+  subjects and scored on one fixed held-out part (:mod:`liverfat.learning_curve`);
+* with a ``repeatability`` option, each method's test-retest agreement on the participants
+  scanned at two visits (:mod:`liverfat.study_repeatability`); with a ``participant_id``
+  column, the folds keep a participant's visits together.
 
 Every stage writes its predictions table atomically and a ``.done.json`` fingerprint of its
 settings and liverfat's version; a rerun skips stages whose fingerprint matches, and engines

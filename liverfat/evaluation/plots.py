@@ -248,7 +248,7 @@ def repeatability_plot(
     visits: Sequence[int] = (2, 3),
     unit: str = "%",
     annotate: int = 3,
-    ncols: int = 3,
+    ncols: int = 2,
 ) -> Figure:
     """Bland-Altman of the second visit minus the first, one panel per method.
 
