@@ -86,7 +86,7 @@ def run_repeatability(
     if options is None:
         return []
     from liverfat.evaluation.plots import repeatability_plot
-    from liverfat.evaluation.repeatability import repeatability_table, visit_pairs
+    from liverfat.evaluation.repeatability import MIN_PAIRS, repeatability_table, visit_pairs
     from liverfat.evaluation.report import ExtraSection, FigureItem, write_figures
     from liverfat.evaluation.values import REFERENCE
     from liverfat.study import TRUTH
@@ -95,17 +95,15 @@ def run_repeatability(
     values = values[_ordered(list(values.columns), (REFERENCE, TRUTH))]
     table = repeatability_table(values, participants, visits, pair=options.visits)
     pairs = {m: visit_pairs(values[m], participants, visits, pair=options.visits) for m in values}
-    pairs = {m: p for m, p in pairs.items() if len(p) >= 3}
     tables = study.out / "tables"
     write_text_atomic(tables / "repeatability.csv", table.to_csv(index=False))
-    long = pd.concat({m: p for m, p in pairs.items()}, names=["method"]) if pairs else None
-    write_text_atomic(
-        tables / "repeatability_pairs.csv", long.to_csv() if long is not None else "method\n"
-    )
+    long = pd.concat(pairs, names=["method"]) if pairs else pd.DataFrame(columns=["method"])
+    write_text_atomic(tables / "repeatability_pairs.csv", long.to_csv())
     first, second = options.visits
+    shown = {m: p for m, p in pairs.items() if len(p) >= MIN_PAIRS}
     figures = []
-    if pairs:
-        figure = repeatability_plot(pairs, visits=options.visits)
+    if shown:
+        figure = repeatability_plot(shown, visits=options.visits)
         figures.append(
             FigureItem("repeatability", f"Bland-Altman of visit {second} - visit {first}", figure)
         )
@@ -124,7 +122,7 @@ def _text(first: int, second: int, n: int) -> str:
         "measurement around the participant's own value (95 % chi-square interval); RC = 2.77 "
         "wSD: the difference between two visits that 95 % of participants stay within; ICC(2,1) "
         "(two-way random effects, absolute agreement, single measurement), so a systematic "
-        f"shift between visits counts against it as it does in wSD; bias and 95 % limits of "
+        "shift between visits counts against it as it does in wSD; bias and 95 % limits of "
         f"agreement of visit {second} - visit {first}. Differences in percentage points."
     )
 
