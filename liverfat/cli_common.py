@@ -181,6 +181,11 @@ def positive_float(text: str) -> float:
     return _number(float, text, lambda v: v > 0, "a finite number > 0")
 
 
+def non_negative_float(text: str) -> float:
+    """A finite number >= 0 (a standard deviation)."""
+    return _number(float, text, lambda v: v >= 0, "a finite number >= 0")
+
+
 def finite_float(text: str) -> float:
     """A finite number (not nan or inf)."""
     return _number(float, text, lambda v: True, "a finite number")

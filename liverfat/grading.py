@@ -42,7 +42,7 @@ import pandas as pd
 
 from liverfat.data.atomic import atomic_path, write_json_atomic, write_text_atomic
 from liverfat.data.fingerprint import fingerprint, subject_files
-from liverfat.data.folds import subject_folds, training_ids
+from liverfat.data.folds import participant_members, subject_folds, training_ids
 from liverfat.data.manifest import REPORTED_COVARIATES, Manifest
 from liverfat.errors import LiverfatError
 from liverfat.evaluation.covariates import covariate_correlations
@@ -92,11 +92,25 @@ class GradingSplit:
 
 
 def grading_split(
-    grades: pd.Series, *, test_fraction: float, folds: int, seed: int
+    grades: pd.Series,
+    *,
+    test_fraction: float,
+    folds: int,
+    seed: int,
+    groups: Mapping[str, str] | None = None,
 ) -> GradingSplit:
-    """The protocol's split of the subjects of ``grades`` (integer grade by subject id)."""
-    train, test = train_test_subjects(grades, grades.to_numpy(int), test_fraction, seed)
-    parts = subject_folds(train, folds, seed, strata=grades.loc[train].to_dict()) if folds else []
+    """The protocol's split of the subjects of ``grades`` (integer grade by subject id); with
+    ``groups`` (subject -> participant) a participant's visits fall on one side and in one fold
+    (each participant split on its first visit's grade)."""
+    members = participant_members(list(grades.index), groups)
+    if members is None:
+        train, test = train_test_subjects(grades, grades.to_numpy(int), test_fraction, seed)
+    else:
+        units = pd.Series([grades[m[0]] for m in members.values()], index=list(members))
+        parts = train_test_subjects(units, units.to_numpy(int), test_fraction, seed)
+        train, test = (sorted(s for u in part for s in members[u]) for part in parts)
+    strata = grades.loc[train].to_dict()
+    parts = subject_folds(train, folds, seed, strata=strata, groups=groups) if folds else []
     return GradingSplit(train, test, [sorted(p) for p in parts])
 
 
@@ -395,7 +409,13 @@ def run_grading(
     if len(reference) < 10:
         raise LiverfatError(f"grading needs 10+ subjects with {target}, got {len(reference)}")
     grades = pd.Series(scheme.grade(reference.to_numpy()), index=reference.index.astype(str))
-    split = grading_split(grades, test_fraction=test_fraction, folds=folds, seed=seed)
+    split = grading_split(
+        grades,
+        test_fraction=test_fraction,
+        folds=folds,
+        seed=seed,
+        groups=manifest.participants(),
+    )
     scores, failures, seconds = {}, {}, {}
     for name, factory in graders.items():
         began = time.perf_counter()

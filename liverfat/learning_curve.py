@@ -115,7 +115,11 @@ def learning_curve_plan(study: Study, manifest: Manifest) -> CurvePlan:
     reference, steatosis = training_reference(study, manifest)
     try:
         held_out = held_out_subjects(
-            list(reference.index), spec.held_out_fraction, spec.seed, strata=steatosis
+            list(reference.index),
+            spec.held_out_fraction,
+            spec.seed,
+            strata=steatosis,
+            groups=manifest.participants(),  # a participant's visits on one side
         )
     except LiverfatError as exc:
         raise StudyError(f"{study.path}: learning_curve: {exc}") from exc

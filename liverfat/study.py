@@ -14,7 +14,10 @@ an executor. :func:`run_study` runs the protocol stage by stage:
   against the truth table when one is given (the phantom's), with tables, figures and an HTML
   report;
 * with a ``learning_curve`` option, each engine fitted on nested subsets of the training
-  subjects and scored on one fixed held-out part (:mod:`liverfat.learning_curve`).
+  subjects and scored on one fixed held-out part (:mod:`liverfat.learning_curve`);
+* with a ``repeatability`` option, each method's test-retest agreement on the participants
+  scanned at two visits (:mod:`liverfat.study_repeatability`); with a ``participant_id``
+  column, the folds keep a participant's visits together.
 
 Every stage writes its predictions table atomically and a ``.done.json`` fingerprint of its
 settings and liverfat's version; a rerun skips stages whose fingerprint matches, and engines
@@ -43,12 +46,15 @@ from liverfat.data.predictions import PredictionsTable, package_versions
 from liverfat.errors import LiverfatError
 from liverfat.evaluation.values import REFERENCE, reference_table
 from liverfat.parallel import dask_scheduler
+from liverfat.study_outputs import OUTPUTS_README
 from liverfat.study_qc import QcOptions, parse_qc, scan_qc
+from liverfat.study_repeatability import check_repeatability, parse_repeatability, run_repeatability
 from liverfat.study_schema import study_problem
 
 if TYPE_CHECKING:
     from liverfat.graders import GradingOptions
     from liverfat.learning_curve import LearningCurve
+    from liverfat.study_repeatability import RepeatabilityOptions
 
 #: Engine aliases; any ``package.module:Class`` path also works (user engines).
 ENGINES = {
@@ -75,6 +81,7 @@ STUDY_KEYS = (
     "learning_curve",
     "grading",
     "qc",
+    "repeatability",
 )
 TRUTH = "truth"
 
@@ -115,6 +122,7 @@ class Study:
     learning_curve: LearningCurve | None = None  # liverfat.learning_curve
     grading: GradingOptions | None = None  # liverfat.graders
     qc: QcOptions | None = None  # liverfat.study_qc
+    repeatability: RepeatabilityOptions | None = None  # liverfat.study_repeatability
 
     @classmethod
     def load(cls, path: str | Path, *, out: str | Path | None = None) -> Study:
@@ -187,6 +195,7 @@ class Study:
             learning_curve=curve,
             grading=grading,
             qc=parse_qc(raw, f"{path}: study key"),
+            repeatability=parse_repeatability(raw, f"{path}: study key"),
         )
 
     def load_manifest(self) -> Manifest:
@@ -379,7 +388,8 @@ def study_folds(study: Study, manifest: Manifest, folds: int) -> list[list[str]]
     folds (seeded by the study's seed, stratified on the reference at the steatosis threshold),
     recorded in ``folds.json``; every engine with the same number of folds gets this one."""
     reference, steatosis = training_reference(study, manifest)
-    partition = subject_folds(list(reference.index), folds, study.seed, strata=steatosis)
+    groups = manifest.participants()  # a participant's visits share one fold
+    partition = subject_folds(reference.index, folds, study.seed, strata=steatosis, groups=groups)
     path = study.out / "folds.json"
     recorded = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     if recorded.get(str(folds)) != partition:
@@ -396,6 +406,7 @@ def run_study(study: Study, *, log: Callable[[str], None] = print) -> Path:
     manifest = study.load_manifest()
     for stage in study.engines:  # constructors only validate: fail before any work starts
         make_engine(stage, study)
+    check_repeatability(study, manifest)
     if study.learning_curve is not None:
         from liverfat.learning_curve import learning_curve_plan, run_learning_curve
 
@@ -439,6 +450,7 @@ def run_study(study: Study, *, log: Callable[[str], None] = print) -> Path:
     comparison.write_tables(out / "tables")
     if study.review:
         extra.insert(0, outlier_review(study, manifest, comparison.values, log))
+    extra += run_repeatability(study, manifest, comparison.values, log)
     # An engine whose run carries liver-mask metrics (a segmentation engine) gets its section.
     engine_tables = tables[1 : 1 + len(study.engines)]
     runs = {s.name: t.run for s, t in zip(study.engines, engine_tables, strict=True)}
@@ -450,7 +462,7 @@ def run_study(study: Study, *, log: Callable[[str], None] = print) -> Path:
         sources=f"manifest {study.manifest}; study {study.path}",
         extra=extra,
     )
-    write_text_atomic(out / "README.txt", _outputs_readme())
+    write_text_atomic(out / "README.txt", OUTPUTS_README)
     log(f"[compare] done: report at {report}")
     return report
 
@@ -524,26 +536,3 @@ def _planned_rows(table: pd.DataFrame, plan: list[tuple[str, str]]) -> pd.DataFr
 def _covariates(manifest: Manifest) -> pd.DataFrame | None:
     columns = [c for c in REPORTED_COVARIATES if c in manifest.subjects.columns]
     return manifest.covariates(columns) if columns else None
-
-
-def _outputs_readme() -> str:
-    return """What this folder holds
-=====================
-study.yaml            the study file that produced it
-versions.json         package versions used
-predictions/NAME.csv  each engine's predictions table (out-of-fold on the training split,
-                      fitted-model predictions elsewhere) with NAME.run.json beside it;
-                      NAME.cv.csv / NAME.fit.csv are the stages, *.done.json their fingerprints
-engines/NAME/         engine caches, per-subject outputs and the fitted engine (resumable)
-tables/               comparison.csv/.md/.tex (the published layout), coverage, failures,
-                      error correlations, outliers, grading, covariate correlations, values
-learning_curve/       with a learning_curve option: subjects.json (held-out part, each repeat's
-                      draw order) and predictions/NAME.rR.nN.csv, one table per cell
-                      (engine, repeat, training size), with *.done.json fingerprints
-tables/learning_curve.csv, learning_curve_summary.csv
-                      MAE and R2 per cell, and their median and min-max over repeats
-figures/learning_curve.png/.svg
-                      MAE and R2 against N, one line per method
-qc/                   with a qc option: qc.csv, qc_summary.csv, excluded.csv, thumbnails/
-report.html           one self-contained report with every table and figure
-"""

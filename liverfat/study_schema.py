@@ -53,6 +53,7 @@ class _Study(BaseModel):
     learning_curve: Any = None  # checked by liverfat.learning_curve, with its own messages
     grading: Any = None  # checked by liverfat.graders, with its own messages
     qc: Any = None  # checked by liverfat.study_qc, with its own messages
+    repeatability: Any = None  # checked by liverfat.study_repeatability, with its own messages
 
 
 def study_problem(raw: dict[str, Any]) -> str | None:

@@ -33,6 +33,8 @@ FLOORS = {
     "study_cli": 4,
     "study_schema": 4,
     "study_qc": 4,
+    "study_repeatability": 4,
+    "study_outputs": 4,
     "serve_cli": 4,
     "cli": 4,
 }

@@ -357,7 +357,7 @@ class AtlasEngine(Engine):
         Templates and calibration are chosen inside each training part.
         """
         scored = list(manifest.target(self.target).dropna().index)
-        parts = resolve_folds(folds, scored, seed)
+        parts = resolve_folds(folds, scored, seed, groups=manifest.participants())
         tables = []
         for test_ids in parts:
             engine = self.clone()

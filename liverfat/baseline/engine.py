@@ -124,7 +124,7 @@ class LinearBaseline(Engine):
         a number, or a study's partition, see :func:`liverfat.data.folds.resolve_folds`)."""
         references = {t: manifest.target(t) for t in self.targets}
         ids = [s for s in manifest.subject_ids if any(pd.notna(r[s]) for r in references.values())]
-        parts = resolve_folds(folds, ids, seed)
+        parts = resolve_folds(folds, ids, seed, groups=manifest.participants())
         frames = []
         for test_ids in parts:
             train = manifest.select(subject_ids=training_ids(manifest.subject_ids, test_ids))

@@ -13,6 +13,7 @@ from liverfat.cli_common import (
     finite_float,
     fraction,
     load_manifest,
+    non_negative_float,
     positive_float,
     positive_int,
 )
@@ -60,6 +61,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="draw liver PDFF in fixed bins with exact counts instead of UK Biobank's "
         "distribution: COUNT subjects in [LOW, HIGH) %% each, e.g. 5:33:38 33:66:12; "
         "the counts add up to --n",
+    )
+    phantom.add_argument(
+        "--repeat-fraction",
+        type=fraction,
+        help="fraction of subjects given a repeat scan (visit 3; default 0): same anatomy and "
+        "liver fat, new positioning, noise, coil field, motion, swap draw and reference",
+    )
+    phantom.add_argument(
+        "--repeat-change-pp",
+        type=non_negative_float,
+        help="SD of a true liver-fat change between the visits (percentage points; default 0)",
     )
     phantom.set_defaults(func=phantom_main)
 
@@ -136,6 +148,8 @@ def phantom_main(args: argparse.Namespace) -> int:
         "noise_floor_pct": args.noise_floor,
         "proportional_bias": args.proportional_bias,
         "pdff_bins": tuple(args.pdff_bins) if args.pdff_bins else None,
+        "repeat_fraction": args.repeat_fraction,
+        "repeat_change_pp": args.repeat_change_pp,
     }
     config = replace(PhantomConfig(), **{k: v for k, v in overrides.items() if v is not None})
     n = args.n
@@ -149,5 +163,7 @@ def phantom_main(args: argparse.Namespace) -> int:
         config=config,
         **executor_settings(args),
     )
-    print(f"phantom cohort of {n} subjects: {card}")
+    repeats = round(config.repeat_fraction * n)
+    extra = f" (+{repeats} repeat scans)" if repeats else ""
+    print(f"phantom cohort of {n} subjects{extra}: {card}")
     return 0

@@ -48,6 +48,9 @@ COVARIATE_COLUMNS = ("age", "sex", "height", "weight", "bmi")
 BASELINE_COVARIATES = ("age", "sex", "height", "weight")
 #: The covariates whose correlation with each method's error or grade the reports show.
 REPORTED_COVARIATES = ("age", "sex", "bmi")
+#: Columns marking repeat scans: the participant a scan belongs to (several rows may share one)
+#: and the imaging visit, numbered as UK Biobank's instances (2 first imaging visit, 3 repeat).
+PARTICIPANT_COLUMN, VISIT_COLUMN = "participant_id", "visit"
 REQUIRED_CARD_KEYS = ("name", "subjects", "targets", "splits")
 CARD_NAMES = ("manifest.yaml", "manifest.yml", "card.yaml")
 #: Unit (or coding) and plausible range of each covariate, as the cards liverfat writes record
@@ -223,6 +226,27 @@ class Manifest:
             keep &= self.subjects["subject_id"].isin(wanted)
         raw = {k: v[keep].reset_index(drop=True) for k, v in self._raw_values.items()}
         return replace(self, subjects=self.subjects[keep].reset_index(drop=True), _raw_values=raw)
+
+    def participants(self) -> dict[str, str] | None:
+        """Subject id -> participant id (:data:`PARTICIPANT_COLUMN`), or None without the column.
+
+        A subject whose cell is empty is its own participant. Scans of one participant (its
+        visits) must stay on one side of every training/test split
+        (:func:`liverfat.data.folds.subject_folds` groups them)."""
+        if PARTICIPANT_COLUMN not in self.subjects.columns:
+            return None
+        ids = self.subjects["subject_id"]
+        column = self.subjects[PARTICIPANT_COLUMN].astype(str).str.strip()
+        return dict(zip(ids, column.where(column.ne(""), ids), strict=True))
+
+    def visits(self) -> pd.Series:
+        """Each subject's imaging visit (:data:`VISIT_COLUMN`, float; NaN where empty or without
+        the column), indexed by subject_id."""
+        index = pd.Index(self.subject_ids, name="subject_id")
+        if VISIT_COLUMN not in self.subjects.columns:
+            return pd.Series(np.nan, index=index, name=VISIT_COLUMN)
+        values = pd.to_numeric(self.subjects[VISIT_COLUMN].replace("", np.nan), errors="coerce")
+        return pd.Series(values.to_numpy(float), index=index, name=VISIT_COLUMN)
 
     def target(self, name: str) -> pd.Series:
         """Values of target ``name`` (float) indexed by subject_id: NaN where missing, and where
@@ -456,6 +480,15 @@ def covariate_entries(notes: dict[str, dict[str, Any]] | None = None) -> dict[st
             **notes.get(name, {}),
         }
         for name, entry in COVARIATE_ENTRIES.items()
+    }
+
+
+def visit_entries(repeat_note: str) -> dict[int, str]:
+    """A card's ``visits`` section: what each value of the ``visit`` column means; the repeat
+    visit's entry ends with ``repeat_note`` (what differs between the visits)."""
+    return {
+        2: "first imaging visit (UK Biobank instance 2)",
+        3: f"repeat imaging visit (UK Biobank instance 3): {repeat_note}",
     }
 
 

@@ -17,7 +17,13 @@ import SimpleITK as sitk
 
 from liverfat.data.geometry import geometry_mismatch, geometry_of
 from liverfat.data.io import nifti_payload_problem, read_header, read_volume
-from liverfat.data.manifest import GRID_COLUMNS, IMAGE_COLUMNS, Manifest
+from liverfat.data.manifest import (
+    GRID_COLUMNS,
+    IMAGE_COLUMNS,
+    PARTICIPANT_COLUMN,
+    VISIT_COLUMN,
+    Manifest,
+)
 from liverfat.data.rois import check_rois_inside, rois_from_json
 from liverfat.errors import ImageError
 
@@ -41,6 +47,7 @@ def manifest_problems(
         problems.append(f"{table}: no image column (expected some of {', '.join(IMAGE_COLUMNS)})")
     problems += _split_problems(manifest, table)
     problems += _value_problems(manifest, table)
+    problems += _visit_problems(manifest, table)
     problems += _layout_problems(manifest, table)
     if check_files:
         for _, row in manifest.subjects.iterrows():
@@ -110,6 +117,24 @@ def _value_problems(manifest: Manifest, table: str) -> list[str]:
     for column in manifest.targets:
         if column not in manifest.subjects.columns:
             problems.append(f"{table}: target column {column} missing")
+    return problems
+
+
+def _visit_problems(manifest: Manifest, table: str) -> list[str]:
+    """A visit that is not a whole number, and one participant with the same visit twice."""
+    if VISIT_COLUMN not in manifest.subjects.columns:
+        return []
+    problems = []
+    raw = manifest.subjects[VISIT_COLUMN].astype(str).str.strip()
+    visits = manifest.visits()
+    for sid, text, value in zip(manifest.subject_ids, raw, visits, strict=True):
+        if text and not (np.isfinite(value) and value == int(value)):
+            problems.append(f"{table}: subject {sid}: visit {text!r} is not a whole number")
+    participants = manifest.participants()
+    if participants is not None:
+        pairs = pd.Series([f"{participants[s]} visit {v:g}" for s, v in visits.items()])
+        for pair in sorted(set(pairs[pairs.duplicated() & visits.notna().to_numpy()])):
+            problems.append(f"{table}: {PARTICIPANT_COLUMN} {pair} appears more than once")
     return problems
 
 

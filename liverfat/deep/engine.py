@@ -403,7 +403,7 @@ class DeepEngine(Engine):
         start = time.perf_counter()
         matrix = self._target_matrix(manifest, manifest.subject_ids)
         ids = [s for s, r in zip(manifest.subject_ids, matrix, strict=True) if np.isfinite(r).any()]
-        parts = resolve_folds(folds, ids, seed)
+        parts = resolve_folds(folds, ids, seed, groups=manifest.participants())
         key = self._cv_key(parts)
         work = self.work_path("cv")
         arrays = errors = None

@@ -369,7 +369,9 @@ class PatchGrader(Engine):
             raise LiverfatError(f"{manifest.path}: no subject has a reference {self.target}")
         windows, failures = self.windows(manifest, list(reference.index))
         grades = dict(zip(reference.index, self.scheme.grade(reference.to_numpy()), strict=True))
-        parts = resolve_folds(folds, list(reference.index), seed, strata=grades)
+        parts = resolve_folds(
+            folds, list(reference.index), seed, strata=grades, groups=manifest.participants()
+        )
         rows, fold_log = [], []
         for test_ids in parts:
             train = set(training_ids(reference.index, test_ids))

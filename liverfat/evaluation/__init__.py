@@ -25,6 +25,9 @@ engine wrote a table. Modules:
   :mod:`~liverfat.evaluation.outliers`: top outliers and probable reference errors.
 - :mod:`~liverfat.evaluation.curves`: learning curves (MAE and R² on a held-out part against
   the number of training subjects, summarised over repeats).
+- :mod:`~liverfat.evaluation.repeatability`: test-retest agreement of repeat scans (pairs of
+  visits, within-subject SD and repeatability coefficient with intervals, ICC(2,1),
+  Bland-Altman of the second visit minus the first).
 - :mod:`~liverfat.evaluation.plots` and :mod:`~liverfat.evaluation.report`: figures and one
   self-contained HTML report; :mod:`~liverfat.evaluation.cli`: ``liverfat compare``.
 """

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -238,6 +239,44 @@ def learning_curve_plot(
         fig.axes[0].legend(fontsize=8, loc="upper right")
         spread = f"{repeats} repeats; line: median, band: min-max" if repeats > 1 else "1 repeat"
         fig.suptitle(title or f"Learning curves ({spread})", fontsize=11)
+    return fig
+
+
+def repeatability_plot(
+    pairs: Mapping[str, pd.DataFrame],
+    *,
+    visits: Sequence[int] = (2, 3),
+    unit: str = "%",
+    annotate: int = 3,
+    ncols: int = 2,
+) -> Figure:
+    """Bland-Altman of the second visit minus the first, one panel per method.
+
+    ``pairs`` maps a method (or ``reference``, ``truth``) to its
+    :func:`liverfat.evaluation.repeatability.visit_pairs` frame (index participant, columns
+    ``first`` and ``second`` in ``unit``); the ``annotate`` largest differences are labelled with
+    their participant.
+    """
+    names = list(pairs)
+    cols = max(1, min(ncols, len(names)))
+    rows = max(1, math.ceil(len(names) / cols))
+    fig = Figure(figsize=(4.2 * cols, 3.6 * rows), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+    first, second = (f"visit {v}" for v in visits)
+    for ax, name in zip(axes, names, strict=False):
+        frame = pairs[name]
+        bland_altman_plot(
+            frame["first"],
+            frame["second"],
+            names=(first, second),
+            annotate=annotate,
+            ax=ax,
+            title=f"{name}: {second} - {first} (n = {len(frame)})",
+            unit=unit,
+        )
+    for ax in axes[len(names) :]:
+        ax.set_axis_off()
     return fig
 
 

@@ -397,7 +397,9 @@ class RadiomicsEngine(Engine):
             )
             failures.update(more)
         grades = dict(zip(reference.index, self.scheme.grade(reference.to_numpy()), strict=True))
-        parts = resolve_folds(folds, list(reference.index), seed, strata=grades)
+        parts = resolve_folds(
+            folds, list(reference.index), seed, strata=grades, groups=manifest.participants()
+        )
         rows, fold_log = [], []
         for test_ids in parts:
             train_ids = training_ids(reference.index, test_ids)

@@ -373,7 +373,7 @@ class SegmentationEngine(Engine):
         ids = subjects.with_mask(manifest)
         if not ids:
             raise LiverfatError(f"{manifest.path}: no subject has a liver_mask to train on")
-        parts = resolve_folds(folds, ids, seed)
+        parts = resolve_folds(folds, ids, seed, groups=manifest.participants())
         engine = copy.deepcopy(self)
         engine._set_geometry(manifest, ids)  # from the headers only: no label of a test fold
         key = fingerprint({"params": self._result_params(), "folds": parts})

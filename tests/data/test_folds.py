@@ -82,3 +82,62 @@ def test_subsample_orders_are_seeded_permutations_per_repeat():
     assert subsample_orders(list(reversed(ids)), 3, seed=2) == orders
     assert subsample_orders(ids, 2, seed=2) == orders[:2]  # more repeats keep the first ones
     assert subsample_orders(ids, 3, seed=3) != orders
+
+
+def _visits(n: int = 30, repeated: int = 12) -> tuple[list[str], dict[str, str]]:
+    """``n`` participants ``p00``...; the first ``repeated`` also have a repeat scan ``_v3``."""
+    ids = [f"p{i:02d}" for i in range(n)] + [f"p{i:02d}_v3" for i in range(repeated)]
+    return ids, {sid: sid.removesuffix("_v3") for sid in ids}
+
+
+def test_grouped_folds_never_split_a_participant():
+    ids, groups = _visits()
+    labels = {sid: int(sid[1:3]) % 3 == 0 for sid in ids}
+    for strata in (None, labels):
+        parts = subject_folds(ids, 5, seed=2, strata=strata, groups=groups)
+        assert sorted(sum(parts, [])) == sorted(ids)
+        fold_of = {sid: i for i, part in enumerate(parts) for sid in part}
+        for sid in ids:  # each participant's visits share one fold
+            assert fold_of[sid] == fold_of[groups[sid]], sid
+        assert parts == subject_folds(list(reversed(ids)), 5, seed=2, strata=strata, groups=groups)
+    # Whole participants are what is split: 30 of them in 5 folds of 6.
+    assert sorted(len({groups[s] for s in part}) for part in parts) == [6] * 5
+    # Without a participant holding two scans, grouping changes nothing.
+    singles = [f"p{i:02d}" for i in range(30)]
+    assert subject_folds(singles, 5, 2, strata=labels, groups=groups) == subject_folds(
+        singles, 5, 2, strata=labels
+    )
+    with pytest.raises(LiverfatError, match="between 2 and 3 \\(participants\\)"):
+        subject_folds(["a", "a_v3", "b", "c"], 4, 0, groups={"a_v3": "a"})
+
+
+def test_a_given_partition_splitting_a_participant_is_refused():
+    ids, groups = _visits(6, 2)
+    good = subject_folds(ids, 3, seed=0, groups=groups)
+    assert resolve_folds(good, ids, 0, groups=groups) == good
+    assert resolve_folds(3, ids, 0, groups=groups) == good
+    with pytest.raises(LiverfatError, match="participant p00 across test folds 1 and 2"):
+        resolve_folds([["p00", "p01"], ["p00_v3"]], ids, 0, groups=groups)
+
+
+def test_held_out_part_takes_whole_participants():
+    ids, groups = _visits(40, 15)
+    held = held_out_subjects(ids, 0.25, seed=3, groups=groups)
+    participants = {groups[s] for s in held}
+    assert len(participants) == 10  # a quarter of the 40 participants
+    assert set(held) == {s for s in ids if groups[s] in participants}
+
+
+def test_grading_split_keeps_a_participant_on_one_side():
+    import pandas as pd
+
+    from liverfat.grading import grading_split
+
+    ids, groups = _visits(40, 20)
+    grades = pd.Series([int(s[1:3]) % 2 for s in ids], index=ids)
+    split = grading_split(grades, test_fraction=0.3, folds=3, seed=1, groups=groups)
+    test_participants = {groups[s] for s in split.test}
+    assert not test_participants & {groups[s] for s in split.train}
+    assert sorted(split.train + split.test) == sorted(ids)
+    fold_of = {sid: i for i, part in enumerate(split.folds) for sid in part}
+    assert all(fold_of[s] == fold_of[groups[s]] for s in split.train)

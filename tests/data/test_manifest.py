@@ -296,3 +296,23 @@ def test_check_finds_blank_images_and_roi_files_off_the_grid(
     assert f"subject {ids[4]}: rois:" in text and "outside the image grid" in text
     assert f"subject {ids[5]}: rois:" in text
     assert not [p for p in problems if ids[2] in p or ids[3] in p]
+
+
+def test_participants_visits_and_their_problems(tmp_path: Path) -> None:
+    from tests.conftest import write_pdff_manifest
+
+    rows = [
+        {"subject_id": "a", "participant_id": "p1", "visit": "2", "image": "x.nii.gz"},
+        {"subject_id": "a_v3", "participant_id": "p1", "visit": "3", "image": "x.nii.gz"},
+        {"subject_id": "b", "participant_id": "", "visit": "2", "image": "x.nii.gz"},
+        {"subject_id": "c", "participant_id": "p1", "visit": "3", "image": "x.nii.gz"},
+        {"subject_id": "d", "participant_id": "p4", "visit": "two", "image": "x.nii.gz"},
+    ]
+    manifest = write_pdff_manifest(tmp_path, rows, "visits")
+    assert manifest.participants() == {"a": "p1", "a_v3": "p1", "b": "b", "c": "p1", "d": "p4"}
+    assert manifest.visits().tolist()[:4] == [2.0, 3.0, 2.0, 3.0]
+    problems = manifest.problems(check_files=False)
+    assert "subjects.csv: participant_id p1 visit 3 appears more than once" in problems
+    assert "subjects.csv: subject d: visit 'two' is not a whole number" in problems
+    plain = write_pdff_manifest(tmp_path, [{"subject_id": "a", "image": "x.nii.gz"}], "plain")
+    assert plain.participants() is None and plain.visits().isna().all()

@@ -358,3 +358,33 @@ def test_stations_keep_the_newest_repeat_and_water_fat_must_match():
         select_stations([_series("water", 0.0, "1"), old, fat[0], _series("fat", 160.0, "1")], "s1")
     with pytest.raises(ImageError, match="s1: no fat series"):
         select_stations([old], "s1")
+
+
+def test_two_visits_of_one_participant_are_two_rows_of_one_participant(
+    ukb_good_zip, ukb_fields_csv, tmp_path
+):
+    """Instances 2 and 3 of one eid: two subjects (``<eid>_2``, ``<eid>_3``) sharing
+    ``participant_id`` (the eid), ``visit`` the instance, each with its own visit's fields."""
+    repeat = write_phantom_zip(tmp_path / "zips", 1, seed=0, eid=GOOD_EID, instance=3)
+    out = tmp_path / "visits"
+    result = ingest_ukb(
+        [ukb_good_zip, repeat],
+        out,
+        fields=ukb_fields_csv,
+        spacing_mm=COARSE_MM,
+        min_slices=80,
+        executor="serial",
+        progress=False,
+    )
+    assert result.n_ingested == 2, result.status.to_dict("records")
+    manifest = Manifest.load(out)
+    assert manifest.problems() == []
+    assert manifest.subject_ids == [f"{GOOD_EID}_2", f"{GOOD_EID}_3"]
+    assert manifest.participants() == {
+        f"{GOOD_EID}_2": str(GOOD_EID),
+        f"{GOOD_EID}_3": str(GOOD_EID),
+    }
+    assert manifest.visits().tolist() == [2.0, 3.0]
+    # Each visit reads its own instance of field 22402 (the repeat has 9.99 in the extract).
+    assert manifest.target("liver_pdff_pct").tolist() == pytest.approx([4.81, 9.99])
+    assert set(manifest.card["visits"]) == {2, 3}

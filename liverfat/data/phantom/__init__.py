@@ -16,7 +16,9 @@ The rooms:
   signal with a designed fat-fraction bias, Rician noise, coil field, partial-volume blur,
   station motion, water-fat swaps, and the simulated reference;
 * :mod:`~liverfat.data.phantom.cohort` -- subject draws, splits, and writing the cohort (images,
-  manifest, truth), resumable.
+  manifest, truth), resumable;
+* :mod:`~liverfat.data.phantom.visits` -- repeat visits: who gets a second scan, its id
+  (``P0007_v3``), its new table position and optional true change of liver fat.
 
 The truth table (``truth/truth.csv``) is written apart from the manifest; no engine reads it.
 """

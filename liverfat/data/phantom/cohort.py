@@ -5,7 +5,10 @@ Each subject is drawn from a seeded generator (:func:`draw_subject`), painted
 :func:`build_subject`; :func:`generate_cohort` writes every subject (skipping those already
 written), the dataset card and subject table, and the truth table (``truth/truth.csv``), which
 no engine reads. With :attr:`PhantomConfig.pdff_bins` set, liver fat is drawn in fixed bins with
-exact counts (:func:`assign_pdff_bins` says which subject falls in which bin).
+exact counts (:func:`assign_pdff_bins` says which subject falls in which bin). With
+:attr:`PhantomConfig.repeat_fraction` set, some participants also get a repeat scan (visit 3,
+:mod:`~liverfat.data.phantom.visits`), a row of its own in the subject table, whose
+``participant_id`` and ``visit`` columns then say which scans belong together.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import functools
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,7 @@ from liverfat.data.manifest import (
     covariate_entries,
     split_entries,
     target_entry,
+    visit_entries,
     write_subject_table,
 )
 from liverfat.data.phantom.anatomy import (
@@ -46,6 +50,14 @@ from liverfat.data.phantom.imaging import (
     apply_swap,
     simulate_reference,
     synthesise_signal,
+)
+from liverfat.data.phantom.visits import (
+    FIRST_VISIT,
+    assign_repeats,
+    changed_pdff,
+    repeat_streams,
+    reposition,
+    scan_id,
 )
 from liverfat.data.predictions import PredictionsTable, prediction_row, run_info
 from liverfat.errors import LiverfatError
@@ -186,10 +198,12 @@ class SubjectJob:
     out: str
     config: PhantomConfig
     split: str
+    visit: int = FIRST_VISIT
 
 
-def subject_id_for(index: int) -> str:
-    return f"P{index + 1:04d}"
+def subject_id_for(index: int, visit: int = FIRST_VISIT) -> str:
+    """The subject id of participant ``index``'s scan at ``visit`` (see :func:`scan_id`)."""
+    return scan_id(index, visit)
 
 
 def image_paths(subject_id: str) -> dict[str, str]:
@@ -204,12 +218,14 @@ def image_paths(subject_id: str) -> dict[str, str]:
 
 def generate_subject(job: SubjectJob) -> dict[str, Any]:
     """Generate and write one subject; return its truth record. Idempotent (skips if written)."""
-    sid = subject_id_for(job.index)
+    sid = subject_id_for(job.index, job.visit)
     out = Path(job.out)
     record_path = out / "truth" / "subjects" / f"{sid}.json"
     if record_path.is_file():
         return json.loads(record_path.read_text(encoding="utf-8"))
-    arrays, record = build_subject(job.index, job.seed, job.scale, job.config, job.split)
+    arrays, record = build_subject(
+        job.index, job.seed, job.scale, job.config, job.split, visit=job.visit
+    )
     grid = Grid.at_scale(job.scale)
     paths = image_paths(sid)
     volumes = {
@@ -226,33 +242,61 @@ def generate_subject(job: SubjectJob) -> dict[str, Any]:
 
 
 def build_subject(
-    index: int, seed: int, scale: str, config: PhantomConfig, split: str
+    index: int,
+    seed: int,
+    scale: str,
+    config: PhantomConfig,
+    split: str,
+    *,
+    visit: int = FIRST_VISIT,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Arrays (water, fat signal x1; labels) and the truth record of subject ``index``.
+    """Arrays (water, fat signal x1; labels) and the truth record of subject ``index``'s scan.
 
-    Deterministic per ``index``, ``seed``, ``scale`` and ``config``; with ``config.pdff_bins``
-    the subject's bin comes from :func:`assign_pdff_bins` (``index`` must be below the bins'
-    total count).
+    Deterministic per ``index``, ``seed``, ``scale``, ``config`` and ``visit``; with
+    ``config.pdff_bins`` the subject's bin comes from :func:`assign_pdff_bins` (``index`` must be
+    below the bins' total count). A repeat visit (``visit`` 3) replays the first visit's anatomy
+    stream, so the body is the same, then moves it to a new table position and draws its own
+    true-fat change, station motion, noise, coil field, swap and reference
+    (:mod:`~liverfat.data.phantom.visits`). With ``config.repeat_fraction`` set, the record
+    also holds ``participant_id``, ``visit``, ``reposition_mm`` and ``true_change_pp``.
     """
     # Independent streams, so anatomy, reference and swaps do not depend on the grid's noise draws.
     rng, rng_noise, rng_reference = (
         np.random.default_rng(s) for s in np.random.SeedSequence([seed, index]).spawn(3)
     )
-    sid = subject_id_for(index)
-    subject = draw_subject(rng, sid, pdff_bin=_pdff_bin_of(index, seed, config))
+    rng_scan = rng  # the first visit's positioning, motion and swap continue the anatomy stream
+    if visit != FIRST_VISIT:
+        rng_scan, rng_noise, rng_reference = repeat_streams(seed, index, visit)
+    subject = draw_subject(rng, subject_id_for(index), pdff_bin=_pdff_bin_of(index, seed, config))
     grid = Grid.at_scale(scale)
-    marks = Landmarks.for_height(subject.height_cm, shift_mm=float(rng.normal(0, 15)))
+    shift_mm = float(rng.normal(0, 15))
+    marks = Landmarks.for_height(subject.height_cm, shift_mm=shift_mm)
     labels = np.zeros(grid.shape, np.uint8)
     body = paint_body(grid, subject, marks, labels, rng)
     paint_organs(grid, subject, marks, labels, body)
     paint_liver(grid, subject, marks, labels, rng)
-    motion = apply_motion(grid, labels, rng, config.motion_sd_mm)
+    first_pdff, moved_mm = subject.pdff_pct, 0.0
+    if visit != FIRST_VISIT:
+        moved_mm = reposition(grid, labels, shift_mm, rng_scan)
+        marks = Landmarks.for_height(subject.height_cm, shift_mm=shift_mm + moved_mm)
+        pdff = changed_pdff(subject.pdff_pct, config.repeat_change_pp, rng_scan)
+        subject = replace(subject, subject_id=subject_id_for(index, visit), pdff_pct=pdff)
+    motion = apply_motion(grid, labels, rng_scan, config.motion_sd_mm)
     water, fat = synthesise_signal(grid, labels, subject, config, rng_noise)
-    swap, swap_station = apply_swap(grid, labels, water, fat, rng, config.swap_fraction)
+    swap, swap_station = apply_swap(grid, labels, water, fat, rng_scan, config.swap_fraction)
     reference, outlier = simulate_reference(subject.pdff_pct, config, rng_reference)
     volumes = measure_volumes(labels, grid, marks)
+    visits = {}
+    if config.repeat_fraction > 0:
+        visits = {
+            "participant_id": subject_id_for(index),
+            "visit": visit,
+            "reposition_mm": round(moved_mm, 4),
+            "true_change_pp": round(subject.pdff_pct - first_pdff, 3),
+        }
     record = {
-        "subject_id": sid,
+        "subject_id": subject.subject_id,
+        **visits,
         "split": split,
         "sex": subject.sex,
         "age": subject.age,
@@ -303,7 +347,8 @@ def generate_cohort(
 
     Subjects already written are kept (the command resumes). Output for one seed, scale and
     configuration is byte-identical across runs. With ``config.pdff_bins`` the bins' counts must
-    add up to ``n``.
+    add up to ``n``. ``n`` counts participants: with ``config.repeat_fraction`` the cohort holds
+    ``n + round(repeat_fraction * n)`` scans.
     """
     if n < 1:
         raise LiverfatError(f"--n must be at least 1, got {n}")
@@ -315,7 +360,9 @@ def generate_cohort(
     _check_existing(card_path, n, seed, scale, config)
     splits = assign_splits(n, seed, config)
     jobs = [SubjectJob(i, seed, scale, str(out), config, splits[i]) for i in range(n)]
-    if executor == "processes" and (n_workers == 1 or n == 1):
+    repeats = assign_repeats(n, seed, config.repeat_fraction)
+    jobs += [SubjectJob(i, seed, scale, str(out), config, splits[i], visit=3) for i in repeats]
+    if executor == "processes" and (n_workers == 1 or len(jobs) == 1):
         executor = "serial"
     records: dict[int, dict] = {}
     errors = []
@@ -329,12 +376,15 @@ def generate_cohort(
         if outcome.ok:
             records[outcome.index] = outcome.value
         else:
-            errors.append(f"{subject_id_for(outcome.index)}: {outcome.error}")
+            job = jobs[outcome.index]
+            errors.append(f"{subject_id_for(job.index, job.visit)}: {outcome.error}")
     if errors:
         raise LiverfatError(
             f"phantom generation failed for {len(errors)} subject(s): {'; '.join(errors[:3])}"
         )
-    ordered = [records[i] for i in range(n)]
+    # Each participant's scans together, first visit first (with no repeats: the job order).
+    order = sorted(range(len(jobs)), key=lambda j: (jobs[j].index, jobs[j].visit))
+    ordered = [records[j] for j in order]
     _write_tables(out, ordered, seed, scale, config)
     return card_path
 
@@ -380,14 +430,17 @@ def _write_tables(
 
 
 def _subject_table(records: list[dict]) -> pd.DataFrame:
-    """One row per subject: image paths, split, covariates, and references in split A only."""
+    """One row per scan: image paths, split, covariates, and references in split A only; with
+    repeat visits also ``participant_id`` and ``visit``."""
     rows = []
     for r in records:
         paths = image_paths(r["subject_id"])
         has_reference = r["split"] == "A"
+        visits = {k: r[k] for k in ("participant_id", "visit") if k in r}
         rows.append(
             {
                 "subject_id": r["subject_id"],
+                **visits,
                 "water": paths["water"],
                 "fat": paths["fat"],
                 "liver_mask": paths["liver_mask"],
@@ -452,6 +505,17 @@ def dataset_card(seed: int, scale: str, config: PhantomConfig) -> dict[str, Any]
             "subjects with reference values (training and validation)",
             "subjects without reference values",
             "a random subset of B (the atlas-versus-network comparison set)",
+        ),
+        **(
+            {
+                "visits": visit_entries(
+                    "same anatomy and liver fat (plus a true change of SD "
+                    f"{config.repeat_change_pp:g} pp), new positioning, noise, coil field, "
+                    "station motion, swap draw and reference measurement"
+                )
+            }
+            if config.repeat_fraction > 0
+            else {}
         ),
         "phantom": {"seed": seed, "scale": scale, **config.as_record()},
     }

@@ -56,8 +56,9 @@ TISSUE = {
 class PhantomConfig:
     """Settings of the phantom cohort; every field is recorded in the dataset card.
 
-    ``pdff_bins`` is recorded only when set, so a cohort with the default settings records (and
-    is) exactly what it was before the field existed (see :meth:`as_record`).
+    ``pdff_bins``, ``repeat_fraction`` and ``repeat_change_pp`` are recorded only when set, so a
+    cohort with the default settings records (and is) exactly what it was before those fields
+    existed (see :meth:`as_record`).
 
     Attributes
     ----------
@@ -92,6 +93,14 @@ class PhantomConfig:
         (:func:`~liverfat.data.phantom.cohort.assign_pdff_bins`); within its bin a subject's
         PDFF keeps the rank its metabolic latent gives it
         (:func:`~liverfat.data.phantom.cohort.draw_subject`).
+    repeat_fraction:
+        Fraction of subjects (participants) given a second imaging visit (0-1; 0 = none): a new
+        scan of the same anatomy and liver fat with new positioning, noise, coil field, station
+        motion, swap draw and reference measurement
+        (:func:`~liverfat.data.phantom.cohort.build_subject`, ``visit=3``).
+    repeat_change_pp:
+        Standard deviation of a true change in liver PDFF between the visits (percentage points;
+        0 = the same liver fat at both), drawn per repeated participant.
     """
 
     noise_floor_pct: float = 1.5
@@ -107,22 +116,33 @@ class PhantomConfig:
     fraction_c_of_b: float = 0.5
     blur_sigma_mm: float = 2.0
     pdff_bins: tuple[tuple[float, float, int], ...] | None = None
+    repeat_fraction: float = 0.0
+    repeat_change_pp: float = 0.0
 
     def __post_init__(self) -> None:
         if self.pdff_bins is not None:
             object.__setattr__(self, "pdff_bins", _checked_bins(self.pdff_bins))
+        if not 0.0 <= self.repeat_fraction <= 1.0:
+            raise LiverfatError(f"repeat_fraction must be in [0, 1], got {self.repeat_fraction}")
+        if not (math.isfinite(self.repeat_change_pp) and self.repeat_change_pp >= 0):
+            raise LiverfatError(
+                f"repeat_change_pp must be a finite SD >= 0 (pp), got {self.repeat_change_pp}"
+            )
 
     def as_record(self) -> dict[str, Any]:
         """The settings as recorded in ``truth/settings.json`` and the dataset card (JSON/YAML).
 
-        ``pdff_bins`` appears only when set (as ``[[low, high, count], ...]``), so the record of
-        the default settings, and the resume check of a cohort written before the field
-        existed, are unchanged.
+        ``pdff_bins`` appears only when set (as ``[[low, high, count], ...]``), and the repeat
+        settings only when non-zero, so the record of the default settings, and the resume check
+        of a cohort written before those fields existed, are unchanged.
         """
         record = asdict(self)
         bins = record.pop("pdff_bins")
         if bins is not None:
             record["pdff_bins"] = [list(b) for b in bins]
+        for key in ("repeat_fraction", "repeat_change_pp"):
+            if not record[key]:
+                del record[key]
         return record
 
     def body_ff(self, pdff_pct: np.ndarray | float) -> np.ndarray:

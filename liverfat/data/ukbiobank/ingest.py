@@ -25,8 +25,11 @@ import yaml
 from liverfat.data.atomic import write_text_atomic
 from liverfat.data.manifest import (
     COVARIATE_COLUMNS,
+    PARTICIPANT_COLUMN,
+    VISIT_COLUMN,
     covariate_entries,
     split_entries,
+    visit_entries,
     write_subject_table,
 )
 from liverfat.data.swaps import SWAP_SCORE_MARGIN, SWAP_SCORE_THRESHOLD
@@ -289,6 +292,9 @@ def write_manifest(
     """Write ``manifest.yaml``, ``subjects.csv`` and ``ingest_stations.csv`` for every subject
     ingested in ``out``.
 
+    One row per zip (subject-visit, ``subject_id`` ``<eid>_<instance>``): a participant's
+    visits are separate rows sharing ``participant_id`` (the eid), with ``visit`` the zip's
+    instance (2 first imaging visit, 3 repeat imaging visit).
     Besides the manifest's columns, ``subjects.csv`` carries each subject's ``ingest_status``
     (``ok`` or ``flagged``), ``ingest_message`` (flags, then notes) and ``swapped_stations``.
     """
@@ -304,6 +310,8 @@ def write_manifest(
         rows.append(
             {
                 "subject_id": record["subject_id"],
+                PARTICIPANT_COLUMN: record["eid"],
+                VISIT_COLUMN: record["instance"],
                 "eid": record["eid"],
                 "instance": record["instance"],
                 **{key: record[key] for key in OUTPUT_IMAGES},
@@ -400,6 +408,7 @@ def dataset_card(spacing_mm: Sequence[float] | None, trim_slices: int) -> dict[s
             for field_id, entry in UKB_FIELDS.items()
         },
         "targets": TARGETS,
+        "visits": visit_entries("the same participant (eid) scanned again, a new zip"),
         "covariates": covariate_entries(
             {
                 "age": {"from": "fields 34, 52 and 53"},
