@@ -24,7 +24,7 @@ from liverfat.data.manifest import Manifest
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backend", choices=BACKENDS, default="elastix")
+    parser.add_argument("--backend", choices=BACKENDS, default="torch")
     parser.add_argument("--fusion", choices=FUSIONS, default="intersection")
     parser.add_argument(
         "--erosion-voxels",

@@ -55,7 +55,8 @@ class AtlasEngine(Engine):
     Parameters
     ----------
     backend:
-        ``elastix``, ``deform``, ``torch`` or ``fireants`` (see
+        ``torch`` (the default: the best CHAOS Dice at the least time, docs/atlas.md), ``elastix``,
+        ``deform`` or ``fireants`` (see
         :mod:`liverfat.atlas.registration`).
     n_templates:
         Templates registered to each subject: chosen once for shape variance (``shape``) when
@@ -102,7 +103,7 @@ class AtlasEngine(Engine):
     def __init__(
         self,
         *,
-        backend: str = "elastix",
+        backend: str = "torch",
         n_templates: int = 3,
         templates: Sequence[str] | None = None,
         template_selection: str = "shape",

@@ -54,8 +54,7 @@ def fuse(
     elif method == "weighted":
         if target is None or warped is None or len(warped) != len(masks):
             raise LiverfatError("weighted fusion needs the target and every warped template image")
-        weights = local_weights(target, warped)
-        fused = (weights * arrays).sum(axis=0) >= 0.5
+        fused = _weighted_vote(arrays, target, warped)
     else:
         staple = sitk.STAPLEImageFilter()
         staple.SetForegroundValue(1)
@@ -64,6 +63,31 @@ def fuse(
     out = sitk.GetImageFromArray(fused.astype(np.uint8))
     out.CopyInformation(masks[0])
     return out
+
+
+def _weighted_vote(
+    arrays: np.ndarray, target: sitk.Image, warped: Sequence[sitk.Image]
+) -> np.ndarray:
+    """The weighted vote >= 0.5, computed only in the box of the masks' union grown by three
+    window sigmas (outside it no template votes, and the box holds every window that matters)."""
+    fused = np.zeros(arrays.shape[1:], bool)
+    union = arrays.any(axis=0)
+    if not union.any():
+        return fused
+    grow = [int(np.ceil(3 * WEIGHTED_SIGMA_MM / s)) for s in reversed(target.GetSpacing())]
+    box = []
+    for axis in range(3):
+        present = np.nonzero(union.any(axis=tuple(a for a in range(3) if a != axis)))[0]
+        lo, hi = int(present[0]) - grow[axis], int(present[-1]) + 1 + grow[axis]
+        box.append(slice(max(0, lo), min(union.shape[axis], hi)))
+    index = [int(b.start) for b in reversed(box)]
+    size = [int(b.stop - b.start) for b in reversed(box)]
+    weights = local_weights(
+        sitk.RegionOfInterest(target, size, index),
+        [sitk.RegionOfInterest(w, size, index) for w in warped],
+    )
+    fused[tuple(box)] = (weights * arrays[(slice(None), *box)]).sum(axis=0) >= 0.5
+    return fused
 
 
 def local_weights(
