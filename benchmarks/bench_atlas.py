@@ -127,7 +127,7 @@ def leave_one_out(job: tuple[str, str]) -> dict:
     }
 
 
-def _finished(log: Path, backends: list[str], targets: tuple[str, ...]) -> list[dict]:
+def finished_rows(log: Path, backends: list[str], targets: tuple[str, ...]) -> list[dict]:
     """Results already in ``log`` for these backends and targets, run with today's settings."""
     if not log.is_file():
         return []
@@ -318,7 +318,7 @@ def chaos_leave_one_out(work_dir: Path) -> dict:
     targets = IDS[: int(os.environ.get("LIVERFAT_BENCH_ATLAS_TARGETS", len(IDS)))]
     workers = int(os.environ.get("LIVERFAT_BENCH_ATLAS_WORKERS", 2))
     log = Path(os.environ.get("LIVERFAT_BENCH_ATLAS_LOG", work_dir / "chaos_loo.jsonl"))
-    rows = _finished(log, backends, targets)
+    rows = finished_rows(log, backends, targets)
     done = {(r["backend"], r["target"]) for r in rows}
     jobs = [(b, t) for b in backends for t in targets if (b, t) not in done]
     errors = []

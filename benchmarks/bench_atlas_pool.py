@@ -38,6 +38,7 @@ from benchmarks.bench_atlas import (
     chaos,
     chaos_templates,
     dice,
+    finished_rows,
     load_chaos,
 )
 from liverfat.atlas import registration
@@ -96,25 +97,12 @@ def pool_leave_one_out(job: tuple[str, str]) -> dict:
     return {
         "backend": backend,
         "target": target,
-        "defaults": registration.backend_defaults(backend),
+        "settings": registration.backend_defaults(backend),
         "similarity": similarity,
         "dice_single": {s: dice(m, fixed.liver) for s, m in warped.items()},
         "seconds_per_registration": seconds,
         "rows": rows,
     }
-
-
-def _finished(log: Path, backends: list[str], targets) -> list[dict]:
-    if not log.is_file():
-        return []
-    rows = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines() if line]
-    return [
-        r
-        for r in rows
-        if r["backend"] in backends
-        and r["target"] in targets
-        and r.get("defaults") == registration.backend_defaults(r["backend"])
-    ]
 
 
 def summarise(results: list[dict]) -> dict:
@@ -168,7 +156,7 @@ def run(work_dir: Path) -> dict:
     targets = IDS[: int(os.environ.get("LIVERFAT_BENCH_ATLAS_TARGETS", len(IDS)))]
     workers = int(os.environ.get("LIVERFAT_BENCH_ATLAS_WORKERS", 2))
     log = Path(os.environ.get("LIVERFAT_BENCH_ATLAS_POOL_LOG", work_dir / "chaos_pool.jsonl"))
-    results = _finished(log, backends, targets)
+    results = finished_rows(log, backends, targets)
     done = {(r["backend"], r["target"]) for r in results}
     jobs = [(b, t) for b in backends for t in targets if (b, t) not in done]
     errors = []

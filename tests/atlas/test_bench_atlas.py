@@ -65,3 +65,23 @@ def test_skip_cpu_switch_leaves_out_the_cpu_only_backends_and_benchmarks(monkeyp
     figures = bench_atlas.run(tmp_path)
     assert "full_grid" not in figures and "skipped" in figures
     assert figures["skipped_cpu_only"] == ["elastix", "deform"]
+
+
+def test_pool_benchmark_summary_and_flag_on_constructed_rows():
+    """The CHAOS pool table: medians per setting, empty readouts counted, the flag's targets."""
+    from benchmarks import bench_atlas_pool as pool
+    from liverfat.atlas.reliability import AGREEMENT_FLAG_BELOW
+
+    def row(target, dice, purity, agreement):
+        cell = {"dice": dice, "purity": purity, "agreement": agreement, "seconds": 6.0}
+        return {"target": target, "rows": {"paper/weighted": {**cell, "registrations": 3}}}
+
+    low = AGREEMENT_FLAG_BELOW - 0.2
+    results = [row("1", 0.8, 0.99, 0.8), row("2", 0.6, None, low), row("3", 0.9, 0.97, 0.9)]
+    table = pool.summarise(results)["paper/weighted"]
+    assert table["dice_median"] == 0.8 and table["dice_mean"] == round((0.8 + 0.6 + 0.9) / 3, 4)
+    assert table["purity_median"] == 0.98 and table["purity_min"] == 0.97
+    assert table["empty_readouts"] == 1
+    assert table["seconds_per_target"] == 6.0 and table["seconds_per_registration"] == 2.0
+    flag = pool.flag_figures(results, "paper/weighted")
+    assert flag["flagged"] == ["2"] and flag["agreement_dice"]["2"] == (round(low, 3), 0.6)
