@@ -54,7 +54,10 @@ _TEMPLATES: dict[str, AtlasImage] = {}
 
 
 def load_template(templates: Manifest, template_id: str) -> AtlasImage:
-    """Template ``template_id`` with its liver mask, from this process's cache when unchanged."""
+    """Template ``template_id`` with its liver mask, from this process's cache when unchanged.
+
+    The cache holds every template of ``templates`` (at least 8), so a pool is read once per
+    worker, not once per subject."""
     signature = [
         template_id,
         templates.card.get("liver_label"),
@@ -62,7 +65,7 @@ def load_template(templates: Manifest, template_id: str) -> AtlasImage:
     ]
     key = json.dumps(signature, default=str)
     if key not in _TEMPLATES:
-        if len(_TEMPLATES) >= 8:
+        if len(_TEMPLATES) >= max(8, len(templates.subject_ids)):
             _TEMPLATES.clear()
         _TEMPLATES[key] = load_subject(templates, template_id, with_liver=True)
     return _TEMPLATES[key]
