@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -79,6 +80,7 @@ class StudyQc:
     n_subjects: int = 0
     n_failed: int = 0
     marks: dict[str, str] = field(default_factory=dict)  # subject -> "qc: CHECK (...); ..."
+    folder: Path | None = None  # OUT/qc/, with thumbnails/<subject>.png of flagged subjects
 
     @property
     def excluded(self) -> list[str]:
@@ -127,7 +129,29 @@ class StudyQc:
         )
         columns = ["subject_id", "check", "policy", "value", "threshold", "message"]
         flagged = self.flagged[columns].round({"value": 2, "threshold": 2})
-        return [ExtraSection("Scan QC", text, counts, tables=[("Flagged subjects", flagged)])]
+        section = ExtraSection("Scan QC", text, counts, tables=[("Flagged subjects", flagged)])
+        section.figures = self._thumbnails()
+        return [section]
+
+    def _thumbnails(self, most: int = 24) -> list[Any]:
+        """The flagged subjects' coronal thumbnails (the first ``most``) as one figure."""
+        if self.folder is None or self.flagged is None:
+            return []
+        from liverfat.evaluation.plots import image_grid
+        from liverfat.evaluation.report import FigureItem
+
+        checks = self.flagged.groupby("subject_id")["check"].agg(", ".join)
+        ids = [s for s in checks.index if (self.folder / "thumbnails" / f"{s}.png").is_file()]
+        if not ids:
+            return []
+        shown = ids[:most]
+        paths = [self.folder / "thumbnails" / f"{s}.png" for s in shown]
+        figure = image_grid(paths, [f"{s}: {checks[s]}" for s in shown])
+        caption = (
+            f"Mean-intensity coronal projections of the flagged subjects ({len(shown)} of "
+            f"{len(ids)}), titled with their flags; all are in qc/thumbnails/."
+        )
+        return [FigureItem("qc_thumbnails", caption, figure)]
 
 
 def scan_qc(study: Any, manifest: Manifest, log: Callable[[str], None]) -> tuple[Manifest, StudyQc]:
@@ -158,6 +182,7 @@ def scan_qc(study: Any, manifest: Manifest, log: Callable[[str], None]) -> tuple
             f"{marks[row.subject_id]}; {note}" if row.subject_id in marks else note
         )
     qc = StudyQc(options, flagged.reset_index(drop=True), len(manifest), len(result.failures))
+    qc.folder = study.out / "qc"
     excluded = set(qc.excluded)
     qc.marks = {s: m for s, m in marks.items() if s not in excluded}
     listed = flagged[flagged["policy"] == "exclude"][["subject_id", "check", "message"]]

@@ -51,6 +51,10 @@ def test_qc_policies_exclude_and_mark(tmp_path: Path, swapped_cohort: tuple) -> 
         assert len(frame), name
     html = report.read_text(encoding="utf-8")
     assert "Scan QC" in html and swapped in html
+    qc_part = html[html.index("Scan QC</h2>") :]  # the thumbnails, embedded in the section
+    n_flagged = qc.loc[qc["flag"] == "yes", "subject_id"].nunique()
+    assert f"flagged subjects ({n_flagged} of {n_flagged})" in qc_part
+    assert "data:image/png;base64" in qc_part
     # mark (the default): resuming from the same QC, the subject keeps rows carrying the flag.
     second = tmp_path / "mark"
     second.mkdir()

@@ -11,6 +11,7 @@ import base64
 import io
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -338,3 +339,19 @@ def figure_to_svg(fig: Figure) -> str:
     fig.savefig(buffer, format="svg")
     text = buffer.getvalue()
     return text[text.index("<svg") :]
+
+
+def image_grid(paths: list[Path], titles: list[str], *, ncols: int = 6) -> Figure:
+    """The PNG images at ``paths`` (e.g. QC thumbnails) in a grid, each titled, axes off."""
+    import matplotlib.image
+
+    nrows = max(1, -(-len(paths) // ncols))
+    fig = Figure(figsize=(2.0 * min(ncols, len(paths) or 1), 3.0 * nrows), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, min(ncols, len(paths) or 1), squeeze=False).ravel()
+    for ax in axes:
+        ax.axis("off")
+    for ax, path, title in zip(axes, paths, titles, strict=False):
+        ax.imshow(matplotlib.image.imread(path))
+        ax.set_title(title, fontsize=8)
+    return fig
