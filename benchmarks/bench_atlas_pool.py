@@ -4,6 +4,7 @@ For each of the 10 CHAOS T2-SPIR targets, every other subject (the pool of 9) is
 once per backend; every setting is then read from the same registrations:
 
 * ``paper``: the 3 templates chosen for shape variance (:func:`bench_atlas.chaos_templates`);
+* ``shape-5``: 5 chosen the same way (more templates, no selection cost);
 * ``similar-K``: the K of the pool most similar to the target after an affine stage
   (:func:`liverfat.atlas.selection.most_similar`);
 * ``all``: the whole pool;
@@ -56,6 +57,7 @@ def _settings(target: str, similarity: dict[str, float]) -> dict[str, list[str]]
     """Setting name -> template ids for one target."""
     ranked = sorted(similarity, key=lambda s: (-similarity[s], s))
     settings = {"paper": list(chaos_templates(target))}
+    settings["shape-5"] = list(chaos_templates(target, 5))
     settings.update({f"similar-{k}": ranked[:k] for k in SIMILAR_K})
     settings["all"] = ranked
     return settings
