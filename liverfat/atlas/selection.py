@@ -7,7 +7,7 @@ cross-correlation of the two around the template's mapped liver (dilated by 2 vo
 the target's body), averaged over channels; the k best go on to the deformable registration. A
 target never selects itself. Around the liver, not the whole body: on the CHAOS leave-one-out
 the liver-region score ranked the templates by their later Dice with a median Spearman rho of
-0.34 against 0.13 for the whole body (docs/atlas.md).
+about 0.3, against about 0.1 for the whole body (docs/atlas.md).
 """
 
 from __future__ import annotations
