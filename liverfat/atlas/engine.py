@@ -199,9 +199,9 @@ class AtlasEngine(Engine):
                 {str(t): None for t in self.templates if t in candidates}, given=self.templates
             )
         elif self._pooled:
-            wanted = self.pool_size
-            chosen = candidates if wanted is None or wanted >= len(candidates) else None
-            chosen = chosen or choose_templates(manifest, wanted)
+            whole = self.pool_size is None or self.pool_size >= len(candidates)
+            size = self.pool_size or self.n_templates
+            chosen = list(candidates) if whole and candidates else choose_templates(manifest, size)
         else:
             chosen = choose_templates(manifest, self.n_templates)
         self.templates_ = chosen
@@ -298,9 +298,10 @@ class AtlasEngine(Engine):
         eroded volumes (mL) and, where the subject has a liver mask, the readout's purity and
         error (pp) against it. Reads finished results (registers what is missing)."""
         frame = self.raw_readout(manifest).reset_index()
-        frame["templates"] = frame["templates"].map(
-            lambda t: " ".join(t) if isinstance(t, list) else ""
-        )
+        if "templates" in frame:  # absent when every subject failed
+            frame["templates"] = frame["templates"].map(
+                lambda t: " ".join(t) if isinstance(t, list) else ""
+            )
         wanted = ["subject_id", "value", "status", "templates", *DETAIL_COLUMNS, "message"]
         return frame.reindex(columns=wanted).rename(columns={"value": "raw_readout_pct"})
 
