@@ -31,7 +31,11 @@ from liverfat.atlas.registration import (
     register_many,
     warp_image,
 )
-from liverfat.atlas.reliability import disagreement_message, readout_truth
+from liverfat.atlas.reliability import (
+    AGREEMENT_MAX_SPACING_MM,
+    disagreement_message,
+    readout_truth,
+)
 from liverfat.atlas.selection import (
     SELECTION_AFFINE_ITERATIONS,
     SELECTION_SPACING_MM,
@@ -102,7 +106,7 @@ class SubjectJob:
             "fusion": self.fusion,
             "erosion": [self.erosion_diameter_voxels, self.erosion_diameter_mm],
             "min_voxels": self.min_voxels,
-            "agreement_flag_below": self.agreement_flag_below,
+            "agreement_flag": [self.agreement_flag_below, AGREEMENT_MAX_SPACING_MM],
         }
         if self.n_select is not None:
             selection = [SELECTION_SPACING_MM, SELECTION_AFFINE_ITERATIONS]
@@ -186,7 +190,7 @@ def _readout(job, target, warped, fused, eroded, agreement) -> dict[str, Any]:
         target.fat_fraction, fused, eroded, min_voxels=job.min_voxels, fallback=union
     )
     status, message = readout.status, readout.message
-    disagreement = disagreement_message(agreement, job.agreement_flag_below)
+    disagreement = disagreement_message(agreement, job.agreement_flag_below, fused.GetSpacing())
     if disagreement and status != "failed":
         status, message = "flagged", "; ".join(m for m in (message, disagreement) if m)
     return {"value": readout.value, "status": status, "message": message}

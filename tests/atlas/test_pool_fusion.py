@@ -80,6 +80,8 @@ def test_readout_truth_purity_and_error():
     assert readout_truth(image(readout * 0), image(truth), None)["purity"] is None
     assert disagreement_message(0.4, 0.6).startswith("warped templates disagree")
     assert disagreement_message(0.7, 0.6) == "" and disagreement_message(0.4, None) == ""
+    assert disagreement_message(0.4, 0.6, (2.2, 2.2, 3.0)) != ""  # UK Biobank's grid
+    assert disagreement_message(0.4, 0.6, (4.5, 4.5, 6.0)) == ""  # too coarse to judge
 
 
 def _atlas_image(sid: str, array: np.ndarray, liver: np.ndarray) -> AtlasImage:
@@ -105,10 +107,13 @@ def test_most_similar_ranks_the_look_alike_first_and_never_the_target():
 
 
 def test_engine_selects_per_subject_from_the_pool_and_flags_disagreement(
-    phantom_manifest, tmp_path
+    phantom_manifest, tmp_path, monkeypatch
 ):
     """Pool of 4, 2 chosen per subject: no subject uses itself; a threshold above any real
     agreement flags every readout with its reason; purity is reported (true masks exist)."""
+    from liverfat.atlas import reliability
+
+    monkeypatch.setattr(reliability, "AGREEMENT_MAX_SPACING_MM", 10.0)  # judge the 8.9 mm grid
     ids = phantom_manifest.subject_ids[:5]
     manifest = phantom_manifest.select(subject_ids=ids)
     engine = small_engine(
