@@ -223,6 +223,27 @@ def cuda_figures(work: Path, *, scale: str = "full", repeats: int = 3) -> dict:
         "scale": scale,
         **optimise_figures(fixed, moving, repeats),
         "batch": batch_figures(fixed, moving),
+        "fireants": fireants_figures(fixed, moving),
+    }
+
+
+def fireants_figures(fixed: AtlasImage, moving: AtlasImage) -> dict:
+    """One fireants registration end to end (first, then warm) on the default device; skipped
+    with the reason where FireANTs is not installed (``make gpu-wheels`` carries it)."""
+    from liverfat.errors import LiverfatError
+
+    settings = registration.BackendSettings()
+    try:
+        first = registration.register("fireants", fixed, moving, settings)
+    except LiverfatError as error:
+        return {"skipped": str(error)}
+    warm = registration.register("fireants", fixed, moving, settings)
+    return {
+        "device": warm.transform.get("device"),
+        "seconds_first": round(first.seconds, 2),
+        "seconds_warm": round(warm.seconds, 2),
+        "dice_single": round(dice(warm.warped_mask, fixed.liver), 4),
+        "folding_fraction": warm.transform.get("folding_fraction"),
     }
 
 

@@ -18,7 +18,8 @@ another fails (printed as it finishes, so a run cut short still shows what it me
   the full-scale slice size, and seconds per volume through ``SegmentationEngine.predict``
   (``benchmarks.bench_segmentation``);
 * ``atlas``: the torch backend's ``optimise`` seconds per registration at the full
-  neck-to-knee grid, on its own (``benchmarks.bench_atlas.cuda_figures``);
+  neck-to-knee grid, on its own, three templates in one batched call, and one fireants
+  registration end to end (``benchmarks.bench_atlas.cuda_figures``);
 * peak GPU memory of each part.
 
 Without CUDA it imports everything the check uses (so the import path on the lent machine's

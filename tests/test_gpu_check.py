@@ -92,6 +92,7 @@ def test_every_part_runs_small_on_a_cpu(tmp_path):
     atlas = figures["atlas"]
     assert atlas["scale"] == "quarter" and atlas["optimise_s_median"] > 0
     assert atlas["batch"]["templates"] == 3 and atlas["batch"]["per_template_s"] > 0
+    assert atlas["fireants"]["seconds_warm"] > 0 and atlas["fireants"]["dice_single"] > 0.5
     unet = figures["segmentation"]
     assert unet["slice_hw"] == [48, 64] and unet["train_iterations_per_s"] > 0
     assert unet["predict_s_per_volume"] > 0
