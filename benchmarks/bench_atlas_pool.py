@@ -19,7 +19,9 @@ registration. ``flag`` gives, for the agreement threshold of the engine
 Environment: ``LIVERFAT_BENCH_ATLAS_POOL_BACKENDS`` (default ``torch``),
 ``LIVERFAT_BENCH_ATLAS_TARGETS`` (how many targets, default all 10),
 ``LIVERFAT_BENCH_ATLAS_WORKERS`` (default 2), ``LIVERFAT_BENCH_ATLAS_POOL_LOG`` (JSON lines of
-finished (backend, target) results, resumable; default a temporary file).
+finished (backend, target) results, resumable; default a temporary file; use a new one when the
+options change), ``LIVERFAT_BENCH_ATLAS_POOL_OPTIONS`` (JSON, backend -> options over its
+defaults, e.g. ``{"torch": {"deformable_iterations": 30}}``).
 """
 
 from __future__ import annotations
@@ -68,7 +70,8 @@ def pool_leave_one_out(job: tuple[str, str]) -> dict:
     backend, target = job
     manifest = chaos()
     fixed = load_chaos(target, manifest)
-    options = registration.BackendSettings(working_spacing_mm=WORKING_SPACING_MM)
+    extra = json.loads(os.environ.get("LIVERFAT_BENCH_ATLAS_POOL_OPTIONS", "{}")).get(backend, {})
+    options = registration.BackendSettings(working_spacing_mm=WORKING_SPACING_MM, extra=extra)
     warped, images, seconds, similarity, select_s = {}, {}, {}, {}, {}
     for sid in IDS:
         if sid == target:
@@ -100,6 +103,7 @@ def pool_leave_one_out(job: tuple[str, str]) -> dict:
         "backend": backend,
         "target": target,
         "settings": registration.backend_defaults(backend),
+        "options": extra,
         "similarity": similarity,
         "dice_single": {s: dice(m, fixed.liver) for s, m in warped.items()},
         "seconds_per_registration": seconds,
