@@ -27,6 +27,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from liverfat.atlas.fireants_registration import FIREANTS_DEFAULTS
+from liverfat.atlas.fireants_registration import run as _fireants
 from liverfat.atlas.images import AtlasImage, at_working_resolution
 from liverfat.errors import LiverfatError
 
@@ -375,33 +376,43 @@ def torch_inputs(fixed: AtlasImage, moving: AtlasImage, moving_liver: sitk.Image
 
 
 def _torch(fixed, moving, reference, moving_liver, settings):
+    return _torch_warps(fixed, [moving], [moving_liver], reference, settings)[0]
+
+
+def _torch_warps(fixed, movings, livers, reference, settings) -> list[tuple[sitk.Image, dict]]:
+    """Working-grid templates registered to ``fixed`` in one optimiser call; each one's liver
+    mask warped onto ``reference`` (the fixed native grid), with its transform."""
     from liverfat.atlas.torch_registration import (
         folding_fraction,
-        optimise,
+        optimise_batch,
         sample_points_to_field,
     )
     from liverfat.nn.device import torch_threads
 
     options = {**TORCH_DEFAULTS, **settings.extra}
+    options.pop("batch_templates", None)
     device = torch_device(options)
-    inputs = torch_inputs(fixed, moving, moving_liver)
+    inputs = [torch_inputs(fixed, m, liver) for m, liver in zip(movings, livers, strict=True)]
     with torch_threads(settings.n_threads):  # restored after: later stages keep their own
-        points, theta, box = optimise(options=options, device=device, **inputs)
-    field = sample_points_to_field(points, fixed.reference)
-    warped = warp_with_field(moving_liver, reference, field)
-    return warped, {
-        "displacement_mm": field,
-        "affine_theta": theta.tolist(),
-        "folding_fraction": folding_fraction(points, box),
-        "device": device,
-    }
-
-
-# fireants -------------------------------------------------------------------------------------
-def _fireants(fixed, moving, reference, moving_liver, settings):
-    from liverfat.atlas.fireants_registration import run
-
-    return run(fixed, moving, reference, moving_liver, settings)
+        points, thetas, box = optimise_batch(
+            inputs[0]["fixed"],
+            np.stack([i["moving"] for i in inputs]),
+            options,
+            device,
+            inputs[0]["spacing_zyx"],
+            np.stack([i["moving_roi"] for i in inputs]),
+        )
+    out = []
+    for one_points, theta, liver in zip(points, thetas, livers, strict=True):
+        field = sample_points_to_field(one_points, fixed.reference)
+        transform = {
+            "displacement_mm": field,
+            "affine_theta": theta.tolist(),
+            "folding_fraction": folding_fraction(one_points, box),
+            "device": device,
+        }
+        out.append((warp_with_field(liver, reference, field), transform))
+    return out
 
 
 def backend_defaults(backend: str) -> dict[str, Any]:
@@ -470,45 +481,18 @@ def _batch_size(backend: str, fixed: AtlasImage, n: int, settings: BackendSettin
 def _torch_batch(
     fixed: AtlasImage, movings: list[AtlasImage], settings: BackendSettings
 ) -> list[Registration]:
-    from liverfat.atlas.torch_registration import (
-        folding_fraction,
-        optimise_batch,
-        sample_points_to_field,
-    )
-    from liverfat.nn.device import torch_threads
-
     _import_backend("torch")
-    options = {**TORCH_DEFAULTS, **settings.extra}
-    options.pop("batch_templates", None)
-    device = torch_device(options)
-    work_fixed = at_working_resolution(fixed, settings.working_spacing_mm)
-    inputs = [
-        torch_inputs(work_fixed, at_working_resolution(m, settings.working_spacing_mm), m.liver)
-        for m in movings
-    ]
+    spacing = settings.working_spacing_mm
     start = time.perf_counter()
-    with torch_threads(settings.n_threads):
-        points, thetas, box = optimise_batch(
-            inputs[0]["fixed"],
-            np.stack([i["moving"] for i in inputs]),
-            options,
-            device,
-            inputs[0]["spacing_zyx"],
-            np.stack([i["moving_roi"] for i in inputs]),
-        )
-    results = []
-    for index, moving in enumerate(movings):
-        field = sample_points_to_field(points[index], work_fixed.reference)
-        warped = warp_with_field(moving.liver, fixed.reference, field)
-        transform = {
-            "displacement_mm": field,
-            "affine_theta": thetas[index].tolist(),
-            "folding_fraction": folding_fraction(points[index], box),
-            "device": device,
-            "batch": len(movings),
-        }
-        results.append(Registration(sitk.Cast(warped > 0, sitk.sitkUInt8), transform, 0.0))
+    warps = _torch_warps(
+        at_working_resolution(fixed, spacing),
+        [at_working_resolution(m, spacing) for m in movings],
+        [m.liver for m in movings],
+        fixed.reference,
+        settings,
+    )
     share = (time.perf_counter() - start) / len(movings)
-    for result in results:
-        result.seconds = share
-    return results
+    return [
+        Registration(sitk.Cast(warped > 0, sitk.sitkUInt8), {**t, "batch": len(movings)}, share)
+        for warped, t in warps
+    ]

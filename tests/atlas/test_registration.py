@@ -108,10 +108,10 @@ def test_torch_backend_chooses_device_and_threads_through_liverfat_nn(monkeypatc
     real_pick, real_threads = device.pick_device, device.set_torch_threads
     monkeypatch.setattr(device, "pick_device", lambda d: calls.append(d) or real_pick(d))
     monkeypatch.setattr(device, "set_torch_threads", lambda n: calls.append(n) or real_threads(n))
-    real_optimise = torch_registration.optimise
+    real_optimise = torch_registration.optimise_batch  # what every torch registration runs
     monkeypatch.setattr(
         torch_registration,
-        "optimise",
+        "optimise_batch",
         lambda *a, **k: during.append(torch.get_num_threads()) or real_optimise(*a, **k),
     )
     fixed = synthetic((0, 0, 0), 1.0)
