@@ -74,12 +74,10 @@ def _weighted_vote(
     union = arrays.any(axis=0)
     if not union.any():
         return fused
-    grow = [int(np.ceil(3 * WEIGHTED_SIGMA_MM / s)) for s in reversed(target.GetSpacing())]
-    box = []
-    for axis in range(3):
-        present = np.nonzero(union.any(axis=tuple(a for a in range(3) if a != axis)))[0]
-        lo, hi = int(present[0]) - grow[axis], int(present[-1]) + 1 + grow[axis]
-        box.append(slice(max(0, lo), min(union.shape[axis], hi)))
+    from liverfat.atlas.torch_registration import bounding_box
+
+    grow = tuple(int(np.ceil(3 * WEIGHTED_SIGMA_MM / s)) for s in reversed(target.GetSpacing()))
+    box = [slice(lo, hi) for lo, hi in bounding_box(union, grow)]
     index = [int(b.start) for b in reversed(box)]
     size = [int(b.stop - b.start) for b in reversed(box)]
     weights = local_weights(

@@ -38,9 +38,13 @@ def affine_similarity(
     """Mean NCC over channels of ``template`` (centred on ``target``, with a liver mask),
     affinely registered on a ``spacing_mm`` grid, with ``target`` around the template's mapped
     liver inside the target's body (-1 to 1)."""
+    return _similarity(at_working_resolution(target, spacing_mm), target, template, spacing_mm)
+
+
+def _similarity(fixed: AtlasImage, target: AtlasImage, template: AtlasImage, spacing_mm) -> float:
+    """:func:`affine_similarity` with ``target`` already on the coarse grid (``fixed``)."""
     from scipy import ndimage
 
-    fixed = at_working_resolution(target, spacing_mm)
     centred = align_centres(target, template)
     moving = at_working_resolution(centred, spacing_mm)
     affine = sitk_affine(fixed, moving, SELECTION_AFFINE_ITERATIONS)
@@ -70,6 +74,7 @@ def most_similar(
     candidates = {sid: image for sid, image in pool.items() if sid != target.subject_id}
     if not candidates:
         raise LiverfatError(f"subject {target.subject_id}: no template in the pool but itself")
-    scores = {s: affine_similarity(target, image, spacing_mm) for s, image in candidates.items()}
+    fixed = at_working_resolution(target, spacing_mm)  # once, not once per template
+    scores = {s: _similarity(fixed, target, t, spacing_mm) for s, t in candidates.items()}
     ranked = sorted(scores.items(), key=lambda item: (-item[1], item[0]))
     return ranked[: max(1, k)]
