@@ -45,8 +45,6 @@ DETAIL_COLUMNS = (
     "true_median_pct",
     "readout_error_pp",
 )
-#: The published setting (three fixed templates, product, 7-voxel erosion).
-PAPER = {"n_templates": 3, "template_selection": "shape", "fusion": "intersection"}
 
 
 class AtlasEngine(Engine):
@@ -65,7 +63,8 @@ class AtlasEngine(Engine):
         Template subject ids (must have liver masks), or None to choose; with ``similarity``,
         the pool.
     template_selection:
-        ``shape``: one fixed set for every subject (the published setting, :data:`PAPER`);
+        ``shape``: one fixed set for every subject (with the other defaults, the published
+        setting: 3 templates, intersection, 7-voxel erosion);
         ``similarity``: per subject the ``n_templates`` of the pool most similar after an
         affine stage (:mod:`liverfat.atlas.selection`; a subject never selects itself).
     pool_size:
