@@ -16,11 +16,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from liverfat.data.fingerprint import fingerprint
 from liverfat.data.manifest import Manifest
 from liverfat.errors import LiverfatError
+from liverfat.study_schema import stage_options
 
 #: The boosted-tree models (:data:`liverfat.radiomics.models.MODELS`).
 TREE_MODELS = ("adaboost", "gbdt", "xgboost")
@@ -201,14 +202,10 @@ def parse_grading(raw: Any, where: str) -> GradingOptions:
     line that starts with ``where`` (e.g. ``study.yaml: study key``) and names the wrong key."""
     from liverfat.evaluation.grader import grading_scheme
 
+    options = stage_options(GradingOptions, raw, where, "grading")
     try:
-        options = GradingOptions.model_validate(raw if raw is not None else {})
         check_models(options.models)
         grading_scheme(options.scheme)
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        key = ".".join(str(p) for p in error["loc"])
-        raise LiverfatError(f"{where} grading.{key}: {error['msg']}") from None
     except LiverfatError as exc:
         raise LiverfatError(f"{where} grading: {exc}") from None
     return options

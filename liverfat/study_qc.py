@@ -24,13 +24,14 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, PositiveFloat, ValidationError
+from pydantic import BaseModel, ConfigDict, PositiveFloat
 
 from liverfat.data.atomic import write_text_atomic
 from liverfat.data.manifest import Manifest
 from liverfat.data.predictions import PredictionsTable
 from liverfat.data.qc import CHECKS, SLAB_MM
 from liverfat.errors import LiverfatError
+from liverfat.study_schema import stage_options
 
 #: What a study may do with the subjects a check flags.
 POLICIES = ("exclude", "mark")
@@ -53,12 +54,7 @@ def parse_qc(raw: dict[str, Any], where: str) -> QcOptions | None:
     ``where`` (e.g. ``study.yaml: study key``) and names the wrong key."""
     if "qc" not in raw:
         return None
-    try:
-        options = QcOptions.model_validate(raw["qc"] if raw["qc"] is not None else {})
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        key = ".".join(str(p) for p in error["loc"])
-        raise LiverfatError(f"{where} qc{'.' + key if key else ''}: {error['msg']}") from None
+    options = stage_options(QcOptions, raw["qc"], where, "qc")
     for check, policy in options.policy.items():
         if check not in CHECKS:
             raise LiverfatError(

@@ -24,11 +24,12 @@ from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, StrictInt, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, StrictInt, field_validator
 
 from liverfat.data.atomic import write_text_atomic
 from liverfat.data.manifest import PARTICIPANT_COLUMN, VISIT_COLUMN, Manifest
 from liverfat.errors import LiverfatError
+from liverfat.study_schema import stage_options
 
 
 class RepeatabilityOptions(BaseModel):
@@ -50,14 +51,7 @@ def parse_repeatability(raw: dict[str, Any], where: str) -> RepeatabilityOptions
     with ``where`` (e.g. ``study.yaml: study key``) and names the wrong key."""
     if "repeatability" not in raw:
         return None
-    value = raw["repeatability"]
-    try:
-        return RepeatabilityOptions.model_validate(value if value is not None else {})
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        key = ".".join(str(p) for p in error["loc"])
-        message = error["msg"].removeprefix("Value error, ")
-        raise LiverfatError(f"{where} repeatability{'.' + key if key else ''}: {message}") from None
+    return stage_options(RepeatabilityOptions, raw["repeatability"], where, "repeatability")
 
 
 def check_repeatability(study: Any, manifest: Manifest) -> None:

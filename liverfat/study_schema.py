@@ -8,9 +8,13 @@ exist, engines that can be built) is checked by the study itself.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, PositiveInt, StrictBool, ValidationError
+
+from liverfat.errors import LiverfatError
+
+Options = TypeVar("Options", bound=BaseModel)
 
 Text = str | int | float  # YAML reads a name such as 2024 as a number
 
@@ -54,6 +58,18 @@ class _Study(BaseModel):
     grading: Any = None  # checked by liverfat.graders, with its own messages
     qc: Any = None  # checked by liverfat.study_qc, with its own messages
     repeatability: Any = None  # checked by liverfat.study_repeatability, with its own messages
+
+
+def stage_options(model: type[Options], value: Any, where: str, name: str) -> Options:
+    """A stage's study key (``qc:``, ``grading:``, ``repeatability:``; None: the defaults) as
+    ``model``, or one line ``{where} {name}.{key}: {message}`` naming the wrong key."""
+    try:
+        return model.model_validate(value if value is not None else {})
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        key = ".".join(str(p) for p in error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        raise LiverfatError(f"{where} {name}{'.' + key if key else ''}: {message}") from None
 
 
 def study_problem(raw: dict[str, Any]) -> str | None:
