@@ -80,15 +80,15 @@ def run_repeatability(
     if options is None:
         return []
     from liverfat.evaluation.plots import repeatability_plot
-    from liverfat.evaluation.repeatability import MIN_PAIRS, repeatability_table, visit_pairs
+    from liverfat.evaluation.repeatability import MIN_PAIRS, table_of_pairs, visit_pairs
     from liverfat.evaluation.report import ExtraSection, FigureItem, write_figures
     from liverfat.evaluation.values import REFERENCE
     from liverfat.study import TRUTH
 
     participants, visits = manifest.participants() or {}, manifest.visits()
     values = values[_ordered(list(values.columns), (REFERENCE, TRUTH))]
-    table = repeatability_table(values, participants, visits, pair=options.visits)
     pairs = {m: visit_pairs(values[m], participants, visits, pair=options.visits) for m in values}
+    table = table_of_pairs(pairs)
     tables = study.out / "tables"
     write_text_atomic(tables / "repeatability.csv", table.to_csv(index=False))
     long = pd.concat(pairs, names=["method"]) if pairs else pd.DataFrame(columns=["method"])

@@ -179,9 +179,16 @@ def repeatability_table(
     A method with fewer than :data:`MIN_PAIRS` participants measured at both visits gets a row
     with its ``n_pairs``, no statistics and a ``note`` saying why.
     """
+    pairs = {m: visit_pairs(values[m], participants, visits, pair=pair) for m in values.columns}
+    return table_of_pairs(pairs, confidence=confidence)
+
+
+def table_of_pairs(
+    pairs_by_method: Mapping[str, pd.DataFrame], *, confidence: float = 0.95
+) -> pd.DataFrame:
+    """:func:`repeatability_table` from each method's :func:`visit_pairs`."""
     rows = []
-    for method in values.columns:
-        pairs = visit_pairs(values[method], participants, visits, pair=pair)
+    for method, pairs in pairs_by_method.items():
         row: dict[str, object] = {"method": str(method), "n_pairs": len(pairs), "note": ""}
         if len(pairs) >= MIN_PAIRS:
             row.update(repeatability(pairs["first"], pairs["second"], confidence=confidence))
