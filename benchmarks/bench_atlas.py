@@ -38,6 +38,7 @@ import json
 import os
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -127,8 +128,11 @@ def leave_one_out(job: tuple[str, str]) -> dict:
     }
 
 
-def finished_rows(log: Path, backends: list[str], targets: tuple[str, ...]) -> list[dict]:
-    """Results already in ``log`` for these backends and targets, run with today's settings."""
+def finished_rows(
+    log: Path, backends: list[str], targets: tuple[str, ...], options: dict | None = None
+) -> list[dict]:
+    """Results already in ``log`` for these backends and targets, run with today's settings
+    (each backend's defaults and its ``options`` over them)."""
     if not log.is_file():
         return []
     rows = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines() if line]
@@ -138,7 +142,44 @@ def finished_rows(log: Path, backends: list[str], targets: tuple[str, ...]) -> l
         if r["backend"] in backends
         and r["target"] in targets
         and r.get("settings") == registration.backend_defaults(r["backend"])
+        and r.get("options", {}) == (options or {}).get(r["backend"], {})
     ]
+
+
+def run_resumable(
+    job: Callable[[tuple[str, str]], dict],
+    backends: list[str],
+    targets: tuple[str, ...],
+    log: Path,
+    *,
+    workers: int,
+    progress: str,
+    options: dict | None = None,
+) -> tuple[list[dict], list[str]]:
+    """``job((backend, target))`` for every pair not finished in ``log`` (one JSON line each,
+    appended as they finish, so an interrupted benchmark resumes), in worker processes (capped
+    on a shared GPU when every backend runs in torch); all rows and the errors."""
+    rows = finished_rows(log, backends, targets, options)
+    done = {(r["backend"], r["target"]) for r in rows}
+    jobs = [(b, t) for b in backends for t in targets if (b, t) not in done]
+    errors = []
+    only_torch = set(backends) <= set(registration.TORCH_BACKENDS)
+    for outcome in map_subjects(
+        job,
+        jobs,
+        executor="processes",
+        n_workers=workers,
+        progress=progress,
+        device=registration.torch_device({}) if only_torch and jobs else None,
+    ):
+        if outcome.ok:
+            outcome.value["workers"] = workers
+            rows.append(outcome.value)
+            with log.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(outcome.value) + "\n")
+        else:
+            errors.append(f"{outcome.item}: {outcome.error}")
+    return rows, errors
 
 
 def run(work_dir: Path) -> dict:
@@ -339,27 +380,9 @@ def chaos_leave_one_out(work_dir: Path) -> dict:
     targets = IDS[: int(os.environ.get("LIVERFAT_BENCH_ATLAS_TARGETS", len(IDS)))]
     workers = int(os.environ.get("LIVERFAT_BENCH_ATLAS_WORKERS", 2))
     log = Path(os.environ.get("LIVERFAT_BENCH_ATLAS_LOG", work_dir / "chaos_loo.jsonl"))
-    rows = finished_rows(log, backends, targets)
-    done = {(r["backend"], r["target"]) for r in rows}
-    jobs = [(b, t) for b in backends for t in targets if (b, t) not in done]
-    errors = []
-    # only torch-device backends: then workers sharing a GPU are capped
-    only_torch = set(backends) <= set(registration.TORCH_BACKENDS)
-    for outcome in map_subjects(
-        leave_one_out,
-        jobs,
-        executor="processes",
-        n_workers=workers,
-        progress="atlas CHAOS LOO",
-        device=registration.torch_device({}) if only_torch and jobs else None,
-    ):
-        if outcome.ok:
-            outcome.value["workers"] = workers
-            rows.append(outcome.value)
-            with log.open("a", encoding="utf-8") as handle:
-                handle.write(json.dumps(outcome.value) + "\n")
-        else:
-            errors.append(f"{outcome.item}: {outcome.error}")
+    rows, errors = run_resumable(
+        leave_one_out, backends, targets, log, workers=workers, progress="atlas CHAOS LOO"
+    )
     figures: dict = {
         "working_spacing_mm": WORKING_SPACING_MM,
         "targets": list(targets),

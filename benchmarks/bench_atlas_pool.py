@@ -41,15 +41,14 @@ from benchmarks.bench_atlas import (
     chaos,
     chaos_templates,
     dice,
-    finished_rows,
     load_chaos,
+    run_resumable,
 )
 from liverfat.atlas import registration
 from liverfat.atlas.fusion import FUSIONS, erode, fuse, mean_pairwise_dice
 from liverfat.atlas.images import align_centres
 from liverfat.atlas.reliability import AGREEMENT_FLAG_BELOW, readout_truth
 from liverfat.atlas.selection import affine_similarity
-from liverfat.parallel import map_subjects
 
 #: Template counts of the similarity settings.
 SIMILAR_K = (3, 5)
@@ -65,12 +64,17 @@ def _settings(target: str, similarity: dict[str, float]) -> dict[str, list[str]]
     return settings
 
 
+def _options() -> dict:
+    """``$LIVERFAT_BENCH_ATLAS_POOL_OPTIONS``: backend -> options over its defaults."""
+    return json.loads(os.environ.get("LIVERFAT_BENCH_ATLAS_POOL_OPTIONS", "{}"))
+
+
 def pool_leave_one_out(job: tuple[str, str]) -> dict:
     """Register the 9 others to one CHAOS target with one backend; every setting's figures."""
     backend, target = job
     manifest = chaos()
     fixed = load_chaos(target, manifest)
-    extra = json.loads(os.environ.get("LIVERFAT_BENCH_ATLAS_POOL_OPTIONS", "{}")).get(backend, {})
+    extra = _options().get(backend, {})
     options = registration.BackendSettings(working_spacing_mm=WORKING_SPACING_MM, extra=extra)
     warped, images, seconds, similarity, select_s = {}, {}, {}, {}, {}
     for sid in IDS:
@@ -162,19 +166,15 @@ def run(work_dir: Path) -> dict:
     targets = IDS[: int(os.environ.get("LIVERFAT_BENCH_ATLAS_TARGETS", len(IDS)))]
     workers = int(os.environ.get("LIVERFAT_BENCH_ATLAS_WORKERS", 2))
     log = Path(os.environ.get("LIVERFAT_BENCH_ATLAS_POOL_LOG", work_dir / "chaos_pool.jsonl"))
-    results = finished_rows(log, backends, targets)
-    done = {(r["backend"], r["target"]) for r in results}
-    jobs = [(b, t) for b in backends for t in targets if (b, t) not in done]
-    errors = []
-    for outcome in map_subjects(
-        pool_leave_one_out, jobs, executor="processes", n_workers=workers, progress="CHAOS pool"
-    ):
-        if outcome.ok:
-            results.append(outcome.value)
-            with log.open("a", encoding="utf-8") as handle:
-                handle.write(json.dumps(outcome.value) + "\n")
-        else:
-            errors.append(f"{outcome.item}: {outcome.error}")
+    results, errors = run_resumable(
+        pool_leave_one_out,
+        backends,
+        targets,
+        log,
+        workers=workers,
+        progress="CHAOS pool",
+        options=_options(),
+    )
     figures: dict = {"targets": list(targets), "workers": workers, "errors": errors}
     for backend in backends:
         mine = [r for r in results if r["backend"] == backend]
