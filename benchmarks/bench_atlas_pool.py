@@ -13,7 +13,8 @@ each fused by intersection, majority, STAPLE and the locally weighted vote. Per 
 Dice (median, mean), the **purity** of the eroded readout mask (7-voxel ball, the engine's
 default: the share of its voxels inside the manual liver), the templates' agreement (mean pairwise
 Dice), seconds per target (the selection's affine stages plus K registrations) and per
-registration. ``flag`` gives, for the agreement threshold of the engine
+registration; ``selection_rho_median``: how well the affine similarity ranks the templates by
+their later Dice. ``flag`` gives, for the agreement threshold of the engine
 (:data:`~liverfat.atlas.reliability.AGREEMENT_FLAG_BELOW`), which targets it marks and their Dice.
 
 Environment: ``LIVERFAT_BENCH_ATLAS_POOL_BACKENDS`` (default ``torch``),
@@ -138,6 +139,20 @@ def summarise(results: list[dict]) -> dict:
     return table
 
 
+def selection_rho(results: list[dict]) -> float:
+    """Median over targets of the Spearman correlation between the pool templates' affine
+    similarity and their Dice after the deformable registration: how well the selection's score
+    foresees which templates will register well."""
+    from scipy.stats import spearmanr
+
+    rhos = []
+    for r in results:
+        ids = sorted(r["similarity"])
+        rho = spearmanr([r["similarity"][i] for i in ids], [r["dice_single"][i] for i in ids])[0]
+        rhos.append(float(rho))
+    return round(statistics.median(rhos), 3)
+
+
 def flag_figures(results: list[dict], setting: str) -> dict:
     """Targets the agreement threshold marks under ``setting`` (e.g. ``paper/intersection``),
     with each target's agreement and Dice."""
@@ -181,6 +196,7 @@ def run(work_dir: Path) -> dict:
         if mine:
             figures[backend] = {
                 "settings": summarise(mine),
+                "selection_rho_median": selection_rho(mine),
                 "flag": {
                     s: flag_figures(mine, s) for s in ("paper/intersection", "similar-5/weighted")
                 },

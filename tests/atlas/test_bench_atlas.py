@@ -85,3 +85,19 @@ def test_pool_benchmark_summary_and_flag_on_constructed_rows():
     assert table["seconds_per_target"] == 6.0 and table["seconds_per_registration"] == 2.0
     flag = pool.flag_figures(results, "paper/weighted")
     assert flag["flagged"] == ["2"] and flag["agreement_dice"]["2"] == (round(low, 3), 0.6)
+
+
+def test_selection_rho_on_constructed_rows():
+    """The selection's foresight: perfect ranking 1, reversed -1, the median over targets."""
+    from benchmarks.bench_atlas_pool import selection_rho
+
+    good = {
+        "similarity": {"a": 0.9, "b": 0.5, "c": 0.1},
+        "dice_single": {"a": 0.8, "b": 0.7, "c": 0.2},
+    }
+    bad = {
+        "similarity": {"a": 0.9, "b": 0.5, "c": 0.1},
+        "dice_single": {"a": 0.2, "b": 0.7, "c": 0.8},
+    }
+    assert selection_rho([good]) == 1.0 and selection_rho([bad]) == -1.0
+    assert selection_rho([good, good, bad]) == 1.0
