@@ -41,6 +41,7 @@ ENGINE_OPTIONS = (
     "nll_beta",
     "balance_bins",
     "target_transform",
+    "fat_scale_range",
     "pretrained",
     "seed",
     "device",
@@ -90,6 +91,13 @@ def _engine_options(parser: argparse.ArgumentParser) -> None:
         choices=TRANSFORM_CHOICES,
         metavar="TRANSFORM",
         help="%(choices)s: the target as it is or log(y + 1) (default: the profile's)",
+    )
+    parser.add_argument(
+        "--fat-scale-range",
+        nargs=2,
+        type=positive_float,
+        metavar=("LOW", "HIGH"),
+        help="fat-fraction scaling augmentation for liver fat; 1 1: none (default: the profile's)",
     )
     parser.add_argument("--pretrained", help="local weights file (safetensors / state dict)")
     parser.add_argument("--seed", type=int, default=0)

@@ -33,7 +33,7 @@ from liverfat.data.predictions import (
     prediction_row,
     run_info,
 )
-from liverfat.deep.formats import get_format, load_formats
+from liverfat.deep.formats import FAT_FRACTION_FORMATS, get_format, load_formats
 from liverfat.deep.profiles import DEFAULT_PROFILE, PROFILE_KEYS, PROFILES, resolve_profile
 from liverfat.deep.training import (
     HEADS,
@@ -61,6 +61,10 @@ from liverfat.nn.weights import (
 )
 from liverfat.parallel import EXECUTORS
 
+#: Targets proportional to the liver's fat fraction on the format's first channel: the ones
+#: fat-fraction scaling (``fat_scale_range``) may scale.
+LIVER_FAT_TARGETS = ("liver_pdff_pct",)
+
 
 class DeepEngine(Engine):
     """Regression of image-derived targets from 2D formats with a convolutional network.
@@ -80,8 +84,8 @@ class DeepEngine(Engine):
     profile:
         ``cpu`` (the default, on every device), ``paper``, ``quick`` or ``auto`` (paper on CUDA,
         cpu otherwise); see :mod:`liverfat.deep.profiles`. ``model``, ``iterations``,
-        ``batch_size``, ``input_scale``, ``learning_rate``, ``nll_beta``, ``balance_bins`` and
-        ``target_transform`` left at None come from it.
+        ``batch_size``, ``input_scale``, ``learning_rate``, ``nll_beta``, ``balance_bins``,
+        ``target_transform`` and ``fat_scale_range`` left at None come from it.
     iterations, batch_size, input_scale:
         Training iterations, batch size, and the factor formats are resized by before the
         network.
@@ -96,6 +100,12 @@ class DeepEngine(Engine):
         (:func:`liverfat.deep.training.balanced_weights`); 0 draws epochs in random order.
     target_transform:
         ``none`` or ``log`` (learn log(y + 1): intervals widen with y, stay above -1).
+    fat_scale_range:
+        (low, high): each training image's fat fraction and its targets scaled by one factor,
+        log-uniform in the range (:func:`liverfat.deep.training.scale_fat`); (1, 1): none.
+        Used only where it is valid, :data:`LIVER_FAT_TARGETS` on a format of
+        :data:`~liverfat.deep.formats.FAT_FRACTION_FORMATS` with no target transform; a
+        profile's range is dropped elsewhere, an explicit one is an error.
     max_shift_px:
         Largest random translation (pixels of the full-size format), edges replicated.
     pretrained:
@@ -128,6 +138,7 @@ class DeepEngine(Engine):
         nll_beta: float | None = None,
         balance_bins: int | None = None,
         target_transform: str | None = None,
+        fat_scale_range: Sequence[float] | None = None,
         max_shift_px: int = 16,
         pretrained: str | None = None,
         seed: int = 0,
@@ -149,6 +160,7 @@ class DeepEngine(Engine):
         self.nll_beta = nll_beta
         self.balance_bins = balance_bins
         self.target_transform = target_transform
+        self.fat_scale_range = fat_scale_range
         self.max_shift_px = max_shift_px
         self.pretrained = pretrained
         self.seed = seed
@@ -184,10 +196,28 @@ class DeepEngine(Engine):
                 raise LiverfatError(f"{name} must be at least 1, got {value}")
         if self.input_scale is not None and not 0.05 <= float(self.input_scale) <= 4:
             raise LiverfatError(f"input_scale must be in [0.05, 4], got {self.input_scale}")
+        if self.fat_scale_range is not None:
+            low, high = (float(v) for v in self.fat_scale_range)
+            if not 0 < low <= high:
+                raise LiverfatError(f"fat_scale_range must be 0 < low <= high, got {low}, {high}")
+            if (low, high) != (1.0, 1.0) and not self._fat_scaling_valid():
+                raise LiverfatError(
+                    "fat_scale_range needs targets among "
+                    f"{', '.join(LIVER_FAT_TARGETS)}, a format among "
+                    f"{', '.join(FAT_FRACTION_FORMATS)} and target_transform none"
+                )
         if self.pretrained is not None and not Path(self.pretrained).is_file():
             raise LiverfatError(f"pretrained weights file {self.pretrained} not found")
 
     # Settings ---------------------------------------------------------------------------------
+    def _fat_scaling_valid(self) -> bool:
+        """Whether scaling the format's first channel scales every target with it."""
+        return (
+            set(self.targets) <= set(LIVER_FAT_TARGETS)
+            and self.format in FAT_FRACTION_FORMATS
+            and self.transform == "none"
+        )
+
     @property
     def method(self) -> str:
         return f"deep_{self.model_name}"
@@ -229,8 +259,15 @@ class DeepEngine(Engine):
             seed=int(self.seed),
             nll_beta=float(base["nll_beta"]),
             balance_bins=int(base["balance_bins"]),
+            fat_scale_range=self._fat_scale(base.get("fat_scale_range")),  # older saves: none
         )
         return settings, scale, device
+
+    def _fat_scale(self, scale_range: Sequence[float] | None) -> tuple[float, float] | None:
+        if scale_range is None or not self._fat_scaling_valid():
+            return None
+        low, high = (float(v) for v in scale_range)
+        return None if low == high == 1.0 else (low, high)
 
     def configuration(self) -> dict[str, Any]:
         settings, scale, device = self.resolved()
@@ -312,6 +349,7 @@ class DeepEngine(Engine):
             input_scale=scale,
             device=device,
             progress=self.progress,
+            target_zero=-mean / std,
         )
         self.network_ = network.cpu()
         self.profile_settings_ = profile

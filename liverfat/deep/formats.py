@@ -46,6 +46,8 @@ from liverfat.parallel import map_subjects
 
 #: Fat fraction (%) that maps to 255 in the liver-fat format.
 FF_MAX_PCT = 50.0
+#: Built-in formats whose first channel is the fat fraction (0-50 % as 0-255).
+FAT_FRACTION_FORMATS = ("liverfat", "liverfat_masked")
 #: Manifest columns a format may read (their file signatures key the format cache).
 FORMAT_INPUTS = ("water", "fat", "fat_fraction", "in_phase", "opposed_phase")
 #: Output pixel spacing (mm) of the liver-fat format: columns (LR or AP) and rows (SI).

@@ -37,16 +37,18 @@ PROFILES: dict[str, dict[str, Any]] = {
         "nll_beta": 0.0,
         "balance_bins": 0,
         "target_transform": "none",
+        "fat_scale_range": None,
     },
     "cpu": {
-        "model": "attention_readout",
-        "iterations": 12000,
+        "model": "attention_unet",
+        "iterations": 6000,
         "batch_size": 16,
         "input_scale": 0.25,
         "learning_rate": 2e-3,
         "nll_beta": 0.5,
         "balance_bins": 5,
         "target_transform": "none",
+        "fat_scale_range": (0.6, 2.0),
     },
     "quick": {
         "model": "resnet50",
@@ -57,6 +59,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "nll_beta": 0.0,
         "balance_bins": 0,
         "target_transform": "none",
+        "fat_scale_range": None,
     },
 }
 #: Constructor arguments a profile sets when they are left at None.

@@ -4,7 +4,8 @@ Targets are standardised (zero mean, unit variance over the training subjects th
 The head predicts either the means (``mse``) or means and log-variances (``mean_variance``,
 Gaussian negative log-likelihood); missing targets (NaN) are masked out of the loss, so several
 targets with gaps train together. Adam with a learning rate reduced tenfold for the last sixth of
-the iterations; augmentation by random translations with edge replication. The training set
+the iterations; augmentation by random translations with edge replication (and, for liver fat,
+fat-fraction scaling: :func:`scale_fat`). The training set
 stays uint8 on the training device and every batch is built there (:class:`TrainingBatches`);
 on CUDA, mixed precision (bfloat16, or float16 with loss scaling) with the head and the loss in
 float32, channels-last memory, cuDNN autotuning and fused Adam (all from
@@ -40,7 +41,9 @@ LOG_VARIANCE_RANGE = (-12.0, 8.0)
 class TrainSettings:
     """Optimisation settings. ``max_shift_px`` is in pixels of the (scaled) network input;
     ``nll_beta`` weights the mean-variance loss (see :func:`masked_loss`); ``balance_bins`` > 0
-    draws batches balanced over the first target's range (see :func:`balanced_weights`)."""
+    draws batches balanced over the first target's range (see :func:`balanced_weights`);
+    ``fat_scale_range`` (low, high) scales each image's first channel and its targets by one
+    factor, log-uniform in the range (see :func:`scale_fat`)."""
 
     iterations: int = 6000
     batch_size: int = 32
@@ -50,6 +53,7 @@ class TrainSettings:
     seed: int = 0
     nll_beta: float = 0.0
     balance_bins: int = 0
+    fat_scale_range: tuple[float, float] | None = None
 
 
 def to_input(formats: np.ndarray, input_scale: float) -> torch.Tensor:
@@ -83,6 +87,31 @@ def translate(batch: torch.Tensor, max_shift: int, generator: torch.Generator) -
     cols = (torch.arange(width, device=device) + offsets[:, 1:]).clamp_(0, width - 1)
     index = (rows[:, :, None] * width + cols[:, None, :]).view(n, 1, -1).expand(n, c, -1)
     return batch.flatten(2).gather(2, index).view(n, c, height, width)
+
+
+def scale_fat(
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    scale_range: tuple[float, float],
+    target_zero: torch.Tensor,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fat-fraction scaling: each image's first channel (a fat-fraction map in [0, 1]) and its
+    targets multiplied by one factor, log-uniform in ``scale_range``; the map saturates at 1 as
+    its encoding does.
+
+    Targets are standardised, so they are scaled about ``target_zero`` (per target: the
+    standardised value of 0 %). Only for targets proportional to the map (liver fat on the
+    liver-fat format). Why: a subject fattier than any in training is otherwise read from the
+    wrong place, as its liver looks like a fat depot to a network that never saw one so bright
+    (docs/deep.md); scaling shows it livers across the whole range.
+    """
+    low, high = (math.log(v) for v in scale_range)
+    u = torch.rand(images.shape[0], generator=generator, device=images.device)
+    factor = torch.exp(low + u * (high - low))
+    images = images.clone()
+    images[:, :1] = (images[:, :1] * factor[:, None, None, None]).clamp_(max=1.0)
+    return images, (targets - target_zero) * factor[:, None] + target_zero
 
 
 def balanced_weights(target: np.ndarray, bins: int) -> torch.Tensor:
@@ -135,7 +164,8 @@ class TrainingBatches:
     is converted to [0, 1]; at other scales it is resized once, to float32 (no larger than the
     uint8 set at scales up to 0.5, and a resize per batch would cost more than the step of a
     small network on a CPU). Indices come from replacement-free epochs, or, with
-    ``balance_bins``, from :func:`balanced_weights`.
+    ``balance_bins``, from :func:`balanced_weights`. ``target_zero`` (per target, the
+    standardised value of 0) is needed with ``fat_scale_range``.
     """
 
     def __init__(
@@ -145,10 +175,15 @@ class TrainingBatches:
         settings: TrainSettings,
         input_scale: float,
         device: torch.device,
+        target_zero: np.ndarray | None = None,
     ) -> None:
         self.images = _scaled_once(formats, input_scale, device)
         self.targets = torch.from_numpy(np.asarray(targets, np.float32)).to(device)
         self.settings = settings
+        if settings.fat_scale_range is not None and target_zero is None:
+            raise ValueError("fat_scale_range needs target_zero, the standardised 0 per target")
+        zero = np.zeros(self.targets.shape[1]) if target_zero is None else target_zero
+        self.target_zero = torch.as_tensor(np.asarray(zero, np.float32), device=device)
         self.generator = torch.Generator(device=device).manual_seed(settings.seed)
         self.weights = None
         if settings.balance_bins:
@@ -176,9 +211,12 @@ class TrainingBatches:
         if x.dtype == torch.uint8:
             x = scale_batch(x, 1.0)
         x = translate(x, self.settings.max_shift_px, self.generator)
+        y = self.targets[index]
+        if self.settings.fat_scale_range is not None:
+            x, y = scale_fat(x, y, self.settings.fat_scale_range, self.target_zero, self.generator)
         if x.device.type == "cuda":
             x = channels_last(x)
-        return x, self.targets[index]
+        return x, y
 
 
 def _scaled_once(
@@ -216,9 +254,11 @@ def train_network(
     input_scale: float = 1.0,
     device: torch.device,
     progress: bool = True,
+    target_zero: np.ndarray | None = None,
 ) -> TrainingLog:
     """Train ``model`` in place on uint8 formats (n, c, h, w), resized by ``input_scale``, and
-    standardised targets (n, t) with NaNs.
+    standardised targets (n, t) with NaNs (``target_zero``: the standardised 0 per target, for
+    ``settings.fat_scale_range``).
 
     Seeded by ``settings.seed`` (the global RNG too, for dropout, inside a fork that leaves the
     caller's RNG state as it was). On CUDA: mixed precision with the head and the loss in
@@ -235,7 +275,7 @@ def train_network(
         with float32_head(model):
             log = _optimise(
                 model,
-                TrainingBatches(formats, targets, settings, input_scale, device),
+                TrainingBatches(formats, targets, settings, input_scale, device, target_zero),
                 settings,
                 device,
                 progress,

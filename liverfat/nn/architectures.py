@@ -2,10 +2,10 @@
 
 Each maps a batch (batch, in_channels, height, width) to (batch, out_channels): image-level
 outputs for regression or classification, whichever engine uses them. Built from MONAI (pure
-torch; torchvision is not needed) except :class:`SmallCNN` and :class:`AttentionReadout`;
-:class:`PatchDenseNet` assembles MONAI's dense blocks for 16 x 16 pixel ROI patches. Weights
-start from scratch (see :mod:`liverfat.nn.weights` for a local pretrained file). Names and
-Grad-CAM layers are given to them in :mod:`liverfat.nn.registry`.
+torch; torchvision is not needed) except :class:`SmallCNN`, :class:`AttentionReadout` and
+:class:`AttentionUNet`; :class:`PatchDenseNet` assembles MONAI's dense blocks for 16 x 16
+pixel ROI patches. Weights start from scratch (see :mod:`liverfat.nn.weights` for a local
+pretrained file). Names and Grad-CAM layers are given to them in :mod:`liverfat.nn.registry`.
 """
 
 from __future__ import annotations
@@ -132,6 +132,64 @@ class AttentionReadout(nn.Module):
 def attention_readout(in_channels: int, out_channels: int) -> nn.Module:
     """:class:`AttentionReadout` with 16 channels in its first stage."""
     return AttentionReadout(in_channels, out_channels)
+
+
+def _conv_stage(in_channels: int, out_channels: int, dilation: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, padding=dilation, dilation=dilation, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+class AttentionUNet(nn.Module):
+    """:class:`AttentionReadout` whose cell scores see the whole liver: a small U-Net.
+
+    The three stages of :class:`AttentionReadout` (to the 4 x 4-pixel cell grid) are followed by
+    a fourth at 1/8 (two convolutions, the second dilated), upsampled back onto the cell grid
+    and merged with the third stage's features before scoring. The readout's cells then know
+    their surroundings some 60 input pixels across instead of 15, which is what tells a cell
+    of liver from one of spleen, muscle or an edge on the phantom: at 3000 iterations the
+    out-of-fold R² against truth rose from 0.867 to 0.892 (docs/deep.md). The readout, the
+    ``alpha`` / ``beta`` and the context term of the pooled (1/8) features are as there.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, width: int = 16) -> None:
+        super().__init__()
+        self.encoder = nn.ModuleList(
+            [
+                _conv_stage(in_channels, width),
+                _conv_stage(width, 2 * width),
+                _conv_stage(2 * width, 4 * width),
+            ]
+        )
+        self.bottom = nn.Sequential(
+            _conv_stage(4 * width, 4 * width), _conv_stage(4 * width, 4 * width, dilation=2)
+        )
+        self.merge = _conv_stage(8 * width, 4 * width)
+        self.score = nn.Conv2d(4 * width, out_channels, 1)
+        self.alpha = nn.Parameter(torch.full((out_channels,), 5.0))
+        self.beta = nn.Parameter(torch.zeros(out_channels))
+        self.context = nn.Linear(4 * width, out_channels)
+        nn.init.zeros_(self.context.weight)
+        nn.init.zeros_(self.context.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pool = nn.functional.max_pool2d
+        cells = self.encoder[2](pool(self.encoder[1](pool(self.encoder[0](x), 2)), 2))
+        bottom = self.bottom(pool(cells, 2))
+        upsampled = nn.functional.interpolate(bottom, size=cells.shape[2:], mode="nearest")
+        scores = self.score(self.merge(torch.cat([cells, upsampled], dim=1)))
+        weights = torch.softmax(scores.flatten(2), dim=2)  # (batch, out, cells)
+        value = nn.functional.avg_pool2d(x[:, :1], 4)  # the first channel on the cell grid
+        readout = (weights * value.flatten(2)).sum(dim=2)
+        context = self.context(bottom.mean(dim=(2, 3)))
+        return self.alpha * readout + self.beta + context
+
+
+def attention_unet(in_channels: int, out_channels: int) -> nn.Module:
+    """:class:`AttentionUNet` with 16 channels in its first stage."""
+    return AttentionUNet(in_channels, out_channels)
 
 
 class PatchDenseNet(nn.Module):

@@ -61,6 +61,7 @@ _REGISTERED: dict[str, dict[str, ModelSpec]] = {
         "densenet121": ModelSpec(architectures.densenet121, "features.denseblock4"),
         "small_cnn": ModelSpec(architectures.small_cnn, "features.3"),
         "attention_readout": ModelSpec(architectures.attention_readout, "features"),
+        "attention_unet": ModelSpec(architectures.attention_unet, "merge"),
     },
     "classification": {
         "patch_densenet": ModelSpec(architectures.patch_densenet, "features.denseblock3"),

@@ -52,6 +52,24 @@ def test_validation_is_early_and_clear():
     assert PROFILES["paper"]["model"] != PROFILES["cpu"]["model"]  # so the check can fail
 
 
+def test_fat_scaling_only_where_it_scales_every_target():
+    cpu_range = tuple(PROFILES["cpu"]["fat_scale_range"])
+    settings, _, _ = DeepEngine().resolved()
+    assert settings.fat_scale_range == cpu_range  # the cpu profile, liver fat on liverfat
+    for elsewhere in (
+        {"targets": ["liver_pdff_pct", "liver_volume_ml"]},  # a volume does not scale with fat
+        {"format": "projection"},  # whose first channel is a water projection
+        {"target_transform": "log"},
+    ):
+        assert DeepEngine(**elsewhere).resolved()[0].fat_scale_range is None
+        with pytest.raises(LiverfatError, match="fat_scale_range needs"):
+            DeepEngine(**elsewhere, fat_scale_range=(0.5, 2.0))
+    assert DeepEngine(fat_scale_range=(1, 1)).resolved()[0].fat_scale_range is None
+    assert DeepEngine(profile="paper").resolved()[0].fat_scale_range is None
+    with pytest.raises(LiverfatError, match="low <= high"):
+        DeepEngine(fat_scale_range=(2.0, 1.0))
+
+
 def test_multi_target_with_missing_values(phantom_manifest, tmp_path):
     targets = ["liver_pdff_pct", "liver_volume_ml", "vat_volume_ml", "asat_volume_ml"]
     train = phantom_manifest.select(split="A")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -14,6 +15,7 @@ from liverfat.deep.training import (
     balanced_weights,
     masked_loss,
     predict_network,
+    scale_fat,
     to_input,
     train_network,
     translate,
@@ -152,3 +154,37 @@ def test_balanced_weights_by_hand():
     # bins [0, 5) holds 4 values plus the missing one (counted as the median, 0): 1 / sqrt(5);
     # bin [5, 10] holds one: 1
     assert weights.tolist() == pytest.approx([5**-0.5] * 4 + [1.0] + [5**-0.5])
+
+
+def test_fat_scaling_scales_the_map_and_its_target_together():
+    generator = torch.Generator().manual_seed(0)
+    images = torch.full((400, 2, 4, 4), 0.3)
+    images[:, :, 0, 0] = 0.9  # a fat depot: saturates at 1 (50 %) once scaled above 1.11
+    mean, std = 4.0, 5.0  # the targets' mean and SD (%): a target of 15 % standardised
+    raw = torch.full((400, 1), 15.0)
+    scaled, targets = scale_fat(
+        images, (raw - mean) / std, (0.6, 2.0), torch.tensor([-mean / std]), generator
+    )
+    factor = scaled[:, 0, 1, 1] / 0.3
+    assert factor.min() >= 0.6 - 1e-6 and factor.max() <= 2.0 + 1e-6
+    # log-uniform: half of the factors below the geometric mean of the range
+    assert (factor < math.sqrt(1.2)).float().mean() == pytest.approx(0.5, abs=0.08)
+    assert torch.allclose(targets[:, 0] * std + mean, 15.0 * factor, rtol=1e-5)
+    assert torch.allclose(scaled[:, 0, 0, 0], (0.9 * factor).clamp(max=1.0))
+    assert torch.equal(scaled[:, 1], images[:, 1])  # other channels are not a fat fraction
+    assert torch.equal(images[:, 0, 1, 1], torch.full((400,), 0.3))  # the input is not changed
+
+
+def test_training_batches_scale_fat_only_when_asked():
+    formats = np.full((6, 1, 8, 8), 100, np.uint8)
+    targets = np.zeros((6, 1), np.float32)
+    plain = TrainSettings(batch_size=6, max_shift_px=0, seed=0)
+    x, y = TrainingBatches(formats, targets, plain, 1.0, torch.device("cpu")).next()
+    assert torch.allclose(x, torch.full_like(x, 100 / 255)) and torch.equal(y, torch.zeros(6, 1))
+    scaled = dataclasses.replace(plain, fat_scale_range=(2.0, 2.0))
+    with pytest.raises(ValueError, match="target_zero"):
+        TrainingBatches(formats, targets, scaled, 1.0, torch.device("cpu"))
+    batches = TrainingBatches(formats, targets, scaled, 1.0, torch.device("cpu"), np.array([-1.0]))
+    x, y = batches.next()
+    # 0 standardised is 1 SD above 0 %: doubled, 2 SD above, so 1 in standardised units
+    assert torch.allclose(x, torch.full_like(x, 200 / 255)) and torch.allclose(y, torch.ones(6, 1))

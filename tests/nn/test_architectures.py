@@ -65,3 +65,30 @@ def test_attention_readout_reads_the_mean_of_the_attended_cells():
     assert torch.allclose(out, expected[:, None].expand(3, 2), atol=1e-5)
     with torch.no_grad():
         assert net.features(x).shape[2:] == cells.shape[2:]  # one score per cell
+
+
+def test_attention_unet_reads_the_mean_of_the_attended_cells():
+    net = build_model("attention_unet", 1, 2).eval()
+    x = torch.rand(3, 1, 45, 94)
+    torch.nn.init.zeros_(net.score.weight)
+    torch.nn.init.zeros_(net.score.bias)
+    with torch.no_grad():
+        out = net(x)
+        cells = torch.nn.functional.avg_pool2d(x, 4)  # 11 x 23 cells, the score grid
+        assert torch.allclose(out, 5.0 * cells.mean(dim=(1, 2, 3))[:, None].expand(3, 2), atol=1e-5)
+        # scores peaked on one cell read that cell
+        scores = torch.zeros(1, 2, 11, 23)
+        scores[..., 2, 7] = 50.0
+        net.score = _Fixed(scores)
+        assert torch.allclose(net(x), 5.0 * cells[:, 0, 2, 7][:, None].expand(3, 2), atol=1e-4)
+
+
+class _Fixed(torch.nn.Module):
+    """A score layer returning the same scores for every input."""
+
+    def __init__(self, scores: torch.Tensor) -> None:
+        super().__init__()
+        self.scores = scores
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.scores.expand(features.shape[0], -1, -1, -1)
