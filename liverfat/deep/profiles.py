@@ -13,10 +13,11 @@ per split. ``paper`` is an explicit choice; ``auto`` is ``paper`` on CUDA and ``
     measures it).
 ``cpu``
     The best accuracy a 2-core CPU trains in minutes, the default on every device: the
-    attention-readout network (:class:`liverfat.nn.architectures.AttentionReadout`) on
-    quarter-size formats, 12000 iterations of batch 16 at lr 2e-3, beta-NLL with beta 0.5 and
-    batches balanced over the target's range (why: docs/deep.md); about 160 s per training on
-    2 quiet cores, 17 minutes for 5 folds of 240 subjects.
+    attention readout with U-Net cell scores (:class:`liverfat.nn.architectures.AttentionUNet`)
+    on quarter-size formats, 6000 iterations of batch 16 at lr 2e-3, beta-NLL with beta 0.5,
+    batches balanced over the target's range, and, for liver fat, fat-fraction scaling by
+    0.6-2x (why: docs/deep.md); about 4 minutes per training on 2 cores, 20 for 5 folds of
+    240 subjects.
 ``quick``
     ResNet50 for 400 iterations of batch 16 on half-size formats: a smoke test of the paper
     network on a CPU, not a result.
