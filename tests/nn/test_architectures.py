@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from liverfat.nn import architectures
@@ -52,30 +53,17 @@ def test_factories_are_usable_without_the_registry():
     assert isinstance(architectures.small_cnn(1, 1), architectures.SmallCNN)
 
 
-def test_attention_readout_reads_the_mean_of_the_attended_cells():
-    net = build_model("attention_readout", 1, 2).eval()
+@pytest.mark.parametrize("name", ["attention_readout", "attention_unet"])
+def test_attention_readouts_read_the_mean_of_the_attended_cells(name):
+    net = build_model(name, 1, 2).eval()
     x = torch.rand(3, 1, 45, 94)
     # uniform scores: each output is alpha * (mean of the 4 x 4 cell means) + beta + context 0
     torch.nn.init.zeros_(net.score.weight)
     torch.nn.init.zeros_(net.score.bias)
-    with torch.no_grad():
-        out = net(x)
     cells = torch.nn.functional.avg_pool2d(x, 4)  # 11 x 23 cells, the score grid
-    expected = 5.0 * cells.mean(dim=(1, 2, 3))
-    assert torch.allclose(out, expected[:, None].expand(3, 2), atol=1e-5)
     with torch.no_grad():
-        assert net.features(x).shape[2:] == cells.shape[2:]  # one score per cell
-
-
-def test_attention_unet_reads_the_mean_of_the_attended_cells():
-    net = build_model("attention_unet", 1, 2).eval()
-    x = torch.rand(3, 1, 45, 94)
-    torch.nn.init.zeros_(net.score.weight)
-    torch.nn.init.zeros_(net.score.bias)
-    with torch.no_grad():
-        out = net(x)
-        cells = torch.nn.functional.avg_pool2d(x, 4)  # 11 x 23 cells, the score grid
-        assert torch.allclose(out, 5.0 * cells.mean(dim=(1, 2, 3))[:, None].expand(3, 2), atol=1e-5)
+        expected = 5.0 * cells.mean(dim=(1, 2, 3))
+        assert torch.allclose(net(x), expected[:, None].expand(3, 2), atol=1e-5)
         # scores peaked on one cell read that cell
         scores = torch.zeros(1, 2, 11, 23)
         scores[..., 2, 7] = 50.0
