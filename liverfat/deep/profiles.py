@@ -16,8 +16,8 @@ per split. ``paper`` is an explicit choice; ``auto`` is ``paper`` on CUDA and ``
     attention readout with U-Net cell scores (:class:`liverfat.nn.architectures.AttentionUNet`)
     on quarter-size formats, 6000 iterations of batch 16 at lr 2e-3, beta-NLL with beta 0.5,
     batches balanced over the target's range, and, for liver fat, fat-fraction scaling by
-    0.6-2x (why: docs/deep.md); about 4 minutes per training on 2 cores, 20 for 5 folds of
-    240 subjects.
+    0.6-2x (why: docs/deep.md); about 4-5 minutes per training on 2 cores, 21-25 for 5
+    folds of 240 subjects.
 ``quick``
     ResNet50 for 400 iterations of batch 16 on half-size formats: a smoke test of the paper
     network on a CPU, not a result.
