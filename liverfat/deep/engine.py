@@ -33,8 +33,15 @@ from liverfat.data.predictions import (
     prediction_row,
     run_info,
 )
-from liverfat.deep.formats import FAT_FRACTION_FORMATS, get_format, load_formats
-from liverfat.deep.profiles import DEFAULT_PROFILE, PROFILE_KEYS, PROFILES, resolve_profile
+from liverfat.deep.formats import get_format, load_formats
+from liverfat.deep.profiles import (
+    DEFAULT_PROFILE,
+    PROFILE_KEYS,
+    PROFILES,
+    check_fat_scale,
+    fat_scale,
+    resolve_profile,
+)
 from liverfat.deep.training import (
     HEADS,
     TrainSettings,
@@ -60,10 +67,6 @@ from liverfat.nn.weights import (
     save_network_engine,
 )
 from liverfat.parallel import EXECUTORS
-
-#: Targets proportional to the liver's fat fraction on the format's first channel: the ones
-#: fat-fraction scaling (``fat_scale_range``) may scale.
-LIVER_FAT_TARGETS = ("liver_pdff_pct",)
 
 
 class DeepEngine(Engine):
@@ -103,9 +106,8 @@ class DeepEngine(Engine):
     fat_scale_range:
         (low, high): each training image's fat fraction and its targets scaled by one factor,
         log-uniform in the range (:func:`liverfat.deep.training.scale_fat`); (1, 1): none.
-        Used only where it is valid, :data:`LIVER_FAT_TARGETS` on a format of
-        :data:`~liverfat.deep.formats.FAT_FRACTION_FORMATS` with no target transform; a
-        profile's range is dropped elsewhere, an explicit one is an error.
+        Used only where it is valid (:func:`liverfat.deep.profiles.fat_scale`): a profile's
+        range is dropped elsewhere, an explicit one is an error.
     max_shift_px:
         Largest random translation (pixels of the full-size format), edges replicated.
     pretrained:
@@ -197,27 +199,11 @@ class DeepEngine(Engine):
         if self.input_scale is not None and not 0.05 <= float(self.input_scale) <= 4:
             raise LiverfatError(f"input_scale must be in [0.05, 4], got {self.input_scale}")
         if self.fat_scale_range is not None:
-            low, high = (float(v) for v in self.fat_scale_range)
-            if not 0 < low <= high:
-                raise LiverfatError(f"fat_scale_range must be 0 < low <= high, got {low}, {high}")
-            if (low, high) != (1.0, 1.0) and not self._fat_scaling_valid():
-                raise LiverfatError(
-                    "fat_scale_range needs targets among "
-                    f"{', '.join(LIVER_FAT_TARGETS)}, a format among "
-                    f"{', '.join(FAT_FRACTION_FORMATS)} and target_transform none"
-                )
+            check_fat_scale(self.fat_scale_range, self.targets, self.format, self.transform)
         if self.pretrained is not None and not Path(self.pretrained).is_file():
             raise LiverfatError(f"pretrained weights file {self.pretrained} not found")
 
     # Settings ---------------------------------------------------------------------------------
-    def _fat_scaling_valid(self) -> bool:
-        """Whether scaling the format's first channel scales every target with it."""
-        return (
-            set(self.targets) <= set(LIVER_FAT_TARGETS)
-            and self.format in FAT_FRACTION_FORMATS
-            and self.transform == "none"
-        )
-
     @property
     def method(self) -> str:
         return f"deep_{self.model_name}"
@@ -259,15 +245,11 @@ class DeepEngine(Engine):
             seed=int(self.seed),
             nll_beta=float(base["nll_beta"]),
             balance_bins=int(base["balance_bins"]),
-            fat_scale_range=self._fat_scale(base.get("fat_scale_range")),  # older saves: none
+            fat_scale_range=fat_scale(  # older saves have none
+                base.get("fat_scale_range"), self.targets, self.format, self.transform
+            ),
         )
         return settings, scale, device
-
-    def _fat_scale(self, scale_range: Sequence[float] | None) -> tuple[float, float] | None:
-        if scale_range is None or not self._fat_scaling_valid():
-            return None
-        low, high = (float(v) for v in scale_range)
-        return None if low == high == 1.0 else (low, high)
 
     def configuration(self) -> dict[str, Any]:
         settings, scale, device = self.resolved()

@@ -25,8 +25,11 @@ per split. ``paper`` is an explicit choice; ``auto`` is ``paper`` on CUDA and ``
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+from liverfat.deep.formats import FAT_FRACTION_FORMATS
+from liverfat.errors import LiverfatError
 
 PROFILES: dict[str, dict[str, Any]] = {
     "paper": {
@@ -76,3 +79,44 @@ def resolve_profile(profile: str, device_type: str, explicit: Mapping[str, Any])
         profile = "paper" if device_type == "cuda" else "cpu"
     given = {k: v for k, v in explicit.items() if v is not None}
     return {**PROFILES[profile], **given, "profile": profile}
+
+
+#: Targets proportional to the liver's fat fraction on the format's first channel: the ones
+#: fat-fraction scaling (``fat_scale_range``) may scale.
+LIVER_FAT_TARGETS = ("liver_pdff_pct",)
+
+
+def _scales_every_target(targets: Sequence[str], format_name: str, transform: str) -> bool:
+    """Whether scaling the format's first channel scales every target with it."""
+    return (
+        set(targets) <= set(LIVER_FAT_TARGETS)
+        and format_name in FAT_FRACTION_FORMATS
+        and transform == "none"
+    )
+
+
+def fat_scale(
+    scale_range: Sequence[float] | None, targets: Sequence[str], format_name: str, transform: str
+) -> tuple[float, float] | None:
+    """The fat-fraction scaling an engine trains with: ``scale_range`` where it is valid
+    (:data:`LIVER_FAT_TARGETS` on a format of :data:`FAT_FRACTION_FORMATS`, no target
+    transform), else None; None for (1, 1) too."""
+    if scale_range is None or not _scales_every_target(targets, format_name, transform):
+        return None
+    low, high = (float(v) for v in scale_range)
+    return None if low == high == 1.0 else (low, high)
+
+
+def check_fat_scale(
+    scale_range: Sequence[float], targets: Sequence[str], format_name: str, transform: str
+) -> None:
+    """One-line error for an explicit ``scale_range`` that is malformed or used where it is not
+    valid (see :func:`fat_scale`); (1, 1), no scaling, is valid everywhere."""
+    low, high = (float(v) for v in scale_range)
+    if not 0 < low <= high:
+        raise LiverfatError(f"fat_scale_range must be 0 < low <= high, got {low}, {high}")
+    if (low, high) != (1.0, 1.0) and not _scales_every_target(targets, format_name, transform):
+        raise LiverfatError(
+            f"fat_scale_range needs targets among {', '.join(LIVER_FAT_TARGETS)}, a format "
+            f"among {', '.join(FAT_FRACTION_FORMATS)} and target_transform none"
+        )

@@ -180,10 +180,10 @@ class TrainingBatches:
         self.images = _scaled_once(formats, input_scale, device)
         self.targets = torch.from_numpy(np.asarray(targets, np.float32)).to(device)
         self.settings = settings
-        if settings.fat_scale_range is not None and target_zero is None:
-            raise ValueError("fat_scale_range needs target_zero, the standardised 0 per target")
-        zero = np.zeros(self.targets.shape[1]) if target_zero is None else target_zero
-        self.target_zero = torch.as_tensor(np.asarray(zero, np.float32), device=device)
+        if settings.fat_scale_range is not None:
+            if target_zero is None:
+                raise ValueError("fat_scale_range needs target_zero, the standardised 0 per target")
+            self.target_zero = torch.as_tensor(np.asarray(target_zero, np.float32), device=device)
         self.generator = torch.Generator(device=device).manual_seed(settings.seed)
         self.weights = None
         if settings.balance_bins:

@@ -84,7 +84,33 @@ def small_cnn(in_channels: int, out_channels: int) -> nn.Module:
     return SmallCNN(in_channels, out_channels)
 
 
-class AttentionReadout(nn.Module):
+class _CellReadout(nn.Module):
+    """The readout of the attention networks: ``alpha * sum(softmax(scores) * value) + beta``
+    plus a linear term of the pooled features, ``value`` being the input's first channel
+    averaged over each 4 x 4-pixel cell of the score grid."""
+
+    def _add_readout(self, channels: int, out_channels: int) -> None:
+        """``alpha`` (5), ``beta`` (0) and the context term (0) of ``channels`` pooled features;
+        created after the networks' convolutions, so their initial weights keep the seed's."""
+        self.alpha = nn.Parameter(torch.full((out_channels,), 5.0))
+        self.beta = nn.Parameter(torch.zeros(out_channels))
+        self.context = nn.Linear(channels, out_channels)
+        nn.init.zeros_(self.context.weight)
+        nn.init.zeros_(self.context.bias)
+
+    def _read(self, scores: torch.Tensor, x: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+        """The outputs from ``scores`` (batch, out, cells y, cells x) on the input ``x``, with
+        ``pooled`` the features the context term averages."""
+        weights = torch.softmax(scores.flatten(2), dim=2)  # (batch, out, cells)
+        # the value on the score grid (4 x 4 pixel means; two floor-halving poolings give the
+        # same grid): on the phantom this reads better than scores interpolated to every pixel
+        # (out-of-fold R² 0.84 vs 0.78, docs/deep.md)
+        value = nn.functional.avg_pool2d(x[:, :1], 4)
+        readout = (weights * value.flatten(2)).sum(dim=2)
+        return self.alpha * readout + self.beta + self.context(pooled.mean(dim=(2, 3)))
+
+
+class AttentionReadout(_CellReadout):
     """Locate, then read: an attention-pooled readout of the input's first channel.
 
     For formats whose first channel is a quantitative map (the fat fraction of the liver-fat
@@ -111,22 +137,11 @@ class AttentionReadout(nn.Module):
             channels = out
         self.features = nn.Sequential(*layers)
         self.score = nn.Conv2d(channels, out_channels, 1)
-        self.alpha = nn.Parameter(torch.full((out_channels,), 5.0))
-        self.beta = nn.Parameter(torch.zeros(out_channels))
-        self.context = nn.Linear(channels, out_channels)
-        nn.init.zeros_(self.context.weight)
-        nn.init.zeros_(self.context.bias)
+        self._add_readout(channels, out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.features(x)
-        weights = torch.softmax(self.score(features).flatten(2), dim=2)  # (batch, out, cells)
-        # the value on the score grid (4 x 4 pixel means; two floor-halving poolings give the
-        # same grid): on the phantom this reads better than scores interpolated to every pixel
-        # (out-of-fold R² 0.84 vs 0.78, docs/deep.md)
-        value = nn.functional.avg_pool2d(x[:, :1], 4)
-        readout = (weights * value.flatten(2)).sum(dim=2)
-        context = self.context(features.mean(dim=(2, 3)))
-        return self.alpha * readout + self.beta + context
+        return self._read(self.score(features), x, features)
 
 
 def attention_readout(in_channels: int, out_channels: int) -> nn.Module:
@@ -142,7 +157,7 @@ def _conv_stage(in_channels: int, out_channels: int, dilation: int = 1) -> nn.Se
     )
 
 
-class AttentionUNet(nn.Module):
+class AttentionUNet(_CellReadout):
     """:class:`AttentionReadout` whose cell scores see the whole liver: a small U-Net.
 
     The three stages of :class:`AttentionReadout` (to the 4 x 4-pixel cell grid) are followed by
@@ -169,11 +184,7 @@ class AttentionUNet(nn.Module):
         )
         self.merge = _conv_stage(8 * width, 4 * width)
         self.score = nn.Conv2d(4 * width, out_channels, 1)
-        self.alpha = nn.Parameter(torch.full((out_channels,), 5.0))
-        self.beta = nn.Parameter(torch.zeros(out_channels))
-        self.context = nn.Linear(4 * width, out_channels)
-        nn.init.zeros_(self.context.weight)
-        nn.init.zeros_(self.context.bias)
+        self._add_readout(4 * width, out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pool = nn.functional.max_pool2d
@@ -181,11 +192,7 @@ class AttentionUNet(nn.Module):
         bottom = self.bottom(pool(cells, 2))
         upsampled = nn.functional.interpolate(bottom, size=cells.shape[2:], mode="nearest")
         scores = self.score(self.merge(torch.cat([cells, upsampled], dim=1)))
-        weights = torch.softmax(scores.flatten(2), dim=2)  # (batch, out, cells)
-        value = nn.functional.avg_pool2d(x[:, :1], 4)  # the first channel on the cell grid
-        readout = (weights * value.flatten(2)).sum(dim=2)
-        context = self.context(bottom.mean(dim=(2, 3)))
-        return self.alpha * readout + self.beta + context
+        return self._read(scores, x, bottom)
 
 
 def attention_unet(in_channels: int, out_channels: int) -> nn.Module:
