@@ -432,6 +432,7 @@ def run_study(study: Study, *, log: Callable[[str], None] = print) -> Path:
             from liverfat.graders import run_grading_stage
 
             extra.append(run_grading_stage(study, manifest, log))
+    qc.mark_outputs(out, log)  # the stage tables, the engines' own and the learning curve's
     if truth is not None:
         tables.append(truth)
     log("[compare] running ...")

@@ -7,8 +7,13 @@ A study's ``qc:`` key (``slab_mm``, optional; ``policy``: per check ``exclude`` 
 * subjects flagged by a check whose policy is ``exclude`` are left out of the manifest every
   later stage sees (engines, comparison, learning curve, grading) and listed in
   ``OUT/qc/excluded.csv`` (``subject_id, check, message``);
-* subjects flagged by a ``mark`` check keep their rows: each engine's predictions table gets
-  ``qc: CHECK (MESSAGE)`` appended to the row's ``message`` (``; `` between notes);
+* subjects flagged by a ``mark`` check keep their rows: every predictions table of the study's
+  engines gets ``qc: CHECK (MESSAGE)`` appended to the row's ``message`` (``; `` between notes):
+  ``predictions/NAME.csv``, the stage tables beside it (``NAME.cv.csv``, ``NAME.fit.csv``), the
+  engines' own tables under ``engines/NAME/`` (e.g. the network's finished folds) and the
+  learning curve's cells. Marking is idempotent: notes from an earlier run are replaced, never
+  doubled, and a table is rewritten (atomically) only when its messages change, so a resumed
+  study reuses its stages as before;
 * the report gets a "Scan QC" section: subjects flagged per check and policy, and the flagged
   subjects.
 
@@ -28,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, PositiveFloat
 
 from liverfat.data.atomic import write_text_atomic
 from liverfat.data.manifest import Manifest
-from liverfat.data.predictions import PredictionsTable
+from liverfat.data.predictions import PredictionsError, PredictionsTable, sidecar_path
 from liverfat.data.qc import CHECKS, SLAB_MM
 from liverfat.errors import LiverfatError
 from liverfat.study_schema import stage_options
@@ -86,17 +91,44 @@ class StudyQc:
         return sorted(rows["subject_id"].unique())
 
     def mark(self, table: PredictionsTable) -> PredictionsTable:
-        """``table`` with each marked subject's QC note appended to its rows' ``message``."""
-        if not self.marks:
-            return table
-        frame = table.frame.copy()
+        """``table`` with each marked subject's QC note appended to its rows' ``message``.
+
+        Idempotent: QC notes already in a message (an earlier run's, or a reused engine
+        table's) are dropped first, so each row carries exactly the current notes, once.
+        """
+        frame = table.frame
+        message = frame["message"].fillna("").astype(str)
         notes = frame["subject_id"].map(self.marks)
-        has = notes.notna()
-        old = frame.loc[has, "message"].fillna("")
-        frame.loc[has, "message"] = [
-            f"{m}; {n}" if m else n for m, n in zip(old, notes[has], strict=True)
+        touch = notes.notna() | message.str.contains("qc: ", regex=False)
+        if not touch.any():
+            return table
+        frame = frame.copy()
+        frame["message"] = frame["message"].astype(object)
+        frame.loc[touch, "message"] = [
+            with_note(m, n) for m, n in zip(message[touch], notes[touch], strict=True)
         ]
         return PredictionsTable(frame, table.run)
+
+    def mark_outputs(self, out: Path, log: Callable[[str], None] = lambda m: None) -> list[Path]:
+        """Mark every predictions table the study's engines wrote under ``out`` (see
+        :data:`MARKED_FOLDERS`; a table is a CSV with its ``.run.json`` sidecar), rewriting
+        atomically only those whose messages change; return the rewritten paths."""
+        changed = []
+        for folder in MARKED_FOLDERS:
+            for csv in sorted((out / folder).rglob("*.csv")):
+                if not sidecar_path(csv).is_file():
+                    continue
+                try:
+                    table = PredictionsTable.read(csv)
+                except PredictionsError:
+                    continue  # a CSV of another kind that happens to have a sidecar
+                marked = self.mark(table)
+                if marked is not table and not _same_messages(marked, table):
+                    marked.write(csv)
+                    changed.append(csv)
+        if changed:
+            log(f"[qc] QC notes brought up to date in {len(changed)} predictions table(s)")
+        return changed
 
     def sections(self) -> list[Any]:
         """The report's "Scan QC" section (none without a ``qc:`` key)."""
@@ -148,6 +180,29 @@ class StudyQc:
             f"{len(ids)}), titled with their flags; all are in qc/thumbnails/."
         )
         return [FigureItem("qc_thumbnails", caption, figure)]
+
+
+#: The folders below a study's output folder whose predictions tables carry the QC notes.
+MARKED_FOLDERS = ("predictions", "engines", "learning_curve/predictions")
+
+
+def _is_note(part: str) -> bool:
+    return part.endswith(")") and any(part.startswith(f"qc: {c} (") for c in CHECKS)
+
+
+def with_note(message: Any, note: Any) -> str:
+    """``message`` without its QC notes, then ``note`` (if any) appended after ``; ``."""
+    text = "" if pd.isna(message) else str(message)
+    parts = [p for p in text.split("; ") if p and not _is_note(p)]
+    if isinstance(note, str) and note:
+        parts.append(note)
+    return "; ".join(parts)
+
+
+def _same_messages(a: PredictionsTable, b: PredictionsTable) -> bool:
+    return (
+        a.frame["message"].fillna("").astype(str).equals(b.frame["message"].fillna("").astype(str))
+    )
 
 
 def scan_qc(study: Any, manifest: Manifest, log: Callable[[str], None]) -> tuple[Manifest, StudyQc]:
