@@ -19,6 +19,7 @@ tables/learning_curve.csv, learning_curve_summary.csv
 figures/learning_curve.png/.svg
                       MAE and R2 against N, one line per method
 qc/                   with a qc option: qc.csv, qc_summary.csv, excluded.csv, thumbnails/
+                      ('mark' flags: 'qc: CHECK (why)' in every predictions table's message)
 tables/repeatability.csv, repeatability_pairs.csv, figures/repeatability.png/.svg
                       with a repeatability option: wSD, RC, ICC(2,1) and Bland-Altman of the
                       two visits per method, reference and truth; the pairs; one panel each
