@@ -73,6 +73,30 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         type=non_negative_float,
         help="SD of a true liver-fat change between the visits (percentage points; default 0)",
     )
+    phantom.add_argument(
+        "--realism",
+        action="store_true",
+        help="make the scans as hard as UK Biobank's: liver fat varying in space, the three-ROI "
+        "reference, SNR and partial volume, arms, gallbladder and stomach, station-border "
+        "deformation, artefact classes (docs/phantom.md); off by default",
+    )
+    phantom.add_argument(
+        "--realism-off",
+        nargs="+",
+        default=(),
+        metavar="ITEM",
+        help="with --realism, turn these items off: fat_field fat_segments reference_rois "
+        "partial_volume arms arm_artefacts organs seam_deformation artefacts snr",
+    )
+    phantom.add_argument(
+        "--artefact-rates",
+        type=artefact_rate,
+        nargs="+",
+        metavar="CLASS=RATE",
+        help="with --realism, the artefact classes' rates (fractions of scans), e.g. swap=0.012 "
+        "metal=0.008 noise=0.008 positioning=0.008 (the default, 3.6 %% in all); classes "
+        "not named get 0",
+    )
     phantom.set_defaults(func=phantom_main)
 
     manifest = subparsers.add_parser("manifest", help="validate a manifest")
@@ -112,6 +136,18 @@ def pdff_bin(text: str) -> tuple[float, float, int]:
     return low, high, count
 
 
+def artefact_rate(text: str) -> tuple[str, float]:
+    """One ``CLASS=RATE`` of ``--artefact-rates``: an artefact class and a fraction of scans."""
+    name, _, rate = text.partition("=")
+    try:
+        value = float(rate)
+    except ValueError:
+        value = float("nan")
+    if not name or not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not CLASS=RATE with RATE in [0, 1]")
+    return name, value
+
+
 def manifest_check(args: argparse.Namespace) -> int:
     manifest = load_manifest(args, allow_empty=True)  # no subjects is one of the problems listed
     problems = manifest.problems(check_geometry=not args.no_geometry)
@@ -140,6 +176,8 @@ def phantom_main(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from liverfat.data.phantom import PhantomConfig, generate_cohort
+    from liverfat.data.phantom.realism import realistic_config
+    from liverfat.errors import LiverfatError
 
     overrides = {
         "swap_fraction": args.swap_fraction,
@@ -151,7 +189,13 @@ def phantom_main(args: argparse.Namespace) -> int:
         "repeat_fraction": args.repeat_fraction,
         "repeat_change_pp": args.repeat_change_pp,
     }
-    config = replace(PhantomConfig(), **{k: v for k, v in overrides.items() if v is not None})
+    config = PhantomConfig()
+    if args.realism:
+        rates = dict(args.artefact_rates) if args.artefact_rates else None
+        config = realistic_config(config, off=tuple(args.realism_off), artefact_rates=rates)
+    elif args.realism_off or args.artefact_rates:
+        raise LiverfatError("--realism-off and --artefact-rates need --realism")
+    config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
     n = args.n
     if n is None:
         n = sum(count for _, _, count in args.pdff_bins) if args.pdff_bins else 20

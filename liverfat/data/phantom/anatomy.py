@@ -33,6 +33,12 @@ LABELS = {
     "heart": 9,
     "hepatic_vessel": 10,
     "bowel": 11,
+    # Painted only with realism (liverfat.data.phantom.realism).
+    "gallbladder": 12,
+    "stomach": 13,
+    "gas": 14,
+    "arm_fat": 15,
+    "arm_muscle": 16,
 }
 LIVER_LABELS = (LABELS["liver"], LABELS["hepatic_vessel"])
 #: Thickness of the muscle wall around the abdominal and thoracic cavities (mm).
@@ -306,9 +312,58 @@ def _liver_implicit(z, y, x, centre, k, warp):
     return np.minimum(right, left) - 1.0
 
 
+@dataclass(frozen=True)
+class LiverShape:
+    """The painted liver's geometry in mm: centre, scale ``k``, warp and vessel segments."""
+
+    centre: np.ndarray  # (x, y, z) mm
+    k: float
+    warp: list
+    vessels: list[tuple[np.ndarray, np.ndarray, float]]  # (start, end, radius) in mm
+
+    def implicit(self, z, y, x) -> np.ndarray:
+        """Negative inside the liver (:func:`_liver_implicit`)."""
+        return _liver_implicit(z, y, x, self.centre, self.k, self.warp)
+
+    def segment(self, z, y, x) -> np.ndarray:
+        """One of eight Couinaud-like segments (0-7) of anatomical points: right lobe anterior
+        or posterior, left lobe lateral or medial, each superior or inferior."""
+        px = (np.asarray(x) - self.centre[0]) / self.k
+        py = (np.asarray(y) - self.centre[1]) / self.k
+        pz = (np.asarray(z) - self.centre[2]) / self.k
+        left = px > 45.0
+        second = np.where(left, px > 92.0, py > 0.0)
+        upper = np.where(left, pz > 18.0, pz > 0.0)
+        return (4 * left + 2 * second + upper).astype(np.intp)
+
+    def clear(self, z, y, x, margin_mm: float) -> np.ndarray:
+        """Points of one transverse plane whose in-plane disc of ``margin_mm`` lies inside the
+        liver (tested at the centre and eight points on the rim) and off every vessel."""
+        ok = self.implicit(z, y, x) <= 0
+        for angle in np.arange(8) * np.pi / 4:
+            ok &= (
+                self.implicit(z, y + margin_mm * np.sin(angle), x + margin_mm * np.cos(angle)) <= 0
+            )
+        for start, end, radius in self.vessels:
+            seg = end - start
+            t = np.clip(
+                ((x - start[0]) * seg[0] + (y - start[1]) * seg[1] + (z - start[2]) * seg[2])
+                / float(seg @ seg),
+                0,
+                1,
+            )
+            d2 = (
+                (x - start[0] - t * seg[0]) ** 2
+                + (y - start[1] - t * seg[1]) ** 2
+                + (z - start[2] - t * seg[2]) ** 2
+            )
+            ok &= d2 >= (radius + margin_mm) ** 2
+        return ok
+
+
 def paint_liver(
     grid: Grid, subject: Subject, marks: Landmarks, labels: np.ndarray, rng: np.random.Generator
-) -> None:
+) -> LiverShape:
     """The liver (right upper abdomen, under the right lung) with branching hepatic vessels."""
     warp = [Waves(rng, 3, (140.0, 320.0)) for _ in range(3)]
     amplitude = np.float32(rng.uniform(6.0, 12.0))
@@ -335,10 +390,11 @@ def paint_liver(
         k *= (subject.liver_volume_target_ml / volume) ** (1 / 3)
     view = labels[box]
     view[inside & (view != LABELS["bone_marrow"])] = LABELS["liver"]
-    _paint_vessels(grid, labels, box, inside, centre, k, warp, rng)
+    vessels = _paint_vessels(grid, labels, box, inside, centre, k, warp, rng)
+    return LiverShape(centre, float(k), warp, vessels)
 
 
-def _paint_vessels(grid, labels, box, inside, centre, k, warp, rng) -> None:
+def _paint_vessels(grid, labels, box, inside, centre, k, warp, rng) -> list:
     """A branching tree of tubes from the hilum, kept inside the liver."""
     hilum = centre + np.array([35.0, 12.0, -30.0], np.float32) * k
 
@@ -380,6 +436,7 @@ def _paint_vessels(grid, labels, box, inside, centre, k, warp, rng) -> None:
             + (z - start[2] - t * seg[2]) ** 2
         )
         view[(d2 <= radius**2) & inside] = LABELS["hepatic_vessel"]
+    return segments
 
 
 def measure_volumes(labels: np.ndarray, grid: Grid, marks: Landmarks) -> dict[str, float]:

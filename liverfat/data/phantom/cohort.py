@@ -51,6 +51,7 @@ from liverfat.data.phantom.imaging import (
     simulate_reference,
     synthesise_signal,
 )
+from liverfat.data.phantom.realistic_scan import RealisticScan
 from liverfat.data.phantom.visits import (
     FIRST_VISIT,
     assign_repeats,
@@ -274,17 +275,31 @@ def build_subject(
     labels = np.zeros(grid.shape, np.uint8)
     body = paint_body(grid, subject, marks, labels, rng)
     paint_organs(grid, subject, marks, labels, body)
-    paint_liver(grid, subject, marks, labels, rng)
+    liver = paint_liver(grid, subject, marks, labels, rng)
+    real = RealisticScan.start(seed, index, visit, config.realism)
+    if real is not None:
+        real.paint_anatomy(grid, subject, marks, labels, liver)
     first_pdff, moved_mm = subject.pdff_pct, 0.0
     if visit != FIRST_VISIT:
         moved_mm = reposition(grid, labels, shift_mm, rng_scan)
         marks = Landmarks.for_height(subject.height_cm, shift_mm=shift_mm + moved_mm)
         pdff = changed_pdff(subject.pdff_pct, config.repeat_change_pp, rng_scan)
         subject = replace(subject, subject_id=subject_id_for(index, visit), pdff_pct=pdff)
+    if real is not None:
+        real.before_motion(grid, labels)
     motion = apply_motion(grid, labels, rng_scan, config.motion_sd_mm)
-    water, fat = synthesise_signal(grid, labels, subject, config, rng_noise)
+    liver_fat = None
+    if real is not None:
+        real.deform(grid, labels)
+        liver_fat = real.liver_fat(grid, labels, liver, subject.pdff_pct, moved_mm)
+    water, fat = synthesise_signal(grid, labels, subject, config, rng_noise, liver_fat=liver_fat)
     swap, swap_station = apply_swap(grid, labels, water, fat, rng_scan, config.swap_fraction)
-    reference, outlier = simulate_reference(subject.pdff_pct, config, rng_reference)
+    measured = subject.pdff_pct
+    if real is not None:
+        real.after_signal(grid, labels, water, fat, config.noise_sd)
+        measured = real.reference_base(liver, subject.pdff_pct)
+        swap, swap_station = real.swap_state(swap, swap_station)
+    reference, outlier = simulate_reference(measured, config, rng_reference)
     volumes = measure_volumes(labels, grid, marks)
     visits = {}
     if config.repeat_fraction > 0:
@@ -312,6 +327,7 @@ def build_subject(
         "swap_station": swap_station,
         "motion_offsets_mm": motion,
         "diaphragm_z_mm": round(marks.diaphragm, 2),
+        **(real.record() if real is not None else {}),
     }
     return {"water": water, "fat": fat, "labels": labels}, record
 

@@ -29,6 +29,7 @@ from scipy import ndimage
 
 from liverfat.data.phantom.anatomy import LABELS, LIVER_LABELS
 from liverfat.data.phantom.grid import Grid, Waves
+from liverfat.data.phantom.realism import Realism, blur_sigma_voxels
 from liverfat.errors import LiverfatError
 
 if TYPE_CHECKING:
@@ -49,6 +50,11 @@ TISSUE = {
     "heart": (85.0, 1.0),
     "hepatic_vessel": (95.0, 0.0),
     "bowel": (75.0, 4.0),
+    "gallbladder": (95.0, 0.0),
+    "stomach": (80.0, 3.0),
+    "gas": (1.0, 0.0),
+    "arm_fat": (95.0, 92.0),
+    "arm_muscle": (70.0, 3.0),
 }
 
 
@@ -101,6 +107,11 @@ class PhantomConfig:
     repeat_change_pp:
         Standard deviation of a true change in liver PDFF between the visits (percentage points;
         0 = the same liver fat at both), drawn per repeated participant.
+    realism:
+        ``None`` (the default): the phantom as it was before realism. Otherwise a
+        :class:`~liverfat.data.phantom.realism.Realism`: spatially varying liver fat, the
+        three-ROI reference, arms, gallbladder and stomach, station-border deformation and
+        artefact classes (:func:`~liverfat.data.phantom.realism.realistic_config` turns it on).
     """
 
     noise_floor_pct: float = 1.5
@@ -118,6 +129,7 @@ class PhantomConfig:
     pdff_bins: tuple[tuple[float, float, int], ...] | None = None
     repeat_fraction: float = 0.0
     repeat_change_pp: float = 0.0
+    realism: Realism | None = None
 
     def __post_init__(self) -> None:
         if self.pdff_bins is not None:
@@ -143,6 +155,9 @@ class PhantomConfig:
         for key in ("repeat_fraction", "repeat_change_pp"):
             if not record[key]:
                 del record[key]
+        realism = record.pop("realism")
+        if realism is not None:
+            record["realism"] = self.realism.as_record()
         return record
 
     def body_ff(self, pdff_pct: np.ndarray | float) -> np.ndarray:
@@ -216,8 +231,15 @@ def synthesise_signal(
     subject: Subject,
     config: PhantomConfig,
     rng: np.random.Generator,
+    *,
+    liver_fat: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Water and fat magnitude images (float32) from the label map and the imaging model."""
+    """Water and fat magnitude images (float32) from the label map and the imaging model.
+
+    ``liver_fat`` is ``(flat voxel indices, PDFF %)`` of the liver parenchyma where its fat
+    varies in space (:func:`~liverfat.data.phantom.realism.liver_fat_map`); without it the
+    liver is one PDFF.
+    """
     n_labels = max(LABELS.values()) + 1
     pd_lut = np.zeros(n_labels, np.float32)
     ff_lut = np.zeros(n_labels, np.float32)
@@ -227,9 +249,12 @@ def synthesise_signal(
     ff_lut = config.body_ff(ff_lut).astype(np.float32) / 100
     proton = pd_lut[labels]
     ffrac = ff_lut[labels]
+    if liver_fat is not None:
+        ffrac.ravel()[liver_fat[0]] = config.body_ff(liver_fat[1]).astype(np.float32) / 100
     water = proton * (1 - ffrac)
     fat = proton * ffrac
-    sigma = [config.blur_sigma_mm / s for s in (grid.spacing[2], grid.spacing[1], grid.spacing[0])]
+    partial_volume = config.realism is not None and config.realism.partial_volume
+    sigma = blur_sigma_voxels(grid, config.blur_sigma_mm, partial_volume)
     if max(sigma) > 0.3:
         water = ndimage.gaussian_filter(water, sigma, truncate=2.0)
         fat = ndimage.gaussian_filter(fat, sigma, truncate=2.0)
