@@ -38,9 +38,11 @@ METAL_VOID_FRACTION = 0.10
 METAL_MIN_VOID_ML = 10.0
 #: Voids larger than this (mL) are the lungs.
 METAL_MAX_VOID_ML = 1000.0
-#: A ring voxel is pile-up when its ``W + F`` is above this times the tissue beyond the ring:
-#: above the fat-to-muscle contrast (95 / 70, 1.36) that a gas pocket next to fat shows.
-METAL_RIM_RATIO = 1.45
+#: A ring voxel is pile-up when its ``W + F`` is above this times the tissue beyond the ring: the
+#: weakest pile-up (1.5 x tissue) seen against a halo up to 12 % brighter is still 1.34; a gas
+#: pocket's ring is ordinary tissue, at most the fat-to-muscle contrast (95 / 70) on the part
+#: of its border that is fat.
+METAL_RIM_RATIO = 1.3
 #: Tissue beyond the ring, the rim's reference, has ``W + F`` above this fraction of the body's
 #: median (lungs and voids left out).
 METAL_TISSUE_FRACTION = 0.4

@@ -208,7 +208,7 @@ def apply_metal(
     the lumbar spine becomes a void: both signals pure Rician noise of SD ``noise_sd``. Over part
     of the void's border (about half of it) a pile-up rim a voxel or more thick carries
     :data:`METAL_RIM_FACTOR` times the tissue's signal, and a halo beyond it is smoothly
-    distorted in intensity (x 0.75-1.25). The void is kept inside the body (labels > 0).
+    distorted in intensity (x 0.88-1.12). The void is kept inside the body (labels > 0).
 
     Returns ``{"site", "centre_mm": [x, y, z], "void_ml", "rim_factor"}``; ``void_ml`` is the
     void's volume on the grid.
@@ -249,7 +249,7 @@ def apply_metal(
     rim = (distance > 0) & (distance <= rim_mm) & (facing > -0.1) & inside_body
     halo = (distance > rim_mm) & (distance <= 3 * rim_mm) & inside_body
     rim_factor = float(rng.uniform(*METAL_RIM_FACTOR))
-    modulation = (1 + 0.25 * np.clip(Waves(rng, 3, (20.0, 60.0))(z, y, x), -1, 1)).astype(
+    modulation = (1 + 0.12 * np.clip(Waves(rng, 3, (20.0, 60.0))(z, y, x), -1, 1)).astype(
         np.float32
     )
     for image in (water, fat):
