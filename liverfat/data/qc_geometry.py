@@ -6,8 +6,8 @@ and the body mask (:func:`liverfat.data.dixon.body_mask`):
 * ``metal`` (:func:`metal_check`): a void inside the body outline (``W + F`` below
   :data:`METAL_VOID_FRACTION` of the body's median) of at least :data:`METAL_MIN_VOID_ML`, with
   the susceptibility signature: a pile-up rim. The value is, for the most rimmed void, the share
-  (%) of its in-plane border ring brighter than :data:`METAL_RIM_RATIO` times the tissue just
-  beyond the ring; flagged above :data:`METAL_RIM_PCT`. Gas and lungs have voids without a rim.
+  (%) of its in-plane border ring brighter than :data:`METAL_RIM_RATIO` times the brighter tissue
+  just beyond the ring; flagged above :data:`METAL_RIM_PCT`. Gas and lungs have voids without a rim.
 * ``seam`` (:func:`seam_check`): the largest in-plane misalignment (mm) between adjacent slices
   beyond the local trend: the integer shift that best aligns their body outlines' left-right and
   anterior-posterior profiles, minus the median shift of the neighbouring slice pairs; flagged
@@ -46,6 +46,9 @@ METAL_RIM_RATIO = 1.3
 #: Tissue beyond the ring, the rim's reference, has ``W + F`` above this fraction of the body's
 #: median (lungs and voids left out).
 METAL_TISSUE_FRACTION = 0.4
+#: The tissue reference is this percentile of the tissue beyond the ring: its brighter tissue, so
+#: that fat next to a gas pocket (95 against bowel's or muscle's 70-75) is not pile-up.
+METAL_TISSUE_PERCENTILE = 75.0
 #: Share (%) of a void's border ring that must be pile-up: implants pile up over about half their
 #: border, gas and lungs over a few percent at most.
 METAL_RIM_PCT = 15.0
@@ -83,8 +86,9 @@ def metal_voids(
     """``(void_ml, rim_pct)`` of every void inside the body outline (largest rim share first).
 
     ``rim_pct`` is the share (%) of the void's one-pixel in-plane border ring (inside the outline)
-    whose ``W + F`` exceeds :data:`METAL_RIM_RATIO` times the median ``W + F`` of the tissue two
-    to four pixels beyond the void (above :data:`METAL_TISSUE_FRACTION` of the body's median).
+    whose ``W + F`` exceeds :data:`METAL_RIM_RATIO` times the :data:`METAL_TISSUE_PERCENTILE` th
+    percentile ``W + F`` of the tissue two to four pixels beyond the void (above
+    :data:`METAL_TISSUE_FRACTION` of the body's median).
     ``spacing_mm`` is (x, y, z).
     """
     signal = np.asarray(water, np.float32) + np.asarray(fat, np.float32)
@@ -111,7 +115,11 @@ def metal_voids(
         beyond &= near > METAL_TISSUE_FRACTION * body  # tissue, not lung or noise
         if ring.sum() < 4:
             continue
-        tissue = float(np.median(near[beyond])) if beyond.sum() >= 4 else body
+        tissue = (
+            float(np.percentile(near[beyond], METAL_TISSUE_PERCENTILE))
+            if beyond.sum() >= 4
+            else body
+        )
         bright = np.count_nonzero(near[ring] > METAL_RIM_RATIO * tissue)
         found.append((size_ml, 100.0 * bright / int(ring.sum())))
     return sorted(found, key=lambda v: v[1], reverse=True)
