@@ -133,12 +133,12 @@ def metal_check(
     if not voids:
         return QcCheck("metal", 0.0, METAL_RIM_PCT, False, "no metal: no void inside the body")
     size_ml, rim = voids[0]
-    flag = rim > METAL_RIM_PCT
+    flag = bool(rim > METAL_RIM_PCT)
     if flag:
         message = f"metal artefact: void of {size_ml:.0f} mL with a bright rim on {rim:.0f} %"
     else:
         message = f"no metal: {len(voids)} void(s), bright rim on {rim:.0f} % at most"
-    return QcCheck("metal", rim, METAL_RIM_PCT, flag, message)
+    return QcCheck("metal", float(rim), METAL_RIM_PCT, flag, message)
 
 
 def _best_shift(a: np.ndarray, b: np.ndarray, max_shift: int) -> int:
@@ -189,7 +189,7 @@ def seam_check(mask: np.ndarray, *, spacing_mm: Sequence[float]) -> QcCheck:
         return QcCheck("seam", float("nan"), SEAM_THRESHOLD_MM, False, "no slice pair to align")
     k = int(np.nanargmax(jumps))
     value = float(jumps[k])
-    flag = value > SEAM_THRESHOLD_MM
+    flag = bool(value > SEAM_THRESHOLD_MM)
     where = f"between slices {k} and {k + 1} ({(k + 1) * float(spacing_mm[2]):.0f} mm)"
     state = "station misaligned" if flag else "seams aligned"
     return QcCheck(
@@ -255,7 +255,7 @@ def position_check(mask: np.ndarray, *, spacing_mm: Sequence[float]) -> QcCheck:
     }
     worst = max(parts, key=parts.get)
     value = float(parts[worst])
-    flag = value > 1.0
+    flag = bool(value > 1.0)
     detail = (
         f"trunk {pose['lateral_mm']:+.0f} mm left-right, {pose['ap_mm']:+.0f} mm anterior-"
         f"posterior, roll {pose['roll_deg']:+.1f} deg, {pose['edge_pct']:.0f} % of trunk slices "

@@ -157,3 +157,19 @@ def test_cli_qc_end_to_end_resumes_and_keeps_going_past_a_broken_subject(cohort,
     rows = table[table["subject_id"] == broken]
     assert rows[["check", "flag"]].values.tolist() == [["read", "failed"]]
     assert len(table) == len(CHECKS) * (len(manifest) - 1) + 1
+
+
+def test_cli_qc_with_truth_writes_scores(cohort, tmp_path, capsys):
+    manifest, truth = cohort
+    truth_csv = manifest.path.parent / "truth" / "truth.csv"
+    out = tmp_path / "qc"
+    argv = ["qc", str(manifest.path), "--out", str(out), "--executor", "serial"]
+    assert main([*argv, "--truth", str(truth_csv)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    n_swapped = int(truth["water_fat_swap"].sum())
+    assert f"swap (swap): sensitivity 1.000 ({n_swapped}/{n_swapped})" in lines[-4]
+    scores = pd.read_csv(out / "qc_scores.csv").set_index(["class", "check"])
+    assert scores.loc[("swap", "swap"), "specificity"] == 1.0
+    assert scores.loc[("metal", "metal"), "n_positive"] == 0
+    assert main([*argv, "--truth", str(tmp_path / "missing.csv")]) != 0
+    assert "missing.csv" in capsys.readouterr().err
