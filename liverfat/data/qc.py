@@ -1,5 +1,5 @@
-"""Automated scan quality control from the Dixon images alone: water-fat swaps, signal voids and
-background noise.
+"""Automated scan quality control from the Dixon images alone: water-fat swaps, signal voids,
+background noise, and (in :mod:`liverfat.data.qc_geometry`) metal, station seams and positioning.
 
 Every check gives one :class:`QcCheck`: a value, the threshold it is read against, a flag and a
 one-line message. The checks work on (z, y, x) numpy arrays with z the superior-inferior axis and
@@ -7,9 +7,11 @@ y the anterior-posterior one (:func:`subject_qc` turns the images to LPS axes fi
 
 * ``swap`` (:func:`slab_swap_scores`): a manifest has no station boundaries, so the volume is cut
   along z into slabs of ``slab_mm`` (default :data:`SLAB_MM`, 100 mm: shorter than a UK Biobank
-  station of 130-200 mm, so a swapped station fills at least one slab on its own) and each slab is
-  scored by :func:`~liverfat.data.swaps.station_swap_score` (core-minus-shell fat fraction, pp,
-  about -50 to -90 pp when normal). The value is the highest slab score; above
+  station of 130-200 mm, so a swapped station fills at least one slab on its own), starting every
+  quarter slab (so a swap of part of a station, 75 mm or more, fills one too), and each slab, and
+  its left and right halves (a swap of one in-plane half), is scored as
+  :func:`~liverfat.data.swaps.station_swap_score` does (core-minus-shell fat fraction, pp,
+  about -50 to -90 pp when normal). The value is the highest score; above
   :data:`~liverfat.data.swaps.SWAP_SCORE_THRESHOLD` + :data:`~liverfat.data.swaps.SWAP_SCORE_MARGIN`
   (10 pp) it is flagged, exactly where ingestion calls a station ``swapped``.
 * ``void`` (:func:`signal_voids`): regions inside the body's outline (the body mask with its

@@ -87,7 +87,7 @@ def metal_voids(
 
     ``rim_pct`` is the share (%) of the void's one-pixel in-plane border ring (inside the outline)
     whose ``W + F`` exceeds :data:`METAL_RIM_RATIO` times the :data:`METAL_TISSUE_PERCENTILE` th
-    percentile ``W + F`` of the tissue two to four pixels beyond the void (above
+    percentile ``W + F`` of the tissue three to five pixels beyond the void (above
     :data:`METAL_TISSUE_FRACTION` of the body's median).
     ``spacing_mm`` is (x, y, z).
     """
@@ -106,12 +106,12 @@ def metal_voids(
         if not METAL_MIN_VOID_ML <= size_ml <= METAL_MAX_VOID_ML:
             continue
         pad = tuple(
-            slice(max(s.start - p, 0), s.stop + p) for s, p in zip(box, (0, 5, 5), strict=True)
+            slice(max(s.start - p, 0), s.stop + p) for s, p in zip(box, (0, 6, 6), strict=True)
         )
         component = labels[pad] == index
         near = signal[pad]
         ring = _ring(component, 1) & outline[pad] & ~low[pad]
-        beyond = _ring(component, 4) & ~_ring(component, 1) & outline[pad]
+        beyond = _ring(component, 5) & ~_ring(component, 2) & outline[pad]
         beyond &= near > METAL_TISSUE_FRACTION * body  # tissue, not lung or noise
         if ring.sum() < 4:
             continue
