@@ -107,7 +107,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     check.set_defaults(func=manifest_check)
 
     qc = subparsers.add_parser(
-        "qc", help="automated scan QC from the images: water-fat swap, signal void, noise"
+        "qc",
+        help="automated scan QC from the images: water-fat swap, signal void, noise, metal, "
+        "station seams, positioning",
     )
     add_manifest_args(qc, split=True)
     qc.add_argument("--out", required=True, help="output folder (resumes if it exists)")
@@ -116,6 +118,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         type=positive_float,
         default=100.0,
         help="height of the z-slabs scored for a water-fat swap (mm, default %(default)s)",
+    )
+    qc.add_argument(
+        "--truth",
+        help="truth table with an 'artefact' (or 'water_fat_swap') column, e.g. the phantom's "
+        "truth/truth.csv: also writes OUT/qc_scores.csv, sensitivity and specificity per class",
     )
     add_executor_args(qc)
     qc.set_defaults(func=qc_main)
@@ -162,13 +169,16 @@ def manifest_check(args: argparse.Namespace) -> int:
 
 
 def qc_main(args: argparse.Namespace) -> int:
-    from liverfat.data.qc_run import run_qc
+    from liverfat.data.qc_run import run_qc, score_run
 
     manifest = load_manifest(args)
     run = run_qc(manifest, args.out, slab_mm=args.slab_mm, **executor_settings(args))
     for sid, error in run.failures.items():
         print(f"{sid}: {error}", file=sys.stderr)
     print(run.line(len(manifest)))
+    if args.truth:
+        for line in score_run(run, args.truth):
+            print(line)
     return 0
 
 

@@ -1,5 +1,5 @@
-"""Automated scan quality control from the Dixon images alone: water-fat swaps, signal voids and
-background noise.
+"""Automated scan quality control from the Dixon images alone: water-fat swaps, signal voids,
+background noise, and (in :mod:`liverfat.data.qc_geometry`) metal, station seams and positioning.
 
 Every check gives one :class:`QcCheck`: a value, the threshold it is read against, a flag and a
 one-line message. The checks work on (z, y, x) numpy arrays with z the superior-inferior axis and
@@ -7,9 +7,11 @@ y the anterior-posterior one (:func:`subject_qc` turns the images to LPS axes fi
 
 * ``swap`` (:func:`slab_swap_scores`): a manifest has no station boundaries, so the volume is cut
   along z into slabs of ``slab_mm`` (default :data:`SLAB_MM`, 100 mm: shorter than a UK Biobank
-  station of 130-200 mm, so a swapped station fills at least one slab on its own) and each slab is
-  scored by :func:`~liverfat.data.swaps.station_swap_score` (core-minus-shell fat fraction, pp,
-  about -50 to -90 pp when normal). The value is the highest slab score; above
+  station of 130-200 mm, so a swapped station fills at least one slab on its own), starting every
+  quarter slab (so a swap of part of a station, 75 mm or more, fills one too), and each slab, and
+  its left and right halves (a swap of one in-plane half), is scored as
+  :func:`~liverfat.data.swaps.station_swap_score` does (core-minus-shell fat fraction, pp,
+  about -50 to -90 pp when normal). The value is the highest score; above
   :data:`~liverfat.data.swaps.SWAP_SCORE_THRESHOLD` + :data:`~liverfat.data.swaps.SWAP_SCORE_MARGIN`
   (10 pp) it is flagged, exactly where ingestion calls a station ``swapped``.
 * ``void`` (:func:`signal_voids`): regions inside the body's outline (the body mask with its
@@ -38,12 +40,14 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import SimpleITK as sitk
 
-from liverfat.data.dixon import body_mask
+from liverfat.data.dixon import body_mask, fat_fraction
 from liverfat.data.swaps import (
+    CORE_MM,
+    MIN_REGION_VOXELS,
+    SHELL_MM,
     SWAP_SCORE_MARGIN,
     SWAP_SCORE_THRESHOLD,
     edge_depth_mm,
-    station_swap_score,
 )
 
 #: Default slab height along z (mm) for the swap check.
@@ -65,7 +69,7 @@ NOISE_THRESHOLD_PCT = 5.0
 #: Fewer background voxels than this and the noise is undefined (NaN).
 MIN_BACKGROUND_VOXELS = 100
 #: The checks, in the order of the output tables.
-CHECKS = ("swap", "void", "noise")
+CHECKS = ("swap", "void", "noise", "metal", "seam", "position")
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,23 @@ def slab_bounds(n_z: int, spacing_z_mm: float, slab_mm: float = SLAB_MM) -> list
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)]
 
 
+#: Slabs start every this fraction of a slab's height: a swapped run of at least 75 % of a slab
+#: then fills a whole slab somewhere (a partial station swap of 40 % of a 185 mm station is 74 mm).
+SLAB_STRIDE_FRACTION = 0.25
+#: The parts of each slab scored: all of it, and the patient's left and right halves of the field
+#: of view (a swap can cover one in-plane half of a station).
+SLAB_PARTS = ("whole", "left", "right")
+_FF_BINS = 400  # 0.25 pp histogram bins for the medians
+
+
+def _hist_median(hist: np.ndarray) -> np.ndarray:
+    """Medians (pp) of fat-fraction histograms along the last axis (:data:`_FF_BINS` bins)."""
+    cumulative = np.cumsum(hist, axis=-1)
+    half = cumulative[..., -1:] / 2.0
+    index = np.argmax(cumulative >= half, axis=-1)
+    return (index + 0.5) * (100.0 / _FF_BINS)
+
+
 def slab_swap_scores(
     water: np.ndarray,
     fat: np.ndarray,
@@ -100,16 +121,50 @@ def slab_swap_scores(
     *,
     spacing_mm: Sequence[float],
     slab_mm: float = SLAB_MM,
-) -> list[tuple[int, int, float]]:
-    """``(start, stop, score)`` per z-slab: :func:`station_swap_score` (pp) of each slab.
+) -> list[tuple[int, int, str, float]]:
+    """``(start, stop, part, score)`` per z-slab and part: the core-minus-shell fat fraction (pp).
 
-    ``spacing_mm`` is (x, y, z) in mm; ``mask`` the body mask of the whole volume.
+    The score is :func:`~liverfat.data.swaps.station_swap_score`'s (shell and core by in-plane
+    depth in the whole body mask) to 0.25 pp, for slabs of ``slab_mm`` starting every
+    :data:`SLAB_STRIDE_FRACTION` of it, each as a whole and as its left and right halves
+    (:data:`SLAB_PARTS`); NaN where shell or core is too small. ``spacing_mm`` is (x, y, z).
     """
-    bounds = slab_bounds(np.shape(water)[0], float(spacing_mm[2]), slab_mm)
-    return [
-        (a, b, station_swap_score(water[a:b], fat[a:b], mask[a:b], spacing_mm=spacing_mm[:2]))
-        for a, b in bounds
-    ]
+    water = np.asarray(water, np.float32)
+    n_z, _, n_x = water.shape
+    if not n_z:
+        return []
+    inside = np.asarray(mask) > 0
+    depth = edge_depth_mm(inside, spacing_mm[:2])
+    pixel = max(float(spacing_mm[0]), float(spacing_mm[1]))
+    shell = inside & (depth <= max(SHELL_MM, pixel * 1.001))
+    core = inside & (depth > max(CORE_MM, 2.001 * pixel))
+    bins = np.minimum(
+        (fat_fraction(water, fat) * (_FF_BINS / 100.0)).astype(np.int64), _FF_BINS - 1
+    )
+    left = np.zeros(water.shape, np.int64)
+    left[:, :, n_x // 2 :] = 1  # +x is the patient's left
+    z_index = np.broadcast_to(np.arange(n_z)[:, None, None], water.shape)
+    hist = np.zeros((2, n_z, 2, _FF_BINS))  # region (shell, core), slice, half (right, left)
+    for r, region in enumerate((shell, core)):
+        flat = (z_index[region] * 2 + left[region]) * _FF_BINS + bins[region]
+        hist[r] = np.bincount(flat, minlength=n_z * 2 * _FF_BINS).reshape(n_z, 2, _FF_BINS)
+    cumulative = np.concatenate([np.zeros((2, 1, 2, _FF_BINS)), np.cumsum(hist, axis=1)], axis=1)
+    height = min(n_z, max(1, int(round(slab_mm / float(spacing_mm[2])))))
+    stride = max(1, int(round(height * SLAB_STRIDE_FRACTION)))
+    starts = sorted(set(range(0, n_z - height + 1, stride)) | {n_z - height})
+    out = []
+    for a in starts:
+        b = a + height
+        window = cumulative[:, b] - cumulative[:, a]  # (region, half, bins)
+        parts = {"whole": window.sum(axis=1), "left": window[:, 1], "right": window[:, 0]}
+        for part in SLAB_PARTS:
+            h = parts[part]
+            if h[0].sum() < MIN_REGION_VOXELS or h[1].sum() < MIN_REGION_VOXELS:
+                out.append((a, b, part, float("nan")))
+                continue
+            medians = _hist_median(h)
+            out.append((a, b, part, float(medians[1] - medians[0])))
+    return out
 
 
 def swap_check(
@@ -120,17 +175,16 @@ def swap_check(
     spacing_mm: Sequence[float],
     slab_mm: float = SLAB_MM,
 ) -> QcCheck:
-    """The ``swap`` check: the highest slab score (pp) against :data:`SWAP_FLAG_PP`."""
+    """The ``swap`` check: the highest :func:`slab_swap_scores` score (pp) against
+    :data:`SWAP_FLAG_PP`."""
     slabs = slab_swap_scores(water, fat, mask, spacing_mm=spacing_mm, slab_mm=slab_mm)
-    finite = [s for s in slabs if np.isfinite(s[2])]
+    finite = [s for s in slabs if np.isfinite(s[3])]
     if not finite:
         return QcCheck("swap", float("nan"), SWAP_FLAG_PP, False, "no slab could be scored")
-    a, b, score = max(finite, key=lambda s: s[2])
+    a, b, part, score = max(finite, key=lambda s: s[3])
     dz = float(spacing_mm[2])
-    where = (
-        f"slab {slabs.index((a, b, score)) + 1} of {len(slabs)}, slices {a}-{b - 1} "
-        f"({a * dz:.0f}-{b * dz:.0f} mm from the inferior end)"
-    )
+    half = "" if part == "whole" else f" ({part} half)"
+    where = f"slices {a}-{b - 1}{half} ({a * dz:.0f}-{b * dz:.0f} mm from the inferior end)"
     flag = score > SWAP_FLAG_PP
     if flag:
         message = f"water-fat swap in {where}: core-minus-shell fat fraction {score:+.1f} pp"
@@ -232,6 +286,8 @@ def array_qc(
     slab_mm: float = SLAB_MM,
 ) -> list[QcCheck]:
     """All checks (:data:`CHECKS` order) of (z, y, x) water and fat arrays; spacing (x, y, z) mm."""
+    from liverfat.data.qc_geometry import metal_check, position_check, seam_check
+
     water = np.asarray(water, np.float32)
     fat = np.asarray(fat, np.float32)
     mask = body_mask(water, fat)
@@ -239,6 +295,9 @@ def array_qc(
         swap_check(water, fat, mask, spacing_mm=spacing_mm, slab_mm=slab_mm),
         void_check(water, fat, mask, spacing_mm=spacing_mm),
         noise_check(water, fat, mask, spacing_mm=spacing_mm),
+        metal_check(water, fat, mask, spacing_mm=spacing_mm),
+        seam_check(mask, spacing_mm=spacing_mm),
+        position_check(mask, spacing_mm=spacing_mm),
     ]
 
 

@@ -8,6 +8,8 @@ Writes into the output folder:
 * ``qc.csv``: the long table ``subject_id, check, value, threshold, flag, message`` (a subject
   whose images cannot be read is one row with check ``read``, flag ``failed``);
 * ``qc_summary.csv``: per check, how many subjects it flagged (and ``read``: how many failed);
+* ``qc_scores.csv`` (with a truth table, :func:`score_run`): sensitivity and specificity per
+  artefact class (:func:`~liverfat.data.qc_scoring.score_qc`);
 * ``thumbnails/<subject>.png``: for flagged subjects, the mean-intensity coronal projection of
   the water image.
 
@@ -189,3 +191,19 @@ def run_qc(
     _write_if_changed(out / "qc.csv", table.to_csv(index=False))
     _write_if_changed(out / "qc_summary.csv", summary.to_csv(index=False))
     return QcRun(out, table, failures)
+
+
+def score_run(run: QcRun, truth_csv: str | os.PathLike[str]) -> list[str]:
+    """Score ``run``'s table against a truth CSV: write ``qc_scores.csv``, return one line per
+    artefact class (:mod:`liverfat.data.qc_scoring`). A missing or unusable truth table raises
+    :class:`~liverfat.errors.LiverfatError` (one line)."""
+    from liverfat.data.qc_scoring import score_lines, score_qc
+    from liverfat.errors import LiverfatError
+
+    try:
+        truth = pd.read_csv(truth_csv, dtype={"subject_id": str})
+        scores = score_qc(run.table, truth)
+    except (OSError, ValueError, KeyError) as error:
+        raise LiverfatError(f"{truth_csv}: cannot score QC against it: {error}") from None
+    _write_if_changed(run.out / "qc_scores.csv", scores.to_csv(index=False))
+    return score_lines(scores)

@@ -14,6 +14,7 @@ from liverfat.data.dixon import body_mask
 from liverfat.data.manifest import Manifest
 from liverfat.data.phantom import PhantomConfig, generate_cohort
 from liverfat.data.qc import (
+    CHECKS,
     NOISE_THRESHOLD_PCT,
     SWAP_FLAG_PP,
     VOID_THRESHOLD_ML,
@@ -131,7 +132,7 @@ def test_cli_qc_end_to_end_resumes_and_keeps_going_past_a_broken_subject(cohort,
     assert line.startswith(f"{n_swapped} of {len(manifest)} subjects flagged (swap {n_swapped}, ")
     table = pd.read_csv(out / "qc.csv", dtype={"subject_id": str})
     assert list(table.columns) == ["subject_id", "check", "value", "threshold", "flag", "message"]
-    assert len(table) == 3 * len(manifest)
+    assert len(table) == len(CHECKS) * len(manifest)
     swaps = table[table["check"] == "swap"].set_index("subject_id")
     assert (swaps["flag"] == "yes").eq(truth["water_fat_swap"] == 1).all()
     summary = pd.read_csv(out / "qc_summary.csv").set_index("check")["n_flagged"]
@@ -155,4 +156,20 @@ def test_cli_qc_end_to_end_resumes_and_keeps_going_past_a_broken_subject(cohort,
     table = pd.read_csv(out / "qc.csv", dtype={"subject_id": str})
     rows = table[table["subject_id"] == broken]
     assert rows[["check", "flag"]].values.tolist() == [["read", "failed"]]
-    assert len(table) == 3 * (len(manifest) - 1) + 1
+    assert len(table) == len(CHECKS) * (len(manifest) - 1) + 1
+
+
+def test_cli_qc_with_truth_writes_scores(cohort, tmp_path, capsys):
+    manifest, truth = cohort
+    truth_csv = manifest.path.parent / "truth" / "truth.csv"
+    out = tmp_path / "qc"
+    argv = ["qc", str(manifest.path), "--out", str(out), "--executor", "serial"]
+    assert main([*argv, "--truth", str(truth_csv)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    n_swapped = int(truth["water_fat_swap"].sum())
+    assert f"swap (swap): sensitivity 1.000 ({n_swapped}/{n_swapped})" in lines[-4]
+    scores = pd.read_csv(out / "qc_scores.csv").set_index(["class", "check"])
+    assert scores.loc[("swap", "swap"), "specificity"] == 1.0
+    assert scores.loc[("metal", "metal"), "n_positive"] == 0
+    assert main([*argv, "--truth", str(tmp_path / "missing.csv")]) != 0
+    assert "missing.csv" in capsys.readouterr().err
