@@ -57,9 +57,10 @@ def test_preset_record_and_validation() -> None:
     record = REAL.as_record()
     assert record["noise_sd"] == REALISTIC_NOISE_SD and record["swap_fraction"] == 0.0
     assert record["realism"]["artefact_rates"] == {}
-    assert Realism.from_record(realistic_config(PhantomConfig()).as_record()["realism"]) == (
-        Realism()
-    )
+    assert realistic_config(PhantomConfig()).as_record()["realism"] == {
+        **Realism().as_record(),
+        "artefact_rates": {"swap": 0.012, "metal": 0.008, "noise": 0.008, "positioning": 0.008},
+    }
     assert sum(dict(Realism().artefact_rates).values()) == pytest.approx(0.036)
     with pytest.raises(LiverfatError, match="unknown realism item"):
         realistic_config(PhantomConfig(), off=("wings",))
@@ -243,3 +244,23 @@ def test_cli_realism_card_and_truth(tmp_path: Path, capsys) -> None:
         assert (json.loads(detail) != {}) == (kind != "none")
     assert main([*args[:-1], str(tmp_path / "x"), "--realism-off", "arms"]) == 2
     assert "need --realism" in capsys.readouterr().err
+
+
+CLASS_CHECK = {"swap": "swap", "metal": "metal", "noise": "noise", "positioning": "position"}
+
+
+@pytest.mark.parametrize("artefact", [*CLASS_CHECK, "none"])
+def test_realistic_scans_flag_their_artefact_and_nothing_else(artefact: str) -> None:
+    """End to end on the realistic phantom (arms, swapped arms, gallbladder, stomach gas, seam
+    deformation, SNR 40): each artefact class raises its own check; a clean scan none."""
+    from liverfat.data.qc import array_qc
+
+    rates = {} if artefact == "none" else {artefact: 1.0}
+    config = realistic_config(PhantomConfig(), artefact_rates=rates)
+    grid = Grid.at_scale("half")
+    for index in range(2):
+        arrays, record = build_subject(index, 21, "half", config, "A")
+        assert record["artefact"] == artefact
+        checks = array_qc(arrays["water"], arrays["fat"], spacing_mm=grid.spacing)
+        flagged = {c.check for c in checks if c.flag} - {"void"}  # metal leaves a void too
+        assert flagged == ({CLASS_CHECK[artefact]} if artefact != "none" else set()), record

@@ -91,7 +91,8 @@ def apply_positioning(grid: Grid, labels: np.ndarray, rng: np.random.Generator) 
     mode = ("lateral", "anterior-posterior", "roll")[int(rng.integers(3))]
     sign = 1.0 if rng.random() < 0.5 else -1.0
     shift_x = shift_y = roll = 0.0
-    body = labels > 0
+    # The trunk, without the arms (realism), which already reach the field of view's edges.
+    body = (labels > 0) & ~np.isin(labels, (LABELS["arm_fat"], LABELS["arm_muscle"]))
     columns = np.flatnonzero(body.any(axis=(0, 1)))
     if mode == "lateral":
         half_width = float(np.max(np.abs(grid.x[columns]))) if columns.size else 0.0

@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -109,14 +109,6 @@ class Realism:
         record = asdict(self)
         record["artefact_rates"] = dict(self.artefact_rates)
         return record
-
-    @classmethod
-    def from_record(cls, record: Mapping[str, Any]) -> Realism:
-        names = {f.name for f in fields(cls)}
-        values = {k: v for k, v in record.items() if k in names}
-        if "artefact_rates" in values:
-            values["artefact_rates"] = tuple(dict(values["artefact_rates"]).items())
-        return cls(**values)
 
 
 #: Each item's name and the settings that turn it off.
