@@ -10,7 +10,8 @@ y the anterior-posterior one (:func:`subject_qc` turns the images to LPS axes fi
   station of 130-200 mm, so a swapped station fills at least one slab on its own), starting every
   quarter slab (so a swap of part of a station, 75 mm or more, fills one too), and each slab, and
   its left and right halves (a swap of one in-plane half), on images smoothed in-plane by
-  :data:`SWAP_SMOOTH_PX` (so that severe noise does not pass for a swap), is scored as
+  :data:`SWAP_SMOOTH_PX` (so that severe noise does not pass for a swap) and without the
+  body's lateral sectors (:func:`lateral_sectors`: the arms, often swapped), is scored as
   :func:`~liverfat.data.swaps.station_swap_score` does (core-minus-shell fat fraction, pp,
   about -50 to -90 pp when normal). The value is the highest score; above
   :data:`~liverfat.data.swaps.SWAP_SCORE_THRESHOLD` + :data:`~liverfat.data.swaps.SWAP_SCORE_MARGIN`
@@ -121,6 +122,24 @@ def _hist_median(hist: np.ndarray) -> np.ndarray:
     return (index + 0.5) * (100.0 / _FF_BINS)
 
 
+def lateral_sectors(inside: np.ndarray) -> np.ndarray:
+    """The body's left and right sectors, per axial slice: where ``|x - cx| / a > |y - cy| / b``
+    about the slice's centroid ``(cx, cy)``, with ``a`` and ``b`` its half-width and half-depth
+    (pixels). The arms lie there, swapped in many UK Biobank scans, often touching the trunk."""
+    lateral = np.zeros(inside.shape, bool)
+    ny, nx = inside.shape[1:]
+    y, x = np.arange(ny, dtype=np.float32)[:, None], np.arange(nx, dtype=np.float32)[None, :]
+    for k, plane in enumerate(inside):
+        ys, xs = np.nonzero(plane)
+        if ys.size == 0:
+            continue
+        cy, cx = ys.mean(), xs.mean()
+        a = max(float(np.abs(xs - cx).max()), 1.0)
+        b = max(float(np.abs(ys - cy).max()), 1.0)
+        lateral[k] = np.abs(x - cx) / a > np.abs(y - cy) / b
+    return lateral
+
+
 def slab_swap_scores(
     water: np.ndarray,
     fat: np.ndarray,
@@ -143,8 +162,9 @@ def slab_swap_scores(
     inside = np.asarray(mask) > 0
     depth = edge_depth_mm(inside, spacing_mm[:2])
     pixel = max(float(spacing_mm[0]), float(spacing_mm[1]))
-    shell = inside & (depth <= max(SHELL_MM, pixel * 1.001))
-    core = inside & (depth > max(CORE_MM, 2.001 * pixel))
+    frontal = inside & ~lateral_sectors(inside)
+    shell = frontal & (depth <= max(SHELL_MM, pixel * 1.001))
+    core = frontal & (depth > max(CORE_MM, 2.001 * pixel))
     bins = np.minimum(
         (fat_fraction(water, fat) * (_FF_BINS / 100.0)).astype(np.int64), _FF_BINS - 1
     )

@@ -264,3 +264,19 @@ def test_realistic_scans_flag_their_artefact_and_nothing_else(artefact: str) -> 
         checks = array_qc(arrays["water"], arrays["fat"], spacing_mm=grid.spacing)
         flagged = {c.check for c in checks if c.flag} - {"void"}  # metal leaves a void too
         assert flagged == ({CLASS_CHECK[artefact]} if artefact != "none" else set()), record
+
+
+def test_a_swapped_arm_against_the_trunk_is_not_a_swap() -> None:
+    """Seed 41's P0156: its right arm is swapped, and smoothing merges it with the trunk. Read
+    whole, the slab's right half scored +11.5 pp (a swap); the lateral sectors leave it out."""
+    from liverfat.data.qc import array_qc
+
+    arrays, record = build_subject(155, 41, "half", realistic_config(PhantomConfig()), "A")
+    assert record["arm_swap"] == "right" and record["artefact"] == "none"
+    grid = Grid.at_scale("half")
+    swap = next(
+        c
+        for c in array_qc(arrays["water"], arrays["fat"], spacing_mm=grid.spacing)
+        if c.check == "swap"
+    )
+    assert swap.value < -10.0 and not swap.flag
