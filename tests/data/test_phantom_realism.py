@@ -280,3 +280,23 @@ def test_a_swapped_arm_against_the_trunk_is_not_a_swap() -> None:
         if c.check == "swap"
     )
     assert swap.value < -10.0 and not swap.flag
+
+
+def test_the_fat_pattern_reaches_the_image() -> None:
+    """The image's fat-fraction variance in the liver grows by the pattern's (times the body-MRI
+    bias squared) over the same scan without it: same noise draws, same voxels."""
+    from scipy import ndimage
+
+    def liver_ff(off: tuple[str, ...]):
+        config = realistic_config(PhantomConfig(), off=("artefacts", *off))
+        arrays, record = build_subject(6, 11, "half", config, "A")
+        inner = ndimage.binary_erosion(arrays["labels"] == LABELS["liver"], iterations=2)
+        fat, water = arrays["fat"][inner], arrays["water"][inner]
+        return 100 * fat / (fat + water), record
+
+    with_pattern, record = liver_ff(())
+    without, _ = liver_ff(("fat_field", "fat_segments"))
+    assert record["liver_pdff_pct"] > 8  # a fatty liver, where the pattern is pp-sized
+    added = with_pattern.var() - without.var()
+    expected = (REAL.proportional_bias * record["liver_pdff_sd_pp"]) ** 2
+    assert added == pytest.approx(expected, rel=0.35)
