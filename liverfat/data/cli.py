@@ -18,6 +18,7 @@ from liverfat.cli_common import (
     positive_int,
 )
 from liverfat.data.phantom.grid import SCALES
+from liverfat.data.phantom.realism import ITEMS, SNR_ITEM
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -85,8 +86,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         nargs="+",
         default=(),
         metavar="ITEM",
-        help="with --realism, turn these items off: fat_field fat_segments reference_rois "
-        "partial_volume arms arm_artefacts organs seam_deformation artefacts snr",
+        help=f"with --realism, turn these items off: {' '.join([*ITEMS, SNR_ITEM])}",
     )
     phantom.add_argument(
         "--artefact-rates",

@@ -44,12 +44,11 @@ import SimpleITK as sitk
 
 from liverfat.data.dixon import body_mask, fat_fraction
 from liverfat.data.swaps import (
-    CORE_MM,
     MIN_REGION_VOXELS,
-    SHELL_MM,
     SWAP_SCORE_MARGIN,
     SWAP_SCORE_THRESHOLD,
     edge_depth_mm,
+    shell_and_core,
 )
 
 #: Default slab height along z (mm) for the swap check.
@@ -160,11 +159,7 @@ def slab_swap_scores(
     if not n_z:
         return []
     inside = np.asarray(mask) > 0
-    depth = edge_depth_mm(inside, spacing_mm[:2])
-    pixel = max(float(spacing_mm[0]), float(spacing_mm[1]))
-    frontal = inside & ~lateral_sectors(inside)
-    shell = frontal & (depth <= max(SHELL_MM, pixel * 1.001))
-    core = frontal & (depth > max(CORE_MM, 2.001 * pixel))
+    shell, core = shell_and_core(inside, spacing_mm[:2], keep=~lateral_sectors(inside))
     bins = np.minimum(
         (fat_fraction(water, fat) * (_FF_BINS / 100.0)).astype(np.int64), _FF_BINS - 1
     )

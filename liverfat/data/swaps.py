@@ -62,6 +62,24 @@ def edge_depth_mm(
     return depth
 
 
+def shell_and_core(
+    body_mask: np.ndarray,
+    spacing_mm: Sequence[float] = DEFAULT_PIXEL_MM,
+    *,
+    keep: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The body's shell (the outer :data:`SHELL_MM`, at least one pixel) and core (deeper than
+    :data:`CORE_MM`, at least two pixels) by in-plane depth in ``body_mask``, (z, y, x) bool;
+    ``keep`` (same shape) limits both to part of the body. ``spacing_mm`` is (x, y) in mm."""
+    inside = np.asarray(body_mask) > 0
+    depth = edge_depth_mm(inside, spacing_mm[:2])
+    pixel = max(float(spacing_mm[0]), float(spacing_mm[1]))
+    region = inside if keep is None else inside & keep
+    shell = region & (depth <= max(SHELL_MM, pixel * 1.001))
+    core = region & (depth > max(CORE_MM, 2.001 * pixel))
+    return shell, core
+
+
 def station_swap_score(
     water: np.ndarray,
     fat: np.ndarray,
@@ -93,11 +111,7 @@ def station_swap_score(
         raise ValueError(
             f"water {water.shape}, fat {fat.shape} and body mask {np.shape(body_mask)} differ"
         )
-    depth = edge_depth_mm(body_mask, spacing_mm)
-    pixel = max(float(spacing_mm[0]), float(spacing_mm[1]))
-    inside = np.asarray(body_mask) > 0
-    shell = inside & (depth <= max(SHELL_MM, pixel * 1.001))
-    core = inside & (depth > max(CORE_MM, 2.001 * pixel))
+    shell, core = shell_and_core(body_mask, spacing_mm)
     if shell.sum() < MIN_REGION_VOXELS or core.sum() < MIN_REGION_VOXELS:
         return float("nan")
     ff = fat_fraction(water, fat)

@@ -345,19 +345,7 @@ class LiverShape:
                 self.implicit(z, y + margin_mm * np.sin(angle), x + margin_mm * np.cos(angle)) <= 0
             )
         for start, end, radius in self.vessels:
-            seg = end - start
-            t = np.clip(
-                ((x - start[0]) * seg[0] + (y - start[1]) * seg[1] + (z - start[2]) * seg[2])
-                / float(seg @ seg),
-                0,
-                1,
-            )
-            d2 = (
-                (x - start[0] - t * seg[0]) ** 2
-                + (y - start[1] - t * seg[1]) ** 2
-                + (z - start[2] - t * seg[2]) ** 2
-            )
-            ok &= d2 >= (radius + margin_mm) ** 2
+            ok &= _segment_distance2(z, y, x, start, end) >= (radius + margin_mm) ** 2
         return ok
 
 
@@ -425,18 +413,25 @@ def _paint_vessels(grid, labels, box, inside, centre, k, warp, rng) -> list:
     z, y, x = grid.coords(box)
     view = labels[box]
     for start, end, radius in segments:
-        seg = end - start
-        t = ((x - start[0]) * seg[0] + (y - start[1]) * seg[1] + (z - start[2]) * seg[2]) / float(
-            seg @ seg
-        )
-        t = np.clip(t, 0, 1)
-        d2 = (
-            (x - start[0] - t * seg[0]) ** 2
-            + (y - start[1] - t * seg[1]) ** 2
-            + (z - start[2] - t * seg[2]) ** 2
-        )
-        view[(d2 <= radius**2) & inside] = LABELS["hepatic_vessel"]
+        view[(_segment_distance2(z, y, x, start, end) <= radius**2) & inside] = LABELS[
+            "hepatic_vessel"
+        ]
     return segments
+
+
+def _segment_distance2(z, y, x, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """Squared distance (mm²) of points (broadcastable z, y, x in mm) to the segment
+    ``start``-``end`` (x, y, z in mm)."""
+    seg = end - start
+    t = ((x - start[0]) * seg[0] + (y - start[1]) * seg[1] + (z - start[2]) * seg[2]) / float(
+        seg @ seg
+    )
+    t = np.clip(t, 0, 1)
+    return (
+        (x - start[0] - t * seg[0]) ** 2
+        + (y - start[1] - t * seg[1]) ** 2
+        + (z - start[2] - t * seg[2]) ** 2
+    )
 
 
 def measure_volumes(labels: np.ndarray, grid: Grid, marks: Landmarks) -> dict[str, float]:

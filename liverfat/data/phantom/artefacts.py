@@ -25,9 +25,9 @@ from collections.abc import Mapping
 import numpy as np
 from scipy import ndimage
 
-from liverfat.data.phantom.anatomy import LABELS, LIVER_LABELS
+from liverfat.data.phantom.anatomy import LABELS
 from liverfat.data.phantom.grid import Grid, Waves
-from liverfat.data.phantom.imaging import N_STATIONS, _station_slices
+from liverfat.data.phantom.imaging import N_STATIONS, _station_slices, liver_station, rician
 from liverfat.errors import LiverfatError
 
 ARTEFACT_CLASSES = ("swap", "metal", "noise", "positioning")
@@ -49,33 +49,35 @@ AP_SHIFT_MM = (55.0, 85.0)
 LATERAL_CUT_MM = (15.0, 50.0)
 
 
-def draw_artefact(rates: Mapping[str, float], rng: np.random.Generator) -> str:
-    """``"none"`` or one of :data:`ARTEFACT_CLASSES`, from one ``rng.random()`` draw.
-
-    The classes are mutually exclusive: the draw is read against the cumulative ``rates``
-    (fractions, in :data:`ARTEFACT_CLASSES` order; missing classes have rate 0).
-    """
+def checked_rates(rates: Mapping[str, float]) -> dict[str, float]:
+    """``rates`` as ``{class: fraction}`` in their given order; a one-line error for an unknown
+    class or rates that are negative or add up to more than 1."""
     unknown = set(rates) - set(ARTEFACT_CLASSES)
     if unknown:
         raise LiverfatError(
             f"unknown artefact class(es) {', '.join(sorted(unknown))}; "
             f"choose from {', '.join(ARTEFACT_CLASSES)}"
         )
-    values = [float(rates.get(c, 0.0)) for c in ARTEFACT_CLASSES]
+    checked = {str(k): float(v) for k, v in rates.items()}
+    values = checked.values()
     if any(not (math.isfinite(v) and v >= 0) for v in values) or sum(values) > 1 + 1e-12:
         raise LiverfatError(f"artefact rates must be >= 0 and add up to at most 1, got {rates}")
+    return checked
+
+
+def draw_artefact(rates: Mapping[str, float], rng: np.random.Generator) -> str:
+    """``"none"`` or one of :data:`ARTEFACT_CLASSES`, from one ``rng.random()`` draw.
+
+    The classes are mutually exclusive: the draw is read against the cumulative ``rates``
+    (fractions, in :data:`ARTEFACT_CLASSES` order; missing classes have rate 0).
+    """
+    rates = checked_rates(rates)
+    values = [rates.get(c, 0.0) for c in ARTEFACT_CLASSES]
     u = rng.random()
     for name, edge in zip(ARTEFACT_CLASSES, np.cumsum(values), strict=True):
         if u < edge:
             return name
     return "none"
-
-
-def _rician_noise(shape: tuple, sd: float, rng: np.random.Generator) -> np.ndarray:
-    """Magnitude of complex Gaussian noise (SD ``sd`` per channel): a no-signal Rician image."""
-    real = rng.standard_normal(shape, dtype=np.float32) * np.float32(sd)
-    imag = rng.standard_normal(shape, dtype=np.float32) * np.float32(sd)
-    return np.hypot(real, imag)
 
 
 def apply_positioning(grid: Grid, labels: np.ndarray, rng: np.random.Generator) -> dict:
@@ -147,10 +149,7 @@ def apply_swap_region(
     ``right`` or None).
     """
     stations = _station_slices(grid.shape[0])
-    liver_rows = np.flatnonzero(np.isin(labels, LIVER_LABELS).any(axis=(1, 2)))
-    median_row = int(np.median(liver_rows)) if liver_rows.size else -1
-    liver_station = next((i for i, s in enumerate(stations) if s.start <= median_row < s.stop), 3)
-    station = liver_station if rng.random() < 0.5 else int(rng.integers(N_STATIONS))
+    station = liver_station(labels) if rng.random() < 0.5 else int(rng.integers(N_STATIONS))
     partial = ("whole", "z-part", "half")[int(rng.integers(3))]
     s = stations[station]
     start, stop = s.start, s.stop
@@ -257,7 +256,7 @@ def apply_metal(
         view = image[box]
         view[rim] *= np.float32(rim_factor)
         view[halo] *= np.broadcast_to(modulation, halo.shape)[halo]
-        view[void] = _rician_noise((int(void.sum()),), noise_sd, rng)
+        view[void] = rician(np.zeros(int(void.sum()), np.float32), noise_sd, rng)
     return {
         "site": site,
         "centre_mm": [round(float(v), 2) for v in centre],
@@ -278,7 +277,5 @@ def apply_severe_noise(
     factor = float(rng.uniform(*NOISE_FACTOR))
     extra = noise_sd * math.sqrt(factor**2 - 1)
     for image in (water, fat):
-        real = image + rng.standard_normal(image.shape, dtype=np.float32) * np.float32(extra)
-        imag = rng.standard_normal(image.shape, dtype=np.float32) * np.float32(extra)
-        image[...] = np.hypot(real, imag)
+        image[...] = rician(image, extra, rng)
     return {"noise_factor": round(factor, 4)}

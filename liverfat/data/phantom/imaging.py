@@ -29,11 +29,11 @@ from scipy import ndimage
 
 from liverfat.data.phantom.anatomy import LABELS, LIVER_LABELS
 from liverfat.data.phantom.grid import Grid, Waves
-from liverfat.data.phantom.realism import Realism, blur_sigma_voxels
 from liverfat.errors import LiverfatError
 
 if TYPE_CHECKING:
     from liverfat.data.phantom.cohort import Subject
+    from liverfat.data.phantom.realism import Realism
 
 N_STATIONS = 6
 
@@ -207,6 +207,16 @@ def _station_slices(n_z: int) -> list[slice]:
     return [slice(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)]
 
 
+def liver_station(labels: np.ndarray) -> int:
+    """The station holding the liver's median slice (station 3 if there is no liver)."""
+    liver_rows = np.flatnonzero(np.isin(labels, LIVER_LABELS).any(axis=(1, 2)))
+    if not liver_rows.size:
+        return 3
+    median_row = int(np.median(liver_rows))
+    stations = _station_slices(labels.shape[0])
+    return next((i for i, s in enumerate(stations) if s.start <= median_row < s.stop), 3)
+
+
 def apply_motion(
     grid: Grid, labels: np.ndarray, rng: np.random.Generator, sd_mm: float
 ) -> list[list[float]]:
@@ -261,7 +271,15 @@ def synthesise_signal(
     coil = coil_field(grid, config.coil_field_amplitude, rng)
     water *= coil
     fat *= coil
-    return _rician(water, config.noise_sd, rng), _rician(fat, config.noise_sd, rng)
+    return rician(water, config.noise_sd, rng), rician(fat, config.noise_sd, rng)
+
+
+def blur_sigma_voxels(grid: Grid, blur_sigma_mm: float, partial_volume: bool) -> list[float]:
+    """The point-spread's Gaussian SD per (z, y, x) axis in voxels; with ``partial_volume`` (a
+    realism item) the voxel's own box SD (``spacing / sqrt(12)``) is added in quadrature."""
+    spacing = (grid.spacing[2], grid.spacing[1], grid.spacing[0])
+    box = [s / math.sqrt(12.0) if partial_volume else 0.0 for s in spacing]
+    return [math.hypot(blur_sigma_mm, b) / s for b, s in zip(box, spacing, strict=True)]
 
 
 def coil_field(grid: Grid, amplitude: float, rng: np.random.Generator) -> np.ndarray:
@@ -280,7 +298,8 @@ def coil_field(grid: Grid, amplitude: float, rng: np.random.Generator) -> np.nda
     return coil
 
 
-def _rician(signal: np.ndarray, sd: float, rng: np.random.Generator) -> np.ndarray:
+def rician(signal: np.ndarray, sd: float, rng: np.random.Generator) -> np.ndarray:
+    """The magnitude of ``signal`` plus complex Gaussian noise of SD ``sd`` per channel."""
     real = signal + rng.standard_normal(signal.shape, dtype=np.float32) * np.float32(sd)
     imag = rng.standard_normal(signal.shape, dtype=np.float32) * np.float32(sd)
     return np.hypot(real, imag)
@@ -316,12 +335,8 @@ def apply_swap(
     swap = bool(rng.random() < fraction)
     if not swap:
         return False, -1
-    liver_rows = np.flatnonzero(np.isin(labels, LIVER_LABELS).any(axis=(1, 2)))
     stations = _station_slices(grid.shape[0])
-    liver_station = next(
-        (i for i, s in enumerate(stations) if s.start <= int(np.median(liver_rows)) < s.stop), 3
-    )
-    swap_station = liver_station if rng.random() < 0.5 else int(rng.integers(N_STATIONS))
+    swap_station = liver_station(labels) if rng.random() < 0.5 else int(rng.integers(N_STATIONS))
     s = stations[swap_station]
     water[s], fat[s] = fat[s].copy(), water[s].copy()
     return True, swap_station

@@ -53,6 +53,7 @@ import numpy as np
 from scipy import ndimage
 
 from liverfat.data.phantom.anatomy import LABELS, LiverShape
+from liverfat.data.phantom.artefacts import DEFAULT_RATES, checked_rates
 from liverfat.data.phantom.grid import Grid, Waves
 from liverfat.errors import LiverfatError
 
@@ -60,12 +61,7 @@ if TYPE_CHECKING:
     from liverfat.data.phantom.imaging import PhantomConfig
 
 #: The artefact classes and their default rates (fraction of scans): 3.6 % in all.
-DEFAULT_ARTEFACT_RATES = (
-    ("swap", 0.012),
-    ("metal", 0.008),
-    ("noise", 0.008),
-    ("positioning", 0.008),
-)
+DEFAULT_ARTEFACT_RATES = tuple(DEFAULT_RATES.items())
 #: Body-MRI noise SD of the realistic preset (signal units; liver proton density 80).
 REALISTIC_NOISE_SD = 2.0
 
@@ -88,17 +84,8 @@ class Realism:
     artefact_rates: tuple[tuple[str, float], ...] = DEFAULT_ARTEFACT_RATES
 
     def __post_init__(self) -> None:
-        rates = tuple((str(k), float(v)) for k, v in dict(self.artefact_rates).items())
-        known = {k for k, _ in DEFAULT_ARTEFACT_RATES}
-        unknown = sorted({k for k, _ in rates} - known)
-        if unknown:
-            choices = ", ".join(sorted(known))
-            raise LiverfatError(f"unknown artefact class {', '.join(unknown)}; choose: {choices}")
-        if any(not 0 <= v <= 1 for _, v in rates) or sum(v for _, v in rates) > 1:
-            raise LiverfatError(
-                f"artefact rates must be in [0, 1] and add up to at most 1: {rates}"
-            )
-        object.__setattr__(self, "artefact_rates", rates)
+        rates = checked_rates(dict(self.artefact_rates))
+        object.__setattr__(self, "artefact_rates", tuple(rates.items()))
         for name in ("fat_field_sd", "fat_segment_sd", "seam_deformation_mm"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
                 raise LiverfatError(f"realism {name} must be a finite value >= 0")
@@ -221,14 +208,15 @@ def liver_fat_map(
 
 def roi_reference(
     liver: LiverShape,
-    pattern: FatPattern,
+    pattern: FatPattern | None,
     pdff_pct: float,
     log_mean: float,
     realism: Realism,
     rng: np.random.Generator,
 ) -> tuple[float, float]:
     """The mean PDFF (%) of :attr:`Realism.reference_rois` ROIs on one transverse slice, and the
-    slice's height (mm, anatomical), before measurement noise.
+    slice's height (mm, anatomical), before measurement noise; without a ``pattern`` the liver is
+    uniform and every ROI reads ``pdff_pct``.
 
     The slice is drawn ``N(0, 10 mm)`` about the liver's centre; ROI centres are drawn among
     points of that slice at least ``radius + 3 mm`` inside the parenchyma and from every vessel,
@@ -236,6 +224,8 @@ def roi_reference(
     """
     radius = realism.reference_roi_radius_mm
     z = float(liver.centre[2] + rng.normal(0, 10.0))
+    if pattern is None:
+        return pdff_pct, z
     xs = np.arange(-180.0, 181.0, 2.0) + liver.centre[0]
     ys = np.arange(-150.0, 151.0, 2.0) + liver.centre[1]
     x, y = (a.ravel().astype(np.float32) for a in np.meshgrid(xs, ys))
@@ -263,17 +253,6 @@ def roi_reference(
     return float(np.mean(means)), z
 
 
-# Partial volume ------------------------------------------------------------------------------
-
-
-def blur_sigma_voxels(grid: Grid, blur_sigma_mm: float, partial_volume: bool) -> list[float]:
-    """The point-spread's Gaussian SD per (z, y, x) axis in voxels; with ``partial_volume`` the
-    voxel's own box SD (``spacing / sqrt(12)``) is added in quadrature."""
-    spacing = (grid.spacing[2], grid.spacing[1], grid.spacing[0])
-    box = [s / math.sqrt(12.0) if partial_volume else 0.0 for s in spacing]
-    return [math.hypot(blur_sigma_mm, b) / s for b, s in zip(box, spacing, strict=True)]
-
-
 # Station-border deformation ------------------------------------------------------------------
 
 
@@ -291,8 +270,6 @@ def deform_seams(
         t = rng.normal(0, sd_mm, size=2)
         a = rng.uniform(-0.04, 0.04, size=(2, 2))
         record.append([round(float(t[0]), 3), round(float(t[1]), 3)])
-        if sd_mm <= 0:
-            continue
         band = grid.index_range("z", border_mm - 2.5 * width_mm, border_mm + 2.5 * width_mm)
         bump = np.exp(-0.5 * ((grid.z[band] - border_mm) / width_mm) ** 2)[:, None, None]
         y = grid.y[None, :, None]

@@ -135,10 +135,9 @@ class RealisticScan:
         """What the reference measures before its noise: the ROI mean, or the true PDFF."""
         if self.realism.reference_rois == 0:
             return pdff_pct
-        pattern = self.pattern or FatPattern.draw(Realism(0.0, 0.0), self._anatomy(_FAT))
         rng = reference_stream(self.seed, self.index, self.visit)
         self.roi_mean_pct, self.roi_slice_z_mm = roi_reference(
-            liver, pattern, pdff_pct, self.log_mean, self.realism, rng
+            liver, self.pattern, pdff_pct, self.log_mean, self.realism, rng
         )
         return self.roi_mean_pct
 
