@@ -39,6 +39,8 @@ ENGINE_OPTIONS = (
     "elastic_sigma_px",
     "flip_prob",
     "intensity_jitter",
+    "gamma_prob",
+    "histogram_shift_prob",
     "pretrained",
     "erosion_mm",
     "seed",
@@ -74,6 +76,12 @@ def _engine_options(parser: argparse.ArgumentParser) -> None:
     add("--elastic-sigma-px", type=float, help="elastic displacement (px; 0: none; default 4)")
     add("--flip-prob", type=float, help="left-right flips (default 0)")
     add("--intensity-jitter", type=float, help="channel scale/shift SD (default 0)")
+    add("--gamma-prob", type=float, help="share of slices given a random gamma (default 0)")
+    add(
+        "--histogram-shift-prob",
+        type=float,
+        help="share of slices given a random monotone intensity curve (default 0)",
+    )
     add("--pretrained", help="local weights file (safetensors / state dict)")
     add("--erosion-mm", type=float, help="fat-fraction mask margin (mm, default 5)")
     add("--seed", type=int, help="default 0")

@@ -5,7 +5,9 @@ device, labels uint8), each seen with its ``context`` neighbours as extra channe
 batch, never stored three times). Half of each batch is drawn from slices that show liver, half
 from all slices, so the network sees the organ often and still learns where it is absent.
 Augmentation: MONAI's elastic deformation on a coarse control grid (image and label deformed
-together), optional left-right flips and intensity jitter. Cross-entropy (or Dice + CE) loss,
+together), optional left-right flips, intensity jitter, random gamma and random monotone
+intensity remapping (MONAI ``RandAdjustContrast`` and ``RandHistogramShift``: a liver whose grey
+level differs from every training scan's, as CHAOS' chaos15, still looks like liver). Cross-entropy (or Dice + CE) loss,
 Adam with the learning rate reduced tenfold for the last sixth of the iterations; on CUDA,
 mixed precision from :mod:`liverfat.nn.device`.
 """
@@ -27,6 +29,10 @@ from liverfat.nn.device import grad_scaler, mixed_precision
 from liverfat.segmentation.slices import context_indices
 
 LOSSES = ("ce", "dice_ce")
+#: Range of the random gamma (``gamma_prob``) and control-point counts of the random remap
+#: (``histogram_shift_prob``); both act on each slice's own min-max range.
+GAMMA_RANGE = (0.5, 2.5)
+HISTOGRAM_CONTROL_POINTS = (5, 10)
 
 
 @dataclass(frozen=True)
@@ -36,7 +42,10 @@ class SegmentationSettings:
     ``elastic_grid`` control points per side of the slice, displaced by a Gaussian of
     ``elastic_sigma_px`` pixels (times a uniform factor in [0, 1)), with probability
     ``elastic_prob``; ``flip_prob`` left-right flips; ``intensity_jitter`` scales each channel by
-    1 + N(0, jitter) and shifts it by N(0, jitter / 2).
+    1 + N(0, jitter) and shifts it by N(0, jitter / 2); with ``gamma_prob`` a slice's
+    intensities are raised to a gamma drawn from :data:`GAMMA_RANGE`, and with
+    ``histogram_shift_prob`` mapped through a random monotone piecewise-linear curve
+    (:data:`HISTOGRAM_CONTROL_POINTS`); one draw per slice for all its channels.
     """
 
     iterations: int = 2000
@@ -48,6 +57,8 @@ class SegmentationSettings:
     elastic_prob: float = 0.5
     flip_prob: float = 0.0
     intensity_jitter: float = 0.0
+    gamma_prob: float = 0.0
+    histogram_shift_prob: float = 0.0
     seed: int = 0
 
 
@@ -103,8 +114,9 @@ class SliceBatches:
 def augment(
     x: torch.Tensor, y: torch.Tensor, settings: SegmentationSettings, rng: np.random.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Elastic deformation (MONAI ``Rand2DElastic``, image and label together), flips and
-    intensity jitter of a batch; the label is deformed bilinearly and thresholded at 0.5."""
+    """Elastic deformation (MONAI ``Rand2DElastic``, image and label together), flips, gamma,
+    intensity remapping and jitter of a batch; the label is deformed bilinearly and thresholded
+    at 0.5."""
     from monai.transforms import Rand2DElastic
 
     h, w = x.shape[2:]
@@ -124,12 +136,40 @@ def augment(
         flip = torch.from_numpy(rng.random(len(x)) < settings.flip_prob).to(x.device)
         x = torch.where(flip[:, None, None, None], x.flip(-1), x)
         y = torch.where(flip[:, None, None], y.flip(-1), y)
+    x = _intensity_curves(x, settings, rng)
     if settings.intensity_jitter > 0:
         n, c = x.shape[:2]
         scale = 1 + settings.intensity_jitter * rng.standard_normal((n, c, 1, 1))
         shift = settings.intensity_jitter / 2 * rng.standard_normal((n, c, 1, 1))
         x = x * torch.from_numpy(scale).to(x) + torch.from_numpy(shift).to(x)
     return x, y
+
+
+def _intensity_curves(
+    x: torch.Tensor, settings: SegmentationSettings, rng: np.random.Generator
+) -> torch.Tensor:
+    """Random gamma and random monotone remapping, each slice (all its channels) on its own."""
+    from monai.transforms import RandAdjustContrast, RandHistogramShift
+
+    curves = []
+    if settings.gamma_prob > 0:
+        curves.append(RandAdjustContrast(prob=settings.gamma_prob, gamma=GAMMA_RANGE))
+    if settings.histogram_shift_prob > 0:
+        curves.append(
+            RandHistogramShift(
+                num_control_points=HISTOGRAM_CONTROL_POINTS, prob=settings.histogram_shift_prob
+            )
+        )
+    if not curves:
+        return x
+    for curve in curves:
+        curve.set_random_state(int(rng.integers(2**31)))
+    out = []
+    for item in x:
+        for curve in curves:
+            item = torch.as_tensor(curve(item))
+        out.append(item)
+    return torch.stack(out).to(x)
 
 
 def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor, loss: str) -> torch.Tensor:
