@@ -95,11 +95,14 @@ class SubjectJob:
     agreement_flag_below: float | None = None
 
     def key(self) -> str:
-        """Hash of the inputs (image files with size and mtime, templates, settings, the
-        backend's defaults and liverfat's version), so a changed method is never reused."""
+        """Hash of the inputs (image files with size and mtime, templates by content, settings,
+        the backend's defaults and liverfat's version), so a changed method is never reused. The
+        templates go by content because a saved engine holds copies of them: its ``predict``
+        reuses what ``calibrate`` registered when both share a work folder."""
+        templates = self.templates
         content = {
             "subject": subject_files(self.manifest, self.subject_id),
-            "templates": [subject_files(self.templates, t) for t in self.templates.subject_ids],
+            "templates": [subject_files(templates, t, by_content=True) for t in templates.subject_ids],
             "backend": self.backend,
             "settings": asdict(self.settings),
             "defaults": backend_defaults(self.backend),

@@ -1,7 +1,8 @@
 """Resume keys: one rule for every cache and finished-work marker in liverfat.
 
 A key hashes the settings that change a result, the signatures of the input files (resolved
-path, size, modification time) and liverfat's version, so a changed input, setting or release is
+path, size, modification time; or size and content hash for inputs that are copied about, such
+as a saved engine's templates) and liverfat's version, so a changed input, setting or release is
 never served an old result.
 """
 
@@ -11,6 +12,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterable
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +31,41 @@ def file_signature(path: str | os.PathLike[str] | None) -> list[Any]:
     return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
 
 
-def subject_files(manifest, subject_id: str, columns: Iterable[str] | None = None) -> dict:
-    """Signatures of a subject's image files, by manifest column (absent columns left out)."""
+def content_signature(path: str | os.PathLike[str] | None) -> list[Any]:
+    """``[size in bytes, sha256 of the bytes]``: the same for a byte-for-byte copy anywhere;
+    ``[path, "missing"]`` if unreadable. Hashed once per file version in a process."""
+    if path is None:
+        return [None]
+    path = Path(path)
+    try:
+        stat = path.stat()
+        return [stat.st_size, _sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)]
+    except OSError:
+        return [str(path), "missing"]
+
+
+@lru_cache(maxsize=256)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    """Content hash of ``path``; ``size`` and ``mtime_ns`` key the cache to one version."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def subject_files(
+    manifest, subject_id: str, columns: Iterable[str] | None = None, *, by_content: bool = False
+) -> dict:
+    """Signatures of a subject's image files, by manifest column (absent columns left out):
+    :func:`file_signature`, or :func:`content_signature` with ``by_content``."""
     wanted = manifest.image_columns if columns is None else columns
+    sign = content_signature if by_content else file_signature
     out = {}
     for column in wanted:
         path = manifest.image_path(subject_id, column)
         if path is not None:
-            out[column] = file_signature(path)
+            out[column] = sign(path)
     return out
 
 

@@ -182,6 +182,17 @@ def test_cli_templates_calibrate_predict(phantom_dir, tmp_path):
         main(["atlas", "predict", card, "--engine", str(tmp_path / "missing"), "--out", str(out)])
         == 2
     )
+    # predicting the calibration subjects from calibrate's own work folder registers nothing
+    # again, although the saved engine's templates are copies with other paths and mtimes
+    calibrated = {p: p.stat().st_mtime_ns for p in (engine_dir / "work").glob("*.json")}
+    assert len(calibrated) == 2  # split C less the two templates
+    again = ["atlas", "predict", card, "--split", "C", "--engine", str(engine_dir)]
+    again += ["--out", str(tmp_path / "again.csv"), "--work-dir", str(engine_dir / "work")]
+    assert main(again) == 0
+    after = {p: p.stat().st_mtime_ns for p in (engine_dir / "work").glob("*.json")}
+    assert len(after) == 4 and {p: after[p] for p in calibrated} == calibrated
+    reread = PredictionsTable.read(tmp_path / "again.csv").frame
+    assert reread["value"].tolist() == table.frame["value"].tolist()
 
 
 def test_chaos_leave_one_out_single_target(shared_data):
