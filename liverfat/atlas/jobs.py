@@ -102,7 +102,9 @@ class SubjectJob:
         templates = self.templates
         content = {
             "subject": subject_files(self.manifest, self.subject_id),
-            "templates": [subject_files(templates, t, by_content=True) for t in templates.subject_ids],
+            "templates": [
+                subject_files(templates, t, by_content=True) for t in templates.subject_ids
+            ],
             "backend": self.backend,
             "settings": asdict(self.settings),
             "defaults": backend_defaults(self.backend),

@@ -7,9 +7,9 @@ from all slices, so the network sees the organ often and still learns where it i
 Augmentation: MONAI's elastic deformation on a coarse control grid (image and label deformed
 together), optional left-right flips, intensity jitter, random gamma and random monotone
 intensity remapping (MONAI ``RandAdjustContrast`` and ``RandHistogramShift``: a liver whose grey
-level differs from every training scan's, as CHAOS' chaos15, still looks like liver). Cross-entropy (or Dice + CE) loss,
-Adam with the learning rate reduced tenfold for the last sixth of the iterations; on CUDA,
-mixed precision from :mod:`liverfat.nn.device`.
+level differs from every training scan's, as CHAOS' chaos15, should still look like liver).
+Cross-entropy (or Dice + CE) loss, Adam with the learning rate reduced tenfold for the last
+sixth of the iterations; on CUDA, mixed precision from :mod:`liverfat.nn.device`.
 """
 
 from __future__ import annotations
