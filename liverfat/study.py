@@ -20,7 +20,8 @@ an executor. :func:`run_study` runs the protocol stage by stage:
   column, the folds keep a participant's visits together.
 
 Every stage writes its predictions table atomically and a ``.done.json`` fingerprint of its
-settings and liverfat's version; a rerun skips stages whose fingerprint matches, and engines
+settings, liverfat's version and its source code; a rerun skips stages whose fingerprint
+matches, and engines
 themselves skip finished subjects and folds, so an interrupted study resumes where it stopped.
 """
 
@@ -39,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from liverfat.data.atomic import write_json_atomic, write_text_atomic
-from liverfat.data.fingerprint import fingerprint
+from liverfat.data.fingerprint import code_digest, fingerprint
 from liverfat.data.folds import subject_folds
 from liverfat.data.manifest import REPORTED_COVARIATES, Manifest, read_yaml_mapping
 from liverfat.data.predictions import PredictionsTable, package_versions
@@ -309,13 +310,16 @@ def method_rows(table: PredictionsTable, method: str, target: str) -> pd.DataFra
 def run_stage(
     out: Path, stage_name: str, fingerprint: str, compute: Callable[[], PredictionsTable], log
 ) -> PredictionsTable:
-    """Compute a stage's table unless a finished one with the same fingerprint exists. A table
-    whose every row failed (a worker lost, the data unreadable) is written but not marked
-    finished, so the next run computes it again."""
+    """Compute a stage's table unless a finished one with the same fingerprint and the same
+    liverfat source (:func:`~liverfat.data.fingerprint.code_digest`: an engine's code changed
+    within a release reruns its stages) exists. A table whose every row failed (a worker lost,
+    the data unreadable) is written but not marked finished, so the next run computes it
+    again."""
     csv = out / "predictions" / f"{stage_name}.csv"
     done = out / "predictions" / f"{stage_name}.done.json"
+    marker = {"fingerprint": fingerprint, "code": code_digest()}
     finished = csv.is_file() and done.is_file()
-    if finished and json.loads(done.read_text(encoding="utf-8")).get("fingerprint") == fingerprint:
+    if finished and json.loads(done.read_text(encoding="utf-8")) == marker:
         log(f"[{stage_name}] finished earlier, reusing {csv}")
         return PredictionsTable.read(csv)
     log(f"[{stage_name}] running ...")
@@ -326,7 +330,7 @@ def run_stage(
     if len(table.frame) and table.frame["status"].eq("failed").all():  # a rerun tries again
         log(f"[{stage_name}] every row failed ({table.frame['message'].iloc[0]}); not finished")
         return table
-    write_json_atomic(done, {"fingerprint": fingerprint})
+    write_json_atomic(done, marker)
     log(f"[{stage_name}] done in {time.perf_counter() - start:.1f} s -> {csv}")
     return table
 

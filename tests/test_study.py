@@ -53,7 +53,7 @@ def _write_study(tmp_path: Path, phantom_dir: Path, **changes) -> Path:
 
 
 def test_study_runs_resumes_and_orders_rows(
-    tmp_path: Path, phantom_dir: Path, phantom_manifest
+    tmp_path: Path, phantom_dir: Path, phantom_manifest, monkeypatch
 ) -> None:
     # A spurious reference reading gives the outlier review something to find.
     cohort = tmp_path / "cohort"
@@ -111,6 +111,12 @@ def test_study_runs_resumes_and_orders_rows(
     pd.testing.assert_frame_equal(
         table, pd.read_csv(tmp_path / "out" / "tables" / "comparison.csv")
     )
+    # Changed liverfat code (within one release) reruns the stages.
+    monkeypatch.setattr("liverfat.study.code_digest", lambda: "changed-code")
+    messages.clear()
+    run_study(Study.load(_write_study(tmp_path, phantom_dir)), log=messages.append)
+    assert stage.stat().st_mtime_ns != before
+    assert sum("finished earlier" in m for m in messages) == 0
 
 
 @pytest.mark.parametrize(

@@ -69,6 +69,19 @@ def subject_files(
     return out
 
 
+@lru_cache(maxsize=1)
+def code_digest() -> str:
+    """Hash of liverfat's own source (every ``.py`` file of the installed package, by relative
+    path and content): finished-work markers that must not outlive a code change within one
+    release (a study's stages) carry it."""
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def fingerprint(data: Any, *, length: int = 16) -> str:
     """Hex key of ``data`` (JSON, keys sorted, other objects as ``str``) and liverfat's version."""
     text = json.dumps({"liverfat": __version__, "data": data}, sort_keys=True, default=str)
