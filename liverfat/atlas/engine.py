@@ -71,8 +71,9 @@ class AtlasEngine(Engine):
         With ``similarity``: the pool is this many subjects with liver masks chosen for shape
         variance (None: every one).
     fusion:
-        ``intersection`` (the study's product), ``majority``, ``staple`` or ``weighted`` (the
-        locally weighted vote, :func:`liverfat.atlas.fusion.local_weights`).
+        ``intersection`` (the study's product), ``majority``, ``staple``, ``weighted`` (the
+        locally weighted vote, :func:`liverfat.atlas.fusion.local_weights`) or ``jlf`` (joint
+        label fusion, :func:`liverfat.atlas.fusion.joint_weights`).
     agreement_flag_below:
         Flag a readout whose warped templates agree less (mean pairwise Dice; None: never),
         :data:`liverfat.atlas.reliability.AGREEMENT_FLAG_BELOW` by default.

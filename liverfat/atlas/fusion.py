@@ -2,11 +2,12 @@
 
 The UK Biobank liver-fat study multiplies the warped template masks (intersection), erodes the
 product with a spherical kernel of 7 voxels diameter, and takes the median fat fraction of what
-remains. Majority vote, STAPLE (SimpleITK's ``STAPLEImageFilter``) and a locally weighted vote
-are options. The weighted vote is the simple form of joint label fusion (Artaechevarria et al.,
-IEEE TMI 2009; Wang et al., IEEE TMI 2013 add the templates' correlated errors): each warped
-template votes at each voxel with a weight that grows with its local similarity to the target, so
-a template that fits one part of the liver and not another is trusted only where it fits.
+remains. Majority vote, STAPLE (SimpleITK's ``STAPLEImageFilter``), a locally weighted vote and
+joint label fusion are options. The weighted vote (Artaechevarria et al., IEEE TMI 2009): each
+warped template votes at each voxel with a weight that grows with its local similarity to the
+target, so a template that fits one part of the liver and not another is trusted only where it
+fits. Joint label fusion (Wang et al., IEEE TMI 2013) also weighs the templates' correlated
+errors: two templates that err the same way share one vote.
 """
 
 from __future__ import annotations
@@ -20,12 +21,16 @@ import SimpleITK as sitk
 from liverfat.data.dixon import swap_suspicion
 from liverfat.errors import LiverfatError
 
-FUSIONS = ("intersection", "majority", "staple", "weighted")
+FUSIONS = ("intersection", "majority", "staple", "weighted", "jlf")
 #: Fusions that need the warped template images beside their masks.
-IMAGE_FUSIONS = ("weighted",)
+IMAGE_FUSIONS = ("weighted", "jlf")
 #: The weighted vote's local window (Gaussian sigma, mm) and the power of its weights.
 WEIGHTED_SIGMA_MM = 6.0
 WEIGHTED_POWER = 4.0
+#: Joint label fusion's ridge (added to the error matrix's diagonal) and the power of its
+#: entries: the defaults of ANTs' antsJointFusion (alpha 0.1, beta 2).
+JLF_ALPHA = 0.1
+JLF_BETA = 2.0
 
 
 def fuse(
@@ -39,8 +44,9 @@ def fuse(
 
     ``intersection``: voxels inside every mask (the product); ``majority``: inside more than
     half; ``staple``: STAPLE probability >= 0.5; ``weighted``: the locally weighted vote >= 0.5
-    (:func:`local_weights`; needs the ``target`` image and each template's ``warped`` image,
-    all on the masks' grid).
+    (:func:`local_weights`); ``jlf``: joint label fusion's vote >= 0.5 (:func:`joint_weights`).
+    The last two need the ``target`` image and each template's ``warped`` image, all on the
+    masks' grid.
     """
     if method not in FUSIONS:
         raise LiverfatError(f"unknown fusion {method!r}; choose one of {', '.join(FUSIONS)}")
@@ -51,10 +57,10 @@ def fuse(
         fused = arrays.all(axis=0)
     elif method == "majority":
         fused = arrays.sum(axis=0) * 2 > len(masks)
-    elif method == "weighted":
+    elif method in IMAGE_FUSIONS:
         if target is None or warped is None or len(warped) != len(masks):
-            raise LiverfatError("weighted fusion needs the target and every warped template image")
-        fused = _weighted_vote(arrays, target, warped)
+            raise LiverfatError(f"{method} fusion needs the target and every warped template image")
+        fused = _weighted_vote(arrays, target, warped, method)
     else:
         staple = sitk.STAPLEImageFilter()
         staple.SetForegroundValue(1)
@@ -66,10 +72,11 @@ def fuse(
 
 
 def _weighted_vote(
-    arrays: np.ndarray, target: sitk.Image, warped: Sequence[sitk.Image]
+    arrays: np.ndarray, target: sitk.Image, warped: Sequence[sitk.Image], method: str
 ) -> np.ndarray:
-    """The weighted vote >= 0.5, computed only in the box of the masks' union grown by three
-    window sigmas (outside it no template votes, and the box holds every window that matters)."""
+    """The ``weighted`` or ``jlf`` vote >= 0.5, computed only in the box of the masks' union
+    grown by three window sigmas (outside it no template votes, and the box holds every window
+    that matters)."""
     fused = np.zeros(arrays.shape[1:], bool)
     union = arrays.any(axis=0)
     if not union.any():
@@ -80,11 +87,14 @@ def _weighted_vote(
     box = [slice(lo, hi) for lo, hi in bounding_box(union, grow)]
     index = [int(b.start) for b in reversed(box)]
     size = [int(b.stop - b.start) for b in reversed(box)]
-    weights = local_weights(
-        sitk.RegionOfInterest(target, size, index),
-        [sitk.RegionOfInterest(w, size, index) for w in warped],
-    )
-    fused[tuple(box)] = (weights * arrays[(slice(None), *box)]).sum(axis=0) >= 0.5
+    votes = arrays[(slice(None), *box)]
+    target_box = sitk.RegionOfInterest(target, size, index)
+    warped_box = [sitk.RegionOfInterest(w, size, index) for w in warped]
+    if method == "weighted":
+        weights = local_weights(target_box, warped_box)
+    else:  # solved only where the templates disagree: elsewhere any weights give the same vote
+        weights = joint_weights(target_box, warped_box, at=votes.any(axis=0) & ~votes.all(axis=0))
+    fused[tuple(box)] = (weights * votes).sum(axis=0) >= 0.5
     return fused
 
 
@@ -102,13 +112,7 @@ def local_weights(
     the locally best template more); where no template correlates, every template weighs the
     same (the majority vote).
     """
-    from scipy import ndimage
-
-    sigma = [sigma_mm / s for s in reversed(target.GetSpacing())]
-
-    def smooth(a: np.ndarray) -> np.ndarray:
-        return ndimage.gaussian_filter(a, sigma, mode="nearest")
-
+    smooth = _window(target, sigma_mm)
     t = sitk.GetArrayFromImage(target).astype(np.float32)
     t_mean = smooth(t)
     t_var = np.maximum(smooth(t * t) - t_mean**2, 0.0)
@@ -124,6 +128,61 @@ def local_weights(
     total = scores.sum(axis=0)
     uniform = np.full_like(scores, 1.0 / len(warped))
     return np.where(total > 1e-6, scores / np.maximum(total, 1e-6), uniform)
+
+
+def joint_weights(
+    target: sitk.Image,
+    warped: Sequence[sitk.Image],
+    *,
+    sigma_mm: float = WEIGHTED_SIGMA_MM,
+    alpha: float = JLF_ALPHA,
+    beta: float = JLF_BETA,
+    at: np.ndarray | None = None,
+) -> np.ndarray:
+    """Joint label fusion's per-voxel weights (templates, z, y, x), summing to 1 at each voxel.
+
+    Every image is first normalised locally (Gaussian window of ``sigma_mm``: minus its local
+    mean, over its local SD), so templates scanned with another gain compare by their pattern.
+    With ``d_i`` the absolute difference of template ``i`` from the target, the expected joint
+    error of templates ``i`` and ``j`` is ``M_ij = (window mean of d_i d_j) ** beta``; the
+    weights minimise ``w' (M + alpha I) w`` subject to summing to 1:
+    ``w = (M + alpha I)^-1 1 / (1' (M + alpha I)^-1 1)`` (Wang et al. 2013, without their patch
+    search: the registration has placed the templates). Weights may be negative. ``at`` (bool,
+    z y x): solve only there and give every template ``1 / k`` elsewhere.
+    """
+    smooth = _window(target, sigma_mm)
+
+    def normalised(image: sitk.Image) -> np.ndarray:
+        a = sitk.GetArrayFromImage(image).astype(np.float32)
+        mean = smooth(a)
+        sd = np.sqrt(np.maximum(smooth(a * a) - mean**2, 0.0))
+        return (a - mean) / (sd + 1e-3 * (float(np.abs(a).max()) + 1e-6))
+
+    t = normalised(target)
+    errors = np.stack([np.abs(normalised(w) - t) for w in warped])
+    k = len(warped)
+    at = np.ones(t.shape, bool) if at is None else np.asarray(at, bool)
+    joint = np.empty((int(at.sum()), k, k), np.float64)
+    for i in range(k):
+        for j in range(i, k):
+            joint[:, i, j] = joint[:, j, i] = smooth(errors[i] * errors[j])[at] ** beta
+    joint += alpha * np.eye(k)
+    solved = np.linalg.solve(joint, np.ones((len(joint), k, 1)))[..., 0]
+    weights = np.full((k, *t.shape), 1.0 / k, np.float32)
+    weights[:, at] = (solved / solved.sum(axis=-1, keepdims=True)).T
+    return weights
+
+
+def _window(image: sitk.Image, sigma_mm: float):
+    """A Gaussian smoothing (sigma in mm) on ``image``'s (z, y, x) array grid."""
+    from scipy import ndimage
+
+    sigma = [sigma_mm / s for s in reversed(image.GetSpacing())]
+
+    def smooth(a: np.ndarray) -> np.ndarray:
+        return ndimage.gaussian_filter(a, sigma, mode="nearest")
+
+    return smooth
 
 
 def mean_pairwise_dice(masks: Sequence[sitk.Image]) -> float | None:
