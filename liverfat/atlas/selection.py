@@ -7,7 +7,8 @@ cross-correlation of the two around the template's mapped liver (dilated by 2 vo
 the target's body), averaged over channels; the k best go on to the deformable registration. A
 target never selects itself. Around the liver, not the whole body: on the CHAOS leave-one-out
 the liver-region score ranks the templates by their later Dice with a median Spearman rho of
-0.42 (``benchmarks/bench_atlas_pool.py``), against about 0.1 for the whole body (docs/atlas.md).
+0.33 with torch and 0.47 with fireants (``benchmarks/bench_atlas_pool.py``), against about 0.1
+for the whole body (docs/atlas.md).
 """
 
 from __future__ import annotations
