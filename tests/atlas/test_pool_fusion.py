@@ -178,8 +178,9 @@ def test_affine_similarity_is_reproducible_across_runs_and_thread_counts():
     assert scores == pytest.approx([scores[0]] * 4, rel=1e-9, abs=0), scores
 
 
+@pytest.mark.parametrize("fusion", ["weighted", "jlf"])
 def test_engine_selects_per_subject_from_the_pool_and_flags_disagreement(
-    phantom_manifest, tmp_path, monkeypatch
+    phantom_manifest, tmp_path, monkeypatch, fusion
 ):
     """Pool of 4, 2 chosen per subject: no subject uses itself; a threshold above any real
     agreement flags every readout with its reason; purity is reported (true masks exist)."""
@@ -191,7 +192,7 @@ def test_engine_selects_per_subject_from_the_pool_and_flags_disagreement(
     engine = small_engine(
         template_selection="similarity",
         pool_size=4,
-        fusion="weighted",
+        fusion=fusion,
         calibrate=False,
         agreement_flag_below=0.999,
         work_dir=str(tmp_path / "work"),
