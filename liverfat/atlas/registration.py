@@ -272,6 +272,12 @@ DEFORM_DEFAULTS = {
 AFFINE_SAMPLING_SEED = 1
 
 
+def affine_shrink_factors(size: tuple[int, ...], fewest_voxels: int = 4) -> list[int]:
+    """The affine pyramid's shrink factors (4, 2, 1), leaving out levels that would keep fewer
+    than ``fewest_voxels`` along some axis: on a small or coarse image they hold no samples."""
+    return [f for f in (4, 2) if min(size) // f >= fewest_voxels] + [1]
+
+
 def sitk_affine(fixed: AtlasImage, moving: AtlasImage, iterations: int = 100) -> sitk.Transform:
     """Affine (fixed -> moving points) by SimpleITK: correlation in the fixed body, 3 levels."""
     method = sitk.ImageRegistrationMethod()
@@ -282,8 +288,9 @@ def sitk_affine(fixed: AtlasImage, moving: AtlasImage, iterations: int = 100) ->
     method.SetInterpolator(sitk.sitkLinear)
     method.SetOptimizerAsRegularStepGradientDescent(1.0, 1e-3, iterations)
     method.SetOptimizerScalesFromPhysicalShift()
-    method.SetShrinkFactorsPerLevel([4, 2, 1])
-    method.SetSmoothingSigmasPerLevel([2, 1, 0])
+    shrink = affine_shrink_factors(fixed.reference.GetSize())
+    method.SetShrinkFactorsPerLevel(shrink)
+    method.SetSmoothingSigmasPerLevel([f // 2 for f in shrink])
     initial = sitk.AffineTransform(3)
     initial.SetCenter(
         fixed.reference.TransformContinuousIndexToPhysicalPoint(

@@ -140,7 +140,10 @@ def _atlas_image(sid: str, array: np.ndarray, liver: np.ndarray) -> AtlasImage:
     return AtlasImage(sid, (channel,), body, image(liver))
 
 
-def test_most_similar_ranks_the_look_alike_first_and_never_the_target():
+@pytest.mark.parametrize("spacing_mm", [None, (10.0, 10.0, 10.0)])
+def test_most_similar_ranks_the_look_alike_first_and_never_the_target(spacing_mm):
+    """Also on a grid so coarse that the affine pyramid's coarsest levels would hold no samples
+    (8 x 6 x 6 voxels: SimpleITK raised "FixedSampledPointSet must have 1 or more points")."""
     target_array, liver = _blob_scene(seed=0)
     twin, _ = _blob_scene(seed=5)
     other, other_liver = _blob_scene(shift=8, seed=6)
@@ -151,7 +154,7 @@ def test_most_similar_ranks_the_look_alike_first_and_never_the_target():
         "twin": _atlas_image("twin", twin, liver),
         "other": _atlas_image("other", other, other_liver),
     }
-    ranked = most_similar(target, pool, 2)
+    ranked = most_similar(target, pool, 2, *([spacing_mm] if spacing_mm else []))
     assert [sid for sid, _ in ranked] == ["twin", "other"]
     assert ranked[0][1] > ranked[1][1]
 
