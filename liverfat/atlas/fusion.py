@@ -156,6 +156,8 @@ def joint_weights(
         a = sitk.GetArrayFromImage(image).astype(np.float32)
         mean = smooth(a)
         sd = np.sqrt(np.maximum(smooth(a * a) - mean**2, 0.0))
+        # a floor on the SD (relative to the image's range) keeps flat regions, such as the
+        # air outside the body, from turning noise into large errors
         return (a - mean) / (sd + 1e-3 * (float(np.abs(a).max()) + 1e-6))
 
     t = normalised(target)

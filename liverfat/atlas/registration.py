@@ -279,7 +279,8 @@ def affine_shrink_factors(size: tuple[int, ...], fewest_voxels: int = 4) -> list
 
 
 def sitk_affine(fixed: AtlasImage, moving: AtlasImage, iterations: int = 100) -> sitk.Transform:
-    """Affine (fixed -> moving points) by SimpleITK: correlation in the fixed body, 3 levels."""
+    """Affine (fixed -> moving points) by SimpleITK: correlation in the fixed body, up to 3
+    levels (:func:`affine_shrink_factors`)."""
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsCorrelation()
     method.SetMetricFixedMask(fixed.body)
