@@ -113,14 +113,10 @@ def local_weights(
     same (the majority vote).
     """
     smooth = _window(target, sigma_mm)
-    t = sitk.GetArrayFromImage(target).astype(np.float32)
-    t_mean = smooth(t)
-    t_var = np.maximum(smooth(t * t) - t_mean**2, 0.0)
+    t, t_mean, t_var = _local_moments(target, smooth)
     scores = []
     for image in warped:
-        w = sitk.GetArrayFromImage(image).astype(np.float32)
-        w_mean = smooth(w)
-        w_var = np.maximum(smooth(w * w) - w_mean**2, 0.0)
+        w, w_mean, w_var = _local_moments(image, smooth)
         covariance = smooth(t * w) - t_mean * w_mean
         ncc = covariance / np.sqrt(t_var * w_var + 1e-6)
         scores.append(np.clip(ncc, 0.0, 1.0) ** power)
@@ -153,12 +149,10 @@ def joint_weights(
     smooth = _window(target, sigma_mm)
 
     def normalised(image: sitk.Image) -> np.ndarray:
-        a = sitk.GetArrayFromImage(image).astype(np.float32)
-        mean = smooth(a)
-        sd = np.sqrt(np.maximum(smooth(a * a) - mean**2, 0.0))
+        a, mean, var = _local_moments(image, smooth)
         # a floor on the SD (relative to the image's range) keeps flat regions, such as the
         # air outside the body, from turning noise into large errors
-        return (a - mean) / (sd + 1e-3 * (float(np.abs(a).max()) + 1e-6))
+        return (a - mean) / (np.sqrt(var) + 1e-3 * (float(np.abs(a).max()) + 1e-6))
 
     t = normalised(target)
     errors = np.stack([np.abs(normalised(w) - t) for w in warped])
@@ -173,6 +167,13 @@ def joint_weights(
     weights = np.full((k, *t.shape), 1.0 / k, np.float32)
     weights[:, at] = (solved / solved.sum(axis=-1, keepdims=True)).T
     return weights
+
+
+def _local_moments(image: sitk.Image, smooth) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The image's array (float32) with its windowed mean and variance (``smooth``'s window)."""
+    a = sitk.GetArrayFromImage(image).astype(np.float32)
+    mean = smooth(a)
+    return a, mean, np.maximum(smooth(a * a) - mean**2, 0.0)
 
 
 def _window(image: sitk.Image, sigma_mm: float):

@@ -9,7 +9,7 @@ import SimpleITK as sitk
 from liverfat.atlas.fusion import fuse, joint_weights, local_weights, mean_pairwise_dice
 from liverfat.atlas.images import AtlasImage
 from liverfat.atlas.reliability import disagreement_message, readout_truth
-from liverfat.atlas.selection import most_similar
+from liverfat.atlas.selection import SELECTION_SPACING_MM, most_similar
 from liverfat.evaluation.segmentation import dice
 from tests.atlas.test_engine import small_engine
 
@@ -140,7 +140,7 @@ def _atlas_image(sid: str, array: np.ndarray, liver: np.ndarray) -> AtlasImage:
     return AtlasImage(sid, (channel,), body, image(liver))
 
 
-@pytest.mark.parametrize("spacing_mm", [None, (10.0, 10.0, 10.0)])
+@pytest.mark.parametrize("spacing_mm", [SELECTION_SPACING_MM, (10.0, 10.0, 10.0)])
 def test_most_similar_ranks_the_look_alike_first_and_never_the_target(spacing_mm):
     """Also on a grid so coarse that the affine pyramid's coarsest levels would hold no samples
     (8 x 6 x 6 voxels: SimpleITK raised "FixedSampledPointSet must have 1 or more points")."""
@@ -154,7 +154,7 @@ def test_most_similar_ranks_the_look_alike_first_and_never_the_target(spacing_mm
         "twin": _atlas_image("twin", twin, liver),
         "other": _atlas_image("other", other, other_liver),
     }
-    ranked = most_similar(target, pool, 2, *([spacing_mm] if spacing_mm else []))
+    ranked = most_similar(target, pool, 2, spacing_mm)
     assert [sid for sid, _ in ranked] == ["twin", "other"]
     assert ranked[0][1] > ranked[1][1]
 
