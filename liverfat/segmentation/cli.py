@@ -37,6 +37,7 @@ ENGINE_OPTIONS = (
     "batch_size",
     "learning_rate",
     "elastic_sigma_px",
+    "affine_prob",
     "flip_prob",
     "intensity_jitter",
     "gamma_prob",
@@ -74,6 +75,11 @@ def _engine_options(parser: argparse.ArgumentParser) -> None:
     add("--batch-size", type=positive_int, help="slices per step (default 16)")
     add("--learning-rate", type=positive_float, help="Adam (default 1e-3)")
     add("--elastic-sigma-px", type=float, help="elastic displacement (px; 0: none; default 4)")
+    add(
+        "--affine-prob",
+        type=float,
+        help="share of slices randomly rotated (+-15 deg) and scaled (+-15%%) (default 0)",
+    )
     add("--flip-prob", type=float, help="left-right flips (default 0)")
     add("--intensity-jitter", type=float, help="channel scale/shift SD (default 0)")
     add("--gamma-prob", type=float, help="share of slices given a random gamma (default 0)")

@@ -4,10 +4,11 @@ The training set is every transversal slice of the training volumes (float16 on 
 device, labels uint8), each seen with its ``context`` neighbours as extra channels (gathered per
 batch, never stored three times). Half of each batch is drawn from slices that show liver, half
 from all slices, so the network sees the organ often and still learns where it is absent.
-Augmentation: MONAI's elastic deformation on a coarse control grid (image and label deformed
-together), optional left-right flips, intensity jitter, random gamma and random monotone
-intensity remapping (MONAI ``RandAdjustContrast`` and ``RandHistogramShift``: a liver whose grey
-level differs from every training scan's, as CHAOS' chaos15, should still look like liver).
+Augmentation: MONAI's elastic deformation on a coarse control grid and an optional random
+rotation and scaling (``RandAffine``; image and label deformed together), optional left-right
+flips, intensity jitter, random gamma and random monotone intensity remapping (MONAI
+``RandAdjustContrast`` and ``RandHistogramShift``: a liver whose grey level differs from every
+training scan's, as CHAOS' chaos15, should still look like liver).
 Cross-entropy (or Dice + CE) loss, Adam with the learning rate reduced tenfold for the last
 sixth of the iterations; on CUDA, mixed precision from :mod:`liverfat.nn.device`.
 """
@@ -33,6 +34,10 @@ LOSSES = ("ce", "dice_ce")
 #: (``histogram_shift_prob``); both act on each slice's own min-max range.
 GAMMA_RANGE = (0.5, 2.5)
 HISTOGRAM_CONTROL_POINTS = (5, 10)
+#: Largest rotation (degrees) and relative scaling per axis of the random affine
+#: (``affine_prob``), nnU-Net's defaults: subjects differ in size and tilt more than 8 scans show.
+AFFINE_ROTATION_DEG = 15.0
+AFFINE_SCALE = 0.15
 
 
 @dataclass(frozen=True)
@@ -41,7 +46,9 @@ class SegmentationSettings:
 
     ``elastic_grid`` control points per side of the slice, displaced by a Gaussian of
     ``elastic_sigma_px`` pixels (times a uniform factor in [0, 1)), with probability
-    ``elastic_prob``; ``flip_prob`` left-right flips; ``intensity_jitter`` scales each channel by
+    ``elastic_prob``; with ``affine_prob`` a rotation within +-:data:`AFFINE_ROTATION_DEG` and a
+    scaling by 1 +- :data:`AFFINE_SCALE` per axis about the slice centre; ``flip_prob``
+    left-right flips; ``intensity_jitter`` scales each channel by
     1 + N(0, jitter) and shifts it by N(0, jitter / 2); with ``gamma_prob`` a slice's
     intensities are raised to a gamma drawn from :data:`GAMMA_RANGE`, and with
     ``histogram_shift_prob`` mapped through a random monotone piecewise-linear curve
@@ -55,6 +62,7 @@ class SegmentationSettings:
     elastic_grid: int = 8
     elastic_sigma_px: float = 4.0
     elastic_prob: float = 0.5
+    affine_prob: float = 0.0
     flip_prob: float = 0.0
     intensity_jitter: float = 0.0
     gamma_prob: float = 0.0
@@ -114,24 +122,10 @@ class SliceBatches:
 def augment(
     x: torch.Tensor, y: torch.Tensor, settings: SegmentationSettings, rng: np.random.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Elastic deformation (MONAI ``Rand2DElastic``, image and label together), flips, gamma,
-    intensity remapping and jitter of a batch; the label is deformed bilinearly and thresholded
-    at 0.5."""
-    from monai.transforms import Rand2DElastic
-
-    h, w = x.shape[2:]
-    if settings.elastic_prob > 0 and settings.elastic_sigma_px > 0:
-        elastic = Rand2DElastic(
-            spacing=(h / settings.elastic_grid, w / settings.elastic_grid),
-            magnitude_range=(0.0, settings.elastic_sigma_px),
-            prob=settings.elastic_prob,
-            padding_mode="border",
-            device=x.device,
-        )
-        elastic.set_random_state(int(rng.integers(2**31)))
-        both = torch.cat([x, y[:, None].float()], dim=1)
-        both = torch.stack([torch.as_tensor(elastic(item)) for item in both])
-        x, y = both[:, :-1], (both[:, -1] >= 0.5).long()
+    """Elastic deformation and random affine (MONAI ``Rand2DElastic``, ``RandAffine``; image and
+    label together), flips, gamma, intensity remapping and jitter of a batch; the label is
+    deformed bilinearly and thresholded at 0.5."""
+    x, y = _spatial(x, y, settings, rng)
     if settings.flip_prob > 0:
         flip = torch.from_numpy(rng.random(len(x)) < settings.flip_prob).to(x.device)
         x = torch.where(flip[:, None, None, None], x.flip(-1), x)
@@ -143,6 +137,47 @@ def augment(
         shift = settings.intensity_jitter / 2 * rng.standard_normal((n, c, 1, 1))
         x = x * torch.from_numpy(scale).to(x) + torch.from_numpy(shift).to(x)
     return x, y
+
+
+def _spatial(
+    x: torch.Tensor, y: torch.Tensor, settings: SegmentationSettings, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The elastic and affine deformations, a draw per slice, the label deformed beside it."""
+    from monai.transforms import Rand2DElastic, RandAffine
+
+    h, w = x.shape[2:]
+    transforms = []
+    if settings.elastic_prob > 0 and settings.elastic_sigma_px > 0:
+        transforms.append(
+            Rand2DElastic(
+                spacing=(h / settings.elastic_grid, w / settings.elastic_grid),
+                magnitude_range=(0.0, settings.elastic_sigma_px),
+                prob=settings.elastic_prob,
+                padding_mode="border",
+                device=x.device,
+            )
+        )
+    if settings.affine_prob > 0:
+        transforms.append(
+            RandAffine(
+                prob=settings.affine_prob,
+                rotate_range=(math.radians(AFFINE_ROTATION_DEG),),
+                scale_range=(AFFINE_SCALE, AFFINE_SCALE),
+                padding_mode="border",
+                device=x.device,
+            )
+        )
+    if not transforms:
+        return x, y
+    for transform in transforms:
+        transform.set_random_state(int(rng.integers(2**31)))
+    out = []
+    for item in torch.cat([x, y[:, None].float()], dim=1):
+        for transform in transforms:
+            item = torch.as_tensor(transform(item))
+        out.append(item)
+    both = torch.stack(out).to(x)
+    return both[:, :-1], (both[:, -1] >= 0.5).long()
 
 
 def _intensity_curves(

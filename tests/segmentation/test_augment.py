@@ -1,4 +1,5 @@
-"""Intensity augmentation: random gamma and monotone curves, one draw per slice, labels kept."""
+"""Augmentation: random gamma and monotone curves (one draw per slice, labels kept) and the
+random affine (image and label moved together, within the stated rotation and scale)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,13 @@ import torch
 
 from liverfat.errors import LiverfatError
 from liverfat.segmentation.engine import SegmentationEngine
-from liverfat.segmentation.training import GAMMA_RANGE, SegmentationSettings, augment
+from liverfat.segmentation.training import (
+    AFFINE_ROTATION_DEG,
+    AFFINE_SCALE,
+    GAMMA_RANGE,
+    SegmentationSettings,
+    augment,
+)
 
 
 def _batch(n: int = 6, channels: int = 3, size: int = 24) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,3 +59,43 @@ def test_no_curve_without_probability_and_probabilities_are_checked():
     assert torch.equal(out, x)
     with pytest.raises(LiverfatError, match="gamma_prob"):
         SegmentationEngine(gamma_prob=1.5)
+
+
+def test_affine_moves_image_and_label_together_within_rotation_and_scale():
+    """Two disks at 20.5 px from the slice centre, one along each axis: from where their
+    centroids land, the map's rotation and per-axis scales are read back exactly and must lie
+    within the stated ranges."""
+    n, size, centre, d = 12, 64, 31.5, 20.5
+    rows, cols = np.mgrid[:size, :size]
+    before = np.array([[0.0, d], [-d, 0.0]])  # (row, col) offsets: right disk, top disk
+    disks = sum((rows - centre - r) ** 2 + (cols - centre - c) ** 2 <= 16 for r, c in before)
+    y = torch.from_numpy(np.repeat(disks[None], n, 0)).long()
+    x = y[:, None].float().repeat(1, 2, 1, 1)
+    settings = SegmentationSettings(elastic_prob=0.0, affine_prob=1.0)
+    out, labels = augment(x, y, settings, np.random.default_rng(7))
+    angles, scales = [], []
+    for image, label in zip(out, labels, strict=True):
+        inside = label.numpy().astype(bool)
+        assert np.array_equal(image[0].numpy() >= 0.5, inside)  # image and label together
+        right, top = inside & (cols > centre + d / 2), inside & (rows < centre - d / 2)
+        after = np.array([[rows[m].mean() - centre, cols[m].mean() - centre] for m in (right, top)])
+        # after = before @ M.T for the map M from input to output; M^-1 = rotation @ diag(scale)
+        inverse = np.linalg.inv(np.linalg.solve(before, after).T)
+        columns = inverse / np.linalg.norm(inverse, axis=0)
+        assert abs(columns[:, 0] @ columns[:, 1]) < 0.03  # a rotation times an axis scaling
+        angles.append(np.degrees(np.arctan2(columns[1, 0], columns[0, 0])))
+        scales.extend(np.linalg.norm(inverse, axis=0))
+    assert max(np.abs(angles)) <= AFFINE_ROTATION_DEG + 0.5
+    assert max(np.abs(angles)) > AFFINE_ROTATION_DEG / 2  # it does rotate
+    assert min(scales) >= 1 - AFFINE_SCALE - 0.02 and max(scales) <= 1 + AFFINE_SCALE + 0.02
+    assert max(scales) - min(scales) > AFFINE_SCALE  # and scale
+
+
+def test_no_affine_without_probability():
+    x, y = _batch()
+    out, labels = augment(
+        x, y, SegmentationSettings(elastic_prob=0.0, affine_prob=0.0), np.random.default_rng(0)
+    )
+    assert torch.equal(out, x) and torch.equal(labels, y)
+    with pytest.raises(LiverfatError, match="affine_prob"):
+        SegmentationEngine(affine_prob=-0.1)
