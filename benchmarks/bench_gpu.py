@@ -245,7 +245,11 @@ def segmentation(work: Path, device: torch.device, sizes: Sizes) -> dict:
         4, work / "unet", seed=3, scale=sizes.nifti_scale, executor="serial", progress=False
     )
     seconds = predict_seconds_per_volume(Manifest.load(folder), device=str(device))
-    return {**figures, "predict_s_per_volume": round(seconds, 2)}
+    return {
+        **figures,
+        "predict_s_per_volume": round(seconds, 2),
+        "predict_volumes_per_s": round(1.0 / seconds, 2),
+    }
 
 
 PARTS: dict[str, Callable[[Path, torch.device, Sizes], dict]] = {

@@ -96,3 +96,7 @@ def test_every_part_runs_small_on_a_cpu(tmp_path):
     unet = figures["segmentation"]
     assert unet["slice_hw"] == [48, 64] and unet["train_iterations_per_s"] > 0
     assert unet["predict_s_per_volume"] > 0
+    # both from the same timing, each rounded: seconds to 0.005, the rate to 0.005
+    seconds = unet["predict_s_per_volume"]
+    rate = unet["predict_volumes_per_s"]
+    assert rate == pytest.approx(1 / seconds, rel=0.006 / seconds, abs=0.006)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -105,3 +106,32 @@ def test_worker_processes_give_the_serial_predictions(tiny_engine_dir, phantom_m
     pooled = engine.predict(test)
     pd.testing.assert_frame_equal(serial.frame, pooled.frame)
     assert serial.run["segmentation"] == pooled.run["segmentation"]
+
+
+def test_derived_manifest_feeds_atlas_templates_and_radiomics_rois(
+    tiny_engine_dir, phantom_manifest, tmp_path
+):
+    """The masks the U-Net wrote are what the other engines' CLI steps read from its manifest:
+    templates are chosen among its subjects and every radiomics ROI lies inside the predicted
+    liver (the network's, not the phantom's)."""
+    from liverfat.cli import main
+
+    test = phantom_manifest.select(split="B")
+    derived, _ = SegmentationEngine.load(tiny_engine_dir).predict_masks(test, tmp_path / "unet")
+    card = str(tmp_path / "unet" / "manifest.yaml")
+    templates = tmp_path / "templates.json"
+    assert main(["atlas", "templates", card, "--n", "2", "--out", str(templates)]) == 0
+    chosen = json.loads(templates.read_text(encoding="utf-8"))["templates"]
+    assert len(chosen) == 2 and set(chosen) <= set(test.subject_ids)
+    rois = ["--n-rois", "2", "--n-right", "1", "--roi-size", "2", "--border-margin-mm", "0"]
+    out = tmp_path / "rois"
+    assert main(["radiomics", "rois", card, *rois, "--out", str(out), "--executor", "serial"]) == 0
+    for sid in test.subject_ids:
+        placed = json.loads((out / f"{sid}_rois.json").read_text(encoding="utf-8"))["rois"]
+        predicted = sitk.GetArrayFromImage(derived.liver_mask(sid)) > 0
+        assert len(placed) == 2
+        for roi in placed:
+            window = predicted[
+                roi["slice"], roi["row"] : roi["row"] + 2, roi["column"] : roi["column"] + 2
+            ]
+            assert window.all(), (sid, roi)
