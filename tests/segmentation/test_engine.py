@@ -113,7 +113,7 @@ def test_derived_manifest_feeds_atlas_templates_and_radiomics_rois(
 ):
     """The masks the U-Net wrote are what the other engines' CLI steps read from its manifest:
     templates are chosen among its subjects and every radiomics ROI lies inside the predicted
-    liver (the network's, not the phantom's)."""
+    liver."""
     from liverfat.cli import main
 
     test = phantom_manifest.select(split="B")
