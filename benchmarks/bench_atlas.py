@@ -93,14 +93,14 @@ def dice(a: sitk.Image, b: sitk.Image) -> float:
     return segmentation.dice(sitk.GetArrayFromImage(a), sitk.GetArrayFromImage(b))
 
 
-def surface_figures(mask: sitk.Image, reference: sitk.Image) -> dict:
-    """HD95 and ASSD (mm) of ``mask`` against ``reference`` on the reference's grid."""
+def mask_figures(mask: sitk.Image, reference: sitk.Image) -> dict:
+    """Dice, HD95 and ASSD (mm) of ``mask`` against ``reference`` on the reference's grid."""
     figures = segmentation.segmentation_metrics(
         sitk.GetArrayFromImage(reference),
         sitk.GetArrayFromImage(mask),
         spacing=reference.GetSpacing()[::-1],
     )
-    return {"hd95_mm": figures["hd95_mm"], "assd_mm": figures["assd_mm"]}
+    return {key: figures[key] for key in ("dice", "hd95_mm", "assd_mm")}
 
 
 def chaos_templates(target: str, n: int = 3) -> dict[str, AtlasImage]:
@@ -126,16 +126,16 @@ def leave_one_out(job: tuple[str, str]) -> dict:
         single.append(dice(result.warped_mask, fixed.liver))
         if "folding_fraction" in result.transform:
             folding.append(result.transform["folding_fraction"])
-    fused = fuse(warped, "intersection")
-    majority = fuse(warped, "majority")
+    fused = mask_figures(fuse(warped, "intersection"), fixed.liver)
+    majority = mask_figures(fuse(warped, "majority"), fixed.liver)
     return {
         "backend": backend,
         "target": target,
         "settings": registration.backend_defaults(backend),
-        "dice_fused": dice(fused, fixed.liver),
-        "dice_majority": dice(majority, fixed.liver),
-        "surface_fused": surface_figures(fused, fixed.liver),
-        "surface_majority": surface_figures(majority, fixed.liver),
+        "dice_fused": fused.pop("dice"),
+        "dice_majority": majority.pop("dice"),
+        "surface_fused": fused,
+        "surface_majority": majority,
         "dice_single": single,
         "seconds": seconds,
         "folding_fraction": folding,

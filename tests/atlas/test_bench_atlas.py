@@ -104,7 +104,7 @@ def test_selection_rho_on_constructed_rows():
     assert selection_rho([good, good, bad]) == 1.0
 
 
-def test_surface_figures_read_the_slice_spacing_along_the_array_s_first_axis():
+def test_mask_figures_read_the_slice_spacing_along_the_array_s_first_axis():
     """Two one-voxel masks a slice apart on a (1, 1, 3) mm grid are 3 mm apart, not 1."""
     reference_array = np.zeros((4, 5, 6), np.uint8)
     reference_array[1, 2, 3] = 1
@@ -112,5 +112,7 @@ def test_surface_figures_read_the_slice_spacing_along_the_array_s_first_axis():
     reference, mask = sitk.GetImageFromArray(reference_array), sitk.GetImageFromArray(mask_array)
     for image in (reference, mask):
         image.SetSpacing((1.0, 1.0, 3.0))
-    assert bench_atlas.surface_figures(mask, reference) == {"hd95_mm": 3.0, "assd_mm": 3.0}
-    assert bench_atlas.surface_figures(reference, reference) == {"hd95_mm": 0.0, "assd_mm": 0.0}
+    apart = {"dice": 0.0, "hd95_mm": 3.0, "assd_mm": 3.0}
+    assert bench_atlas.mask_figures(mask, reference) == apart
+    same = {"dice": 1.0, "hd95_mm": 0.0, "assd_mm": 0.0}
+    assert bench_atlas.mask_figures(reference, reference) == same
