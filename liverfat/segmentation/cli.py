@@ -172,6 +172,9 @@ def cv_main(args: argparse.Namespace) -> int:
     print(
         f"out-of-fold predictions: {out / 'oof.csv'}; seconds: {json.dumps(oof.run['timings_s'])}"
     )
+    models = [m for m in oof.run["fold_models"] if m]
+    if models:
+        print(f"fold models (for segmentation predict --engine): {Path(models[0]).parent}")
     return 0
 
 

@@ -387,7 +387,8 @@ class SegmentationEngine(Engine):
         self, manifest: Manifest, *, folds: Folds = 5, seed: int = 0
     ) -> PredictionsTable:
         """Out-of-fold masks and readouts of every subject with a liver mask (or of a study's
-        partition), subject-level folds; with ``work_dir``, finished folds are kept."""
+        partition), subject-level folds; with ``work_dir``, finished folds are kept, each with
+        its trained model (``run["fold_models"]``: folders for :meth:`load`)."""
         start = time.perf_counter()
         ids = subjects.with_mask(manifest)
         if not ids:
@@ -398,7 +399,7 @@ class SegmentationEngine(Engine):
         key = fingerprint({"params": self._result_params(), "folds": parts})
         work = self.work_path("cv", key)
         prepared = None
-        results, train_s = [], []
+        results, train_s, models = [], [], []
         for k, test_ids in enumerate(parts):
             done = work / f"fold{k:02d}.json" if work else None
             if done is not None and done.is_file():
@@ -406,14 +407,21 @@ class SegmentationEngine(Engine):
             else:
                 if prepared is None:
                     prepared, _ = subjects.prepare_all(engine, manifest, ids)
-                fold_run = engine._run_fold(manifest, prepared, test_ids, self.seed + k, work)
+                model = work / f"fold{k:02d}_model" if work else None
+                fold_run = engine._run_fold(manifest, prepared, test_ids, self.seed + k, model)
                 if done is not None:
                     write_json_atomic(done, fold_run)
             results += fold_run["results"]
             train_s.append(fold_run["train_time_s"])
+            models.append(fold_run.get("model"))
         timings = {"cross_validate": time.perf_counter() - start}
         return engine._table(
-            results, timings, folds=parts, fold_seed=seed, train_time_s_per_fold=train_s
+            results,
+            timings,
+            folds=parts,
+            fold_seed=seed,
+            train_time_s_per_fold=train_s,
+            fold_models=models,
         )
 
     def _run_fold(
@@ -422,16 +430,20 @@ class SegmentationEngine(Engine):
         prepared: dict[str, tuple[PreparedVolume, np.ndarray]],
         test_ids: Sequence[str],
         seed: int,
-        work: Path | None,
+        model_dir: Path | None,
     ) -> dict[str, Any]:
-        """Train a copy on the subjects outside ``test_ids``; their result records."""
+        """Train a copy on the subjects outside ``test_ids``, saved to ``model_dir`` (masks
+        beside it); their result records."""
         fold = copy.deepcopy(self)
         fold.seed = seed
         test = set(test_ids)
         fold._fit_prepared({s: v for s, v in prepared.items() if s not in test})
-        folder = work / "masks" if work else None
+        if model_dir is not None:
+            fold.save(model_dir)
+        folder = model_dir.parent / "masks" if model_dir else None
         results = subjects.predict_subjects(fold, manifest, test_ids, folder)
-        return {"results": results, "train_time_s": fold.train_time_s_}
+        model = str(model_dir) if model_dir else None
+        return {"results": results, "train_time_s": fold.train_time_s_, "model": model}
 
     def _result_params(self) -> dict[str, Any]:
         return {k: v for k, v in self.params_json().items() if k not in _NOT_IN_RESULT}

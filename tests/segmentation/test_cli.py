@@ -9,6 +9,7 @@ from liverfat.cli import main
 from liverfat.data.manifest import Manifest
 from liverfat.data.predictions import PredictionsTable
 from liverfat.segmentation.adapt import adaptation_table, rename_columns
+from liverfat.segmentation.engine import SegmentationEngine
 from tests.segmentation.conftest import TINY, tiny_engine
 
 TINY_ARGS = [
@@ -37,11 +38,12 @@ def test_fit_then_predict_writes_masks_and_a_manifest(phantom_dir, tmp_path, cap
     assert "manifest with the masks" in capsys.readouterr().out
 
 
-def test_cv_gives_out_of_fold_records(phantom_dir, tmp_path):
+def test_cv_gives_out_of_fold_records_and_keeps_the_fold_models(phantom_dir, tmp_path, capsys):
     manifest = str(phantom_dir / "manifest.yaml")
     out = tmp_path / "cv"
     assert main(["segmentation", "cv", manifest, "--split", "A", "--folds", "2",
                  "--targets", "liver_volume_ml", *TINY_ARGS, "--out", str(out)]) == 0  # fmt: skip
+    assert "fold models" in capsys.readouterr().out
     oof = PredictionsTable.read(out / "oof.csv")
     a = Manifest.load(manifest).select(split="A").subject_ids
     assert sorted(oof.frame["subject_id"]) == sorted(a)
@@ -50,6 +52,15 @@ def test_cv_gives_out_of_fold_records(phantom_dir, tmp_path):
     summary = pd.read_csv(out / "segmentation_summary.csv").set_index("metric")
     records = pd.read_csv(out / "segmentation.csv")
     assert summary.loc["dice", "median"] == pytest.approx(records["dice"].median(), rel=1e-3)
+    # the second fold's saved model gives back that fold's out-of-fold volumes
+    test_ids, model = oof.run["folds"][1], oof.run["fold_models"][1]
+    assert SegmentationEngine.load(model).training_subjects_ == sorted(set(a) - set(test_ids))
+    again = SegmentationEngine.load(model).set_params(work_dir=None, progress=False)
+    again = again.predict(Manifest.load(manifest).select(subject_ids=test_ids)).frame
+    volumes = oof.frame.set_index("subject_id").loc[test_ids, "value"]
+    assert again.set_index("subject_id").loc[test_ids, "value"].tolist() == pytest.approx(
+        volumes.tolist(), rel=1e-6
+    )
 
 
 def test_adaptation_moves_scans_and_tests_the_same_subjects(phantom_manifest):
