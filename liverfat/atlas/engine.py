@@ -356,13 +356,16 @@ class AtlasEngine(Engine):
 
         ``folds``: a number or a study's partition (:func:`liverfat.data.folds.resolve_folds`);
         subjects without a reference are in every training part (template candidates).
-        Templates and calibration are chosen inside each training part.
+        Templates and calibration are chosen inside each training part; a subject's readout
+        from the same templates is computed once and read back in the other folds.
         """
         scored = list(manifest.target(self.target).dropna().index)
         parts = resolve_folds(folds, scored, seed, groups=manifest.participants())
+        results = self._results_dir()  # shared by the folds: a registration is done once
         tables = []
         for test_ids in parts:
             engine = self.clone()
+            engine._scratch = results
             engine.fit(manifest.select(subject_ids=training_ids(manifest.subject_ids, test_ids)))
             tables.append(engine.predict(manifest.select(subject_ids=test_ids)))
         table = PredictionsTable.concat(tables)

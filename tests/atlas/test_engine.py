@@ -228,6 +228,31 @@ def test_chaos_leave_one_out_single_target(shared_data):
     assert after > 0.7 and after > before, (before, after)
 
 
+def test_cross_validation_registers_each_subject_once_to_the_same_templates(
+    phantom_manifest, monkeypatch
+):
+    """Without a work_dir, the folds share one scratch folder: a subject calibrated on in one
+    fold and tested in another is registered once, not once per fold."""
+    from liverfat.atlas import jobs
+
+    calls = []
+    register_many = jobs.register_many
+
+    def counted(backend, target, templates, settings):
+        calls.append(target.subject_id)
+        return register_many(backend, target, templates, settings)
+
+    monkeypatch.setattr(jobs, "register_many", counted)
+    unscored = phantom_manifest.target("liver_pdff_pct").isna()
+    templates = list(unscored[unscored].index[:2])  # in every fold's training part
+    scored = list(unscored[~unscored].index[:6])
+    manifest = phantom_manifest.select(subject_ids=templates + scored)
+    engine = small_engine(templates=templates, executor="serial")
+    oof = engine.cross_validate(manifest, folds=2)
+    assert sorted(oof.frame["subject_id"]) == sorted(scored)
+    assert sorted(calls) == sorted(scored)
+
+
 def test_cached_readout_is_not_reused_when_the_backend_defaults_change(
     phantom_manifest, monkeypatch
 ):
