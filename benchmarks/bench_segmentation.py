@@ -54,13 +54,13 @@ def unet_figures(
     short = _train_seconds(engine, batches, warm_up, device)
     long = _train_seconds(engine, batches, warm_up + timed, device)
     # on a loaded machine the difference can vanish: then the long run's rate, set-up included
-    difference = long - short > 0
-    rate = timed / (long - short) if difference else (warm_up + timed) / long
+    positive = long - short > 0
+    rate = timed / (long - short) if positive else (warm_up + timed) / long
     return {
         "slice_hw": [h, w],
         "batch_size": 16,
         "train_iterations_per_s": round(rate, 2),
-        "rate_from": "difference" if difference else "long run, set-up included",
+        "rate_from": "difference" if positive else "long run, set-up included",
     }
 
 

@@ -407,13 +407,13 @@ class SegmentationEngine(Engine):
             else:
                 if prepared is None:
                     prepared, _ = subjects.prepare_all(engine, manifest, ids)
-                model = work / f"fold{k:02d}_model" if work else None
-                fold_run = engine._run_fold(manifest, prepared, test_ids, self.seed + k, model)
+                fold_run = engine._run_fold(manifest, prepared, test_ids, k, work)
                 if done is not None:
                     write_json_atomic(done, fold_run)
             results += fold_run["results"]
             train_s.append(fold_run["train_time_s"])
-            models.append(fold_run.get("model"))
+            model = _fold_model_dir(work, k)
+            models.append(str(model) if model and model.is_dir() else None)  # older runs: none
         timings = {"cross_validate": time.perf_counter() - start}
         return engine._table(
             results,
@@ -429,21 +429,20 @@ class SegmentationEngine(Engine):
         manifest: Manifest,
         prepared: dict[str, tuple[PreparedVolume, np.ndarray]],
         test_ids: Sequence[str],
-        seed: int,
-        model_dir: Path | None,
+        k: int,
+        work: Path | None,
     ) -> dict[str, Any]:
-        """Train a copy on the subjects outside ``test_ids``, saved to ``model_dir`` (masks
-        beside it); their result records."""
+        """Train fold ``k``'s copy (seed ``seed + k``) on the subjects outside ``test_ids``,
+        saved below ``work``; their result records."""
         fold = copy.deepcopy(self)
-        fold.seed = seed
+        fold.seed = self.seed + k
         test = set(test_ids)
         fold._fit_prepared({s: v for s, v in prepared.items() if s not in test})
-        if model_dir is not None:
-            fold.save(model_dir)
-        folder = model_dir.parent / "masks" if model_dir else None
+        if work is not None:
+            fold.save(_fold_model_dir(work, k))
+        folder = work / "masks" if work else None
         results = subjects.predict_subjects(fold, manifest, test_ids, folder)
-        model = str(model_dir) if model_dir else None
-        return {"results": results, "train_time_s": fold.train_time_s_, "model": model}
+        return {"results": results, "train_time_s": fold.train_time_s_}
 
     def _result_params(self) -> dict[str, Any]:
         return {k: v for k, v in self.params_json().items() if k not in _NOT_IN_RESULT}
@@ -468,6 +467,11 @@ class SegmentationEngine(Engine):
         network = engine._build_network(int(engine.in_channels_))
         engine.network_ = load_network_state(directory, network)
         return engine
+
+
+def _fold_model_dir(work: Path | None, k: int) -> Path | None:
+    """Where cross-validation keeps fold ``k``'s trained model (None without a work folder)."""
+    return work / f"fold{k:02d}_model" if work else None
 
 
 #: What a fitted engine saves besides its network.

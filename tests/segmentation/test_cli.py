@@ -54,9 +54,10 @@ def test_cv_gives_out_of_fold_records_and_keeps_the_fold_models(phantom_dir, tmp
     assert summary.loc["dice", "median"] == pytest.approx(records["dice"].median(), rel=1e-3)
     # the second fold's saved model gives back that fold's out-of-fold volumes
     test_ids, model = oof.run["folds"][1], oof.run["fold_models"][1]
-    assert SegmentationEngine.load(model).training_subjects_ == sorted(set(a) - set(test_ids))
-    again = SegmentationEngine.load(model).set_params(work_dir=None, progress=False)
-    again = again.predict(Manifest.load(manifest).select(subject_ids=test_ids)).frame
+    fold = SegmentationEngine.load(model)
+    assert fold.training_subjects_ == sorted(set(a) - set(test_ids))
+    fold.set_params(work_dir=None, progress=False)
+    again = fold.predict(Manifest.load(manifest).select(subject_ids=test_ids)).frame
     volumes = oof.frame.set_index("subject_id").loc[test_ids, "value"]
     assert again.set_index("subject_id").loc[test_ids, "value"].tolist() == pytest.approx(
         volumes.tolist(), rel=1e-6
