@@ -11,7 +11,7 @@ once per backend; every setting is then read from the same registrations:
 
 each fused by intersection, majority, STAPLE and the locally weighted vote. Per setting: fused
 Dice (median, mean), the **purity** of the eroded readout mask (7-voxel ball, the engine's
-default: the share of its voxels inside the manual liver), the templates' agreement (mean pairwise
+default: the share of its voxels inside the manual liver), the templates' agreement (median pairwise
 Dice), seconds per target (the selection's affine stages plus K registrations) and per
 registration; ``selection_rho_median``: how well the affine similarity ranks the templates by
 their later Dice. ``flag`` gives, for the agreement threshold of the engine
@@ -46,7 +46,7 @@ from benchmarks.bench_atlas import (
     run_resumable,
 )
 from liverfat.atlas import registration
-from liverfat.atlas.fusion import FUSIONS, erode, fuse, mean_pairwise_dice
+from liverfat.atlas.fusion import FUSIONS, erode, fuse, median_pairwise_dice
 from liverfat.atlas.images import align_centres
 from liverfat.atlas.reliability import AGREEMENT_FLAG_BELOW, readout_truth
 from liverfat.atlas.selection import affine_similarity
@@ -99,7 +99,7 @@ def pool_leave_one_out(job: tuple[str, str]) -> dict:
             rows[f"{name}/{fusion}"] = {
                 "dice": dice(fused, fixed.liver),
                 "purity": truth["purity"],
-                "agreement": mean_pairwise_dice(masks),
+                "agreement": median_pairwise_dice(masks),
                 "seconds": sum(seconds[s] for s in ids)
                 + (sum(select_s.values()) if name.startswith("similar") else 0.0),
                 "registrations": len(ids),

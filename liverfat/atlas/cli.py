@@ -56,7 +56,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "--agreement-flag-below",
         type=float,
         default=AGREEMENT_FLAG_BELOW,
-        help="flag readouts whose warped templates agree less (mean pairwise Dice; default "
+        help="flag readouts whose warped templates agree less (median pairwise Dice; default "
         f"{AGREEMENT_FLAG_BELOW}; 0 never flags)",
     )
     parser.add_argument(

@@ -75,7 +75,7 @@ class AtlasEngine(Engine):
         locally weighted vote, :func:`liverfat.atlas.fusion.local_weights`) or ``jlf`` (joint
         label fusion, :func:`liverfat.atlas.fusion.joint_weights`).
     agreement_flag_below:
-        Flag a readout whose warped templates agree less (mean pairwise Dice; None: never),
+        Flag a readout whose warped templates agree less (median pairwise Dice; None: never),
         :data:`liverfat.atlas.reliability.AGREEMENT_FLAG_BELOW` by default.
     erosion_diameter_voxels, erosion_diameter_mm:
         Erosion ball: 7 voxels by default; a diameter in mm (wins when given) honours

@@ -21,7 +21,7 @@ from liverfat.atlas.fusion import (
     WEIGHTED_SIGMA_MM,
     erode,
     fuse,
-    mean_pairwise_dice,
+    median_pairwise_dice,
     median_readout,
 )
 from liverfat.atlas.images import AtlasImage, align_centres, load_subject
@@ -155,7 +155,7 @@ def run_subject_job(job: SubjectJob) -> dict[str, Any]:
     eroded = erode(
         fused, diameter_voxels=job.erosion_diameter_voxels, diameter_mm=job.erosion_diameter_mm
     )
-    agreement = mean_pairwise_dice(warped)
+    agreement = median_pairwise_dice(warped)
     readout = _readout(job, target, warped, fused, eroded, agreement)
     if job.save_mask:
         job.mask_path.parent.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,7 @@
 The readout is the median fat fraction inside the eroded fused mask, so what matters is not the
 mask's Dice but its **purity**: the share of the readout voxels that are truly liver. Without a
 true mask (every UK Biobank subject) the engine can only see whether the warped templates agree;
-a low mean pairwise Dice marks a target whose registrations went different ways, where the
+a low median pairwise Dice marks a target whose registrations went different ways, where the
 fused mask may sit in the wrong tissue.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-#: Flag a readout whose warped templates agree less than this (mean pairwise Dice). Chosen on
+#: Flag a readout whose warped templates agree less than this (median pairwise Dice). Chosen on
 #: the shared CHAOS MR leave-one-out (benchmarks/bench_atlas.py, docs/atlas.md), not on the
 #: phantom.
 AGREEMENT_FLAG_BELOW = 0.6
@@ -36,7 +36,7 @@ def disagreement_message(
     if agreement is None or threshold is None or agreement >= threshold or coarse:
         return ""
     return (
-        f"warped templates disagree (mean pairwise Dice {agreement:.2f} < {threshold:.2f}): "
+        f"warped templates disagree (median pairwise Dice {agreement:.2f} < {threshold:.2f}): "
         "the readout may come from the wrong tissue"
     )
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from liverfat.atlas.fusion import fuse, joint_weights, local_weights, mean_pairwise_dice
+from liverfat.atlas.fusion import fuse, joint_weights, local_weights, median_pairwise_dice
 from liverfat.atlas.images import AtlasImage
 from liverfat.atlas.reliability import disagreement_message, readout_truth
 from liverfat.atlas.selection import SELECTION_SPACING_MM, most_similar
@@ -107,11 +107,15 @@ def test_joint_weights_match_the_two_template_closed_form():
     np.testing.assert_allclose(partial[:, ~at], 0.5)
 
 
-def test_mean_pairwise_dice_by_hand():
+def test_median_pairwise_dice_by_hand():
     a, b, c = (np.zeros((4, 4, 4), np.uint8) for _ in range(3))
     a[0:2], b[1:3], c[0:2] = 1, 1, 1  # a~b 0.5, a~c 1.0, b~c 0.5
-    assert mean_pairwise_dice([image(m) for m in (a, b, c)]) == pytest.approx(2.0 / 3.0)
-    assert mean_pairwise_dice([image(a)]) is None
+    assert median_pairwise_dice([image(m) for m in (a, b, c)]) == pytest.approx(0.5)
+    assert median_pairwise_dice([image(a)]) is None
+    # one template astray among five: 6 pairs agree (Dice 1), 4 not at all (mean 0.6)
+    astray = np.zeros((4, 4, 4), np.uint8)
+    astray[3] = 1
+    assert median_pairwise_dice([image(m) for m in (a, a, a, a, astray)]) == pytest.approx(1.0)
 
 
 def test_readout_truth_purity_and_error():
