@@ -203,8 +203,9 @@ def nested(warps: list[Warps], option_sets: list[dict]) -> dict:
     for candidate in candidates(len(warps)):
         scores = [loo_score(warps, candidate, t, frozenset()) for t in IDS]
         agreement = {t: warps[candidate[0]].agreement[(t, _templates(candidate, t))] for t in IDS}
+        flagged = sorted(t for t, a in agreement.items() if a < AGREEMENT_FLAG_BELOW)
         table[_label(candidate, option_sets)] = {
-            "flagged": sorted(t for t, a in agreement.items() if a < AGREEMENT_FLAG_BELOW),
+            "flagged": flagged,
             "agreement_min_unflagged": min(
                 (round(a, 4) for a in agreement.values() if a >= AGREEMENT_FLAG_BELOW), default=None
             ),
@@ -212,6 +213,10 @@ def nested(warps: list[Warps], option_sets: list[dict]) -> dict:
             "dice_mean": round(float(np.mean([d for d, _ in scores])), 4),
             "purity_median": round(statistics.median(p for _, p in scores), 4),
             "purity_min": round(min(p for _, p in scores), 4),
+            "purity_min_unflagged": min(
+                (round(p, 4) for t, (_, p) in zip(IDS, scores, strict=True) if t not in flagged),
+                default=None,
+            ),
         }
     return {
         "in_sample_table": table,
