@@ -111,7 +111,8 @@ class SubjectJob:
             "fusion": self.fusion,
             "erosion": [self.erosion_diameter_voxels, self.erosion_diameter_mm],
             "min_voxels": self.min_voxels,
-            "agreement_flag": [self.agreement_flag_below, AGREEMENT_MAX_SPACING_MM],
+            # "median": the agreement statistic (a mean until stop 33: not to be reused)
+            "agreement_flag": [self.agreement_flag_below, AGREEMENT_MAX_SPACING_MM, "median"],
         }
         if self.n_select is not None:
             selection = [SELECTION_SPACING_MM, SELECTION_AFFINE_ITERATIONS]
