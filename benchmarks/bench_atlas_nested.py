@@ -11,7 +11,7 @@ applied to ``t`` with templates from the other nine, as the pool benchmark does.
 one. The in-sample best (the pool benchmark's way) is reported beside it.
 
 Candidates: registration options (``LIVERFAT_BENCH_ATLAS_NESTED_OPTIONS``, a JSON list of
-torch option dicts over ``TORCH_DEFAULTS``; default the defaults and a weaker regulariser)
+torch option dicts over ``TORCH_DEFAULTS``; default the diffusion weights 0.25 and 0.1)
 x templates chosen for shape variance (``paper``: 3, ``shape-5``: 5, within twice the paper's
 registrations) x the fusions that make the eroded readout (majority, weighted, jlf,
 intersection). Every other subject is registered to each target once per option set (torch,
@@ -45,7 +45,8 @@ TEMPLATE_COUNTS = {"paper": 3, "shape-5": 5}
 FUSIONS = ("intersection", "majority", "weighted", "jlf")
 #: The issue's purity target: a candidate below it on the inner targets is not chosen.
 PURITY_FLOOR = 0.97
-DEFAULT_OPTIONS = [{}, {"diffusion_weight": 0.1}]
+#: The diffusion weight of the torch defaults until stop 33, and since.
+DEFAULT_OPTIONS = [{"diffusion_weight": 0.25}, {"diffusion_weight": 0.1}]
 
 
 def _option_sets() -> list[dict]:
@@ -54,7 +55,9 @@ def _option_sets() -> list[dict]:
 
 
 def _key(options: dict) -> str:
-    return hashlib.sha1(json.dumps(options, sort_keys=True).encode()).hexdigest()[:10]
+    """Cache folder of an option set: its options over the torch defaults of this release."""
+    full = {**registration.backend_defaults("torch"), **options}
+    return hashlib.sha1(json.dumps(full, sort_keys=True).encode()).hexdigest()[:10]
 
 
 def _pair_file(cache_dir: Path, options: dict, target: str, template: str) -> Path:
