@@ -22,7 +22,6 @@ per option set). ``LIVERFAT_BENCH_ATLAS_WORKERS`` (default 2) processes register
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import statistics
@@ -38,6 +37,8 @@ from liverfat.atlas.fusion import erode, fuse, median_pairwise_dice
 from liverfat.atlas.images import align_centres
 from liverfat.atlas.reliability import AGREEMENT_FLAG_BELOW, readout_truth
 from liverfat.atlas.templates import select_templates
+from liverfat.data.atomic import atomic_path, write_json_atomic
+from liverfat.data.fingerprint import fingerprint
 from liverfat.parallel import map_subjects
 
 #: Template counts (shape variance) of the candidates: the paper's 3, and 5 (1.7 times its time).
@@ -56,8 +57,7 @@ def _option_sets() -> list[dict]:
 
 def _key(options: dict) -> str:
     """Cache folder of an option set: its options over the torch defaults of this release."""
-    full = {**registration.backend_defaults("torch"), **options}
-    return hashlib.sha1(json.dumps(full, sort_keys=True).encode()).hexdigest()[:10]
+    return fingerprint({**registration.backend_defaults("torch"), **options}, length=10)
 
 
 def _pair_file(cache_dir: Path, options: dict, target: str, template: str) -> Path:
@@ -78,14 +78,12 @@ def register_others(job: tuple[str, dict, str]) -> dict:
         template = align_centres(fixed, load_chaos(sid, manifest))
         result = registration.register("torch", fixed, template, settings)
         image = registration.warp_image(result.transform, template.channels[0], fixed.reference)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".part.npz")
-        np.savez(
-            partial,
-            mask=sitk.GetArrayFromImage(result.warped_mask) > 0,
-            image=sitk.GetArrayFromImage(image).astype(np.float16),
-        )
-        partial.rename(path)  # atomic: a killed run leaves no half-written pair
+        with atomic_path(path) as partial:  # a killed run leaves no half-written pair
+            np.savez(
+                partial,
+                mask=sitk.GetArrayFromImage(result.warped_mask) > 0,
+                image=sitk.GetArrayFromImage(image).astype(np.float16),
+            )
         seconds[sid] = result.seconds
     return {"target": target, "seconds": seconds}
 
@@ -95,7 +93,6 @@ class Warps:
 
     def __init__(self, cache_dir: Path, options: dict):
         self.cache_dir, self.options = cache_dir, options
-        self.subjects = {sid: _subject(sid) for sid in IDS}
         # fusions read back from a file beside the warps: a rerun of the analysis costs little
         self._file = cache_dir / _key(options) / "scores.json"
         saved = json.loads(self._file.read_text()) if self._file.exists() else []
@@ -104,7 +101,7 @@ class Warps:
 
     def _as_image(self, array: np.ndarray, target: str) -> sitk.Image:
         image = sitk.GetImageFromArray(array)
-        image.CopyInformation(self.subjects[target].reference)
+        image.CopyInformation(_subject(target).reference)
         return image
 
     def score(self, target: str, templates: tuple[str, ...], fusion: str) -> tuple[float, float]:
@@ -116,9 +113,10 @@ class Warps:
             pairs = [np.load(f) for f in files]
             masks = [self._as_image(p["mask"].astype(np.uint8), target) for p in pairs]
             images = [self._as_image(p["image"].astype(np.float32), target) for p in pairs]
-            subject = self.subjects[target]
-            fused = fuse(masks, fusion, target=subject.channels[0], warped=images)
-            self.agreement[(target, templates)] = median_pairwise_dice(masks)
+            subject = _subject(target)
+            fused = fuse(masks, fusion, target=subject.reference, warped=images)
+            if (target, templates) not in self.agreement:
+                self.agreement[(target, templates)] = median_pairwise_dice(masks)
             purity = readout_truth(erode(fused), subject.liver, None)["purity"]
             self._scores[key] = (dice(fused, subject.liver), 0.0 if purity is None else purity)
             self._save()
@@ -126,9 +124,7 @@ class Warps:
 
     def _save(self) -> None:
         rows = [[*k, *v, self.agreement[k[:2]]] for k, v in self._scores.items()]
-        partial = self._file.with_suffix(".part")
-        partial.write_text(json.dumps(rows))
-        partial.rename(self._file)
+        write_json_atomic(self._file, rows)
 
 
 @cache

@@ -26,20 +26,24 @@ def first_of_pool(pool, n):
     return tuple(sorted(pool, key=int)[:n])
 
 
-def test_a_setting_best_only_on_the_held_out_target_is_not_chosen_for_it(monkeypatch):
+def test_a_setting_better_only_on_the_held_out_target_is_not_chosen_for_it(monkeypatch):
     monkeypatch.setattr(nested, "_shape_templates", first_of_pool)
-    # jlf wins on target 19 by far and loses a little everywhere else; majority is steady
+    # jlf equals majority everywhere but on target 19, where it is far better: with 19 among the
+    # scored targets the medians tie and jlf's mean wins; without it the two tie throughout
+    # and the first candidate, majority, stays
     warps = ScriptedWarps(
-        lambda t, f: {"jlf": 1.0 if t == "19" else 0.80, "majority": 0.82}.get(f, 0.5)
+        lambda t, f: {"jlf": 1.0 if t == "19" else 0.82, "majority": 0.82}.get(f, 0.5)
     )
     figures = nested.nested([warps], [{}])
-    for target, row in figures["per_target"].items():
-        assert row["chosen"].endswith("/majority"), target
+    assert figures["per_target"]["19"]["chosen"] == "{} paper/majority"
     assert figures["per_target"]["19"]["dice"] == 0.82  # not jlf's 1.0 on 19
+    for target, row in figures["per_target"].items():
+        if target != "19":
+            assert row["chosen"] == "{} paper/jlf", target  # 19 is among their nine
+    assert figures["in_sample_best"] == "{} paper/jlf"  # the optimistic way takes it
     assert figures["nested_dice_median"] == 0.82
-    assert figures["in_sample_best"] == "{} paper/majority"  # ties: the fewer templates
     table = figures["in_sample_table"]["{} paper/jlf"]
-    assert table["dice_mean"] == round(statistics.mean([0.80] * 9 + [1.0]), 4)
+    assert table["dice_mean"] == round(statistics.mean([0.82] * 9 + [1.0]), 4)
 
 
 def test_the_held_out_target_is_neither_scored_nor_a_template_while_choosing(monkeypatch):
